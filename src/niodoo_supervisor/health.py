@@ -1,0 +1,132 @@
+"""Probes of vLLM's HTTP API. They return values, never raise, to the state machine.
+
+Ready and alive mean the same two things: `GET /health` answers 200, and `GET /v1/models`
+lists the served model and every configured adapter with `parent` = the served name. Neither
+alone is enough: `/v1/models` keeps answering 200 while the engine is dead (only `/health`
+turns 503), and `/health` says nothing about adapters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+__all__ = ["CheckResult", "HttpProber", "ProbeResult", "models_problems"]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    status: int | None  # HTTP status; None when no answer came
+    latency: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    health: ProbeResult
+    models: ProbeResult | None  # not asked when /health failed
+    missing: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.health.ok and self.models is not None and self.models.ok
+
+    @property
+    def reason(self) -> str:
+        if not self.health.ok:
+            return f"/health: {self.health.reason}"
+        if self.models is None or not self.models.ok:
+            return f"/v1/models: {self.models.reason if self.models else 'not asked'}"
+        return "ok"
+
+
+def models_problems(payload: object, served: str, adapters: Sequence[str]) -> tuple[list[str], str]:
+    """Names missing from a /v1/models payload, and why (empty when all are there)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        return [served, *adapters], "answer is not a model list"
+    listed = {
+        str(item.get("id")): item.get("parent")
+        for item in payload["data"]
+        if isinstance(item, dict)
+    }
+    missing = [name for name in (served, *adapters) if name not in listed]
+    wrong_parent = [name for name in adapters if name in listed and listed[name] != served]
+    reasons = []
+    if missing:
+        reasons.append(f"missing {', '.join(missing)}")
+    if wrong_parent:
+        reasons.append(f"adapter(s) {', '.join(wrong_parent)} not parented to {served}")
+    return missing + wrong_parent, "; ".join(reasons)
+
+
+class HttpProber:
+    """Probes one vLLM. `transport` is a test seam (httpx.MockTransport)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        served: str,
+        adapters: Sequence[str],
+        api_key: str | None,
+        timeout: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.served = served
+        self.adapters = tuple(adapters)
+        # No proxies from the environment: vLLM is on this host.
+        self.client = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _get(self, path: str) -> tuple[ProbeResult, httpx.Response | None]:
+        started = time.monotonic()
+        try:
+            response = await self.client.get(path)
+        except httpx.TimeoutException:
+            return ProbeResult(False, None, time.monotonic() - started, "timed out"), None
+        except httpx.HTTPError as exc:
+            return ProbeResult(
+                False, None, time.monotonic() - started, _connection_reason(exc)
+            ), None
+        latency = time.monotonic() - started
+        if response.status_code != 200:
+            return ProbeResult(
+                False, response.status_code, latency, f"HTTP {response.status_code}"
+            ), response
+        return ProbeResult(True, 200, latency), response
+
+    async def check(self) -> CheckResult:
+        health, _ = await self._get("/health")
+        if not health.ok:
+            return CheckResult(health, None)
+        models, response = await self._get("/v1/models")
+        if not models.ok or response is None:
+            return CheckResult(health, models)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        missing, reason = models_problems(payload, self.served, self.adapters)
+        if missing:
+            models = ProbeResult(False, models.status, models.latency, reason)
+        return CheckResult(health, models, tuple(missing))
+
+
+def _connection_reason(exc: httpx.HTTPError) -> str:
+    text = str(exc) or type(exc).__name__
+    if "Connection refused" in text or "connect" in type(exc).__name__.lower():
+        return "connection refused"
+    return text.splitlines()[0]

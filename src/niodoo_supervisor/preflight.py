@@ -1,0 +1,422 @@
+"""Checks that need the machine: files, the port, the installed vLLM. Run by `check` and `run`.
+
+Everything that would make vLLM fail only after minutes of model loading is found here in about
+a second: adapter ranks above --max-lora-rank, missing paths, flags the installed vLLM lacks, a
+taken port. Errors refuse the start; warnings are logged.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from .adapters import (
+    AdapterInfo,
+    AdapterReadError,
+    read_adapter,
+    same_base_model,
+    smallest_rank_at_least,
+)
+from .config import Config
+from .problems import Problem, Severity
+from .render import Launch, render
+from .versions import Version
+from .vllm_args import (
+    LORA_RANKS,
+    LORA_RANKS_BEFORE_0_12,
+    OLDEST_SUPPORTED,
+    VLLM_OPTIONS,
+    option_for_flag,
+)
+from .vllm_install import VllmInstall, VllmProbeError, cache_dir, inspect_vllm, vllm_flags
+from .vllm_logging import ignored_fields_logger_for
+
+__all__ = ["PreflightOptions", "PreflightResult", "port_holder", "preflight"]
+
+NEWEST_KNOWN = Version(0, 33, 0)
+
+
+@dataclass(frozen=True)
+class PreflightOptions:
+    check_port: bool = True
+    check_flags: bool = True  # asks vLLM's --help once per install (cached): seconds when cold
+    own_pids: frozenset[int] = frozenset()  # a port held by these is not a problem
+
+
+@dataclass
+class PreflightResult:
+    problems: list[Problem] = field(default_factory=list)
+    install: VllmInstall | None = None
+    max_lora_rank: int | None = None
+    api_key: str | None = None
+    launch: Launch | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not any(problem.is_error for problem in self.problems)
+
+
+def preflight(
+    config: Config, environ: Mapping[str, str], options: PreflightOptions | None = None
+) -> PreflightResult:
+    checker = _Preflight(config, environ, options or PreflightOptions())
+    return checker.run()
+
+
+class _Preflight:
+    def __init__(
+        self, config: Config, environ: Mapping[str, str], options: PreflightOptions
+    ) -> None:
+        self.config = config
+        self.environ = environ
+        self.options = options
+        self.result = PreflightResult()
+
+    def problem(self, path: str, message: str, fix: str = "", *, warning: bool = False) -> None:
+        severity = Severity.WARNING if warning else Severity.ERROR
+        self.result.problems.append(
+            Problem(
+                severity,
+                path,
+                message,
+                fix,
+                self.config.line_of(path.split("[", maxsplit=1)[0]) or self.config.line_of(path),
+                self.config.source,
+            )
+        )
+
+    def run(self) -> PreflightResult:
+        self.result.api_key = self.read_api_key()
+        self.check_model_path()
+        infos = self.check_adapters()
+        self.result.max_lora_rank = self.resolve_max_lora_rank(infos)
+        self.check_ranks(infos)
+        self.check_operator_logging_config()
+        child_env = _child_env(self.config, self.environ)
+        try:
+            install = inspect_vllm(str(self.config["server.python"]), child_env)
+        except VllmProbeError as exc:
+            self.problem(
+                "server.python",
+                str(exc),
+                "point server.python at the Python of vLLM's virtual environment",
+            )
+            install = None
+        self.result.install = install
+        if install is not None:
+            self.check_version(install)
+            if self.options.check_flags:
+                self.check_flags(install, child_env)
+        if self.options.check_port:
+            self.check_port()
+        if self.result.ok and (
+            self.result.max_lora_rank is not None or self.config["lora.max_lora_rank"] != "auto"
+        ):
+            self.result.launch = render(
+                self.config,
+                api_key=self.result.api_key,
+                vllm_version=install.version if install else None,
+                max_lora_rank=self.result.max_lora_rank,
+            )
+        return self.result
+
+    # --- files ------------------------------------------------------------------------------
+
+    def read_api_key(self) -> str | None:
+        key_env, key_file = self.config["server.api_key_env"], self.config["server.api_key_file"]
+        if key_env:
+            value = self.environ.get(key_env, "")
+            if not value:
+                self.problem(
+                    "server.api_key_env",
+                    f"environment variable {key_env} is not set or empty",
+                    "set it (systemd: EnvironmentFile=) or use api_key_file",
+                )
+            return value or None
+        if key_file:
+            try:
+                lines = Path(key_file).read_text(encoding="utf-8").strip().splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                self.problem(
+                    "server.api_key_file",
+                    f"cannot read {key_file}: {getattr(exc, 'strerror', None) or exc}",
+                    "create it (mode 0600) with the key on its first line",
+                )
+                return None
+            if not lines or not lines[0].strip():
+                self.problem(
+                    "server.api_key_file", f"{key_file} is empty", "write the key on its first line"
+                )
+                return None
+            return lines[0].strip()
+        return None
+
+    def check_model_path(self) -> None:
+        model = str(self.config["model.path"])
+        path = Path(model)
+        if path.is_absolute():
+            if not path.exists():
+                self.problem(
+                    "model.path", f"{model} does not exist", "fix the path, or give a hub id"
+                )
+            elif path.is_dir() and not (path / "config.json").is_file():
+                self.problem(
+                    "model.path",
+                    f"{model} has no config.json: not a Hugging Face model folder",
+                    "point at the folder holding config.json",
+                )
+        else:
+            self.problem(
+                "model.path",
+                f"{model!r} is not a local path: vLLM will look it up in the hub cache or download it",
+                "use an absolute path for a local model",
+                warning=True,
+            )
+
+    def check_adapters(self) -> list[tuple[int, AdapterInfo]]:
+        infos: list[tuple[int, AdapterInfo]] = []
+        for index, adapter in enumerate(self.config.adapters):
+            try:
+                info = read_adapter(Path(adapter.path))
+            except AdapterReadError as exc:
+                self.problem(f"lora.adapters[{index}].path", str(exc))
+                continue
+            infos.append((index, info))
+            base = adapter.base_model_name or info.base_model
+            verdict = same_base_model(
+                base or "", self.config.served_name, str(self.config["model.path"])
+            )
+            if verdict is None:
+                self.problem(
+                    f"lora.adapters[{index}]",
+                    f"adapter {adapter.name!r} does not say which base model it was trained on",
+                    "check it was trained on the served model",
+                    warning=True,
+                )
+            elif not verdict:
+                self.problem(
+                    f"lora.adapters[{index}]",
+                    f"adapter {adapter.name!r} was trained on {base!r}, the served model is {self.config['model.path']!r}",
+                    "serve it with the model it was trained on; outputs are wrong or loading fails otherwise",
+                    warning=True,
+                )
+        return infos
+
+    def resolve_max_lora_rank(self, infos: list[tuple[int, AdapterInfo]]) -> int | None:
+        configured = self.config["lora.max_lora_rank"]
+        if configured != "auto":
+            return configured if isinstance(configured, int) else None
+        if not infos:
+            if self.config.adapters:
+                return None  # the adapters' own errors say why
+            self.problem(
+                "lora.max_lora_rank",
+                "auto needs adapters to size from, none are listed",
+                "give a number (vLLM's default is 16)",
+            )
+            return None
+        largest = max(info.rank for _, info in infos)
+        resolved = smallest_rank_at_least(largest)
+        if resolved is None:
+            self.problem(
+                "lora.max_lora_rank",
+                f"the largest adapter rank {largest} is above vLLM's maximum {LORA_RANKS[-1]}",
+                "retrain the adapter with a smaller rank",
+            )
+        return resolved
+
+    def check_ranks(self, infos: list[tuple[int, AdapterInfo]]) -> None:
+        limit = self.result.max_lora_rank
+        if limit is None:
+            return
+        for index, info in infos:
+            if info.rank > limit:
+                name = self.config.adapters[index].name
+                self.problem(
+                    f"lora.adapters[{index}]",
+                    f"adapter {name!r} has rank {info.rank}, above lora.max_lora_rank {limit}: vLLM would fail with "
+                    f"'LoRA rank {info.rank} is greater than max_lora_rank {limit}.' after loading the whole model",
+                    f"set lora.max_lora_rank to {smallest_rank_at_least(info.rank)} (or auto), or drop the adapter",
+                )
+
+    def check_operator_logging_config(self) -> None:
+        path = self.config["server.logging_config"]
+        if not path:
+            return
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            self.problem(
+                "server.logging_config",
+                f"cannot read {path} as JSON: {exc}",
+                "fix it, or remove the key to use the supervisor's own",
+            )
+            return
+        loggers = data.get("loggers", {}) if isinstance(data, dict) else {}
+        self.operator_loggers = loggers
+
+    # --- the installed vLLM -------------------------------------------------------------------
+
+    def check_version(self, install: VllmInstall) -> None:
+        version = install.version
+        if version < OLDEST_SUPPORTED or version > NEWEST_KNOWN:
+            self.problem(
+                "server.python",
+                f"vLLM {install.version_text} is outside the versions niodoo-supervisor knows ({OLDEST_SUPPORTED} to {NEWEST_KNOWN})",
+                "flags and log formats may differ; test before relying on it",
+                warning=True,
+            )
+        for option in VLLM_OPTIONS:
+            value = self.config[option.key]
+            if value in (None, False, (), []) or option.available_in(version):
+                continue
+            self.problem(
+                option.key,
+                f"{option.flag} is not in the installed vLLM {install.version_text} (it exists in {option.versions_text()})",
+                "remove the key, or install a vLLM that has it",
+            )
+        rank = self.result.max_lora_rank
+        if self.config["lora.enabled"] and rank is not None:
+            allowed = LORA_RANKS if version >= Version(0, 12, 0) else LORA_RANKS_BEFORE_0_12
+            if rank not in allowed:
+                self.problem(
+                    "lora.max_lora_rank",
+                    f"vLLM {install.version_text} does not accept rank {rank}",
+                    f"use one of {', '.join(map(str, allowed))}",
+                )
+        loggers = getattr(self, "operator_loggers", None)
+        if loggers is not None:
+            wanted = ignored_fields_logger_for(install.version_text)
+            level = str((loggers.get(wanted) or {}).get("level", "")).upper()
+            if level != "DEBUG" and version >= Version(0, 18, 0):
+                self.problem(
+                    "server.logging_config",
+                    f"your logging config does not set {wanted} to DEBUG: on vLLM {install.version_text} the supervisor cannot see "
+                    "'The following fields were present in the request but ignored' (e.g. lora_name)",
+                    f"add a logger {wanted} with level DEBUG, or remove server.logging_config",
+                    warning=True,
+                )
+
+    def check_flags(self, install: VllmInstall, child_env: Mapping[str, str]) -> None:
+        extra = [arg for arg in self.config["server.extra_args"] if arg.startswith("--")]
+        rendered = {
+            option.flag
+            for option in VLLM_OPTIONS
+            if option.flag and self.config[option.key] not in (None, False, (), [])
+        }
+        for arg in extra:
+            flag = arg.split("=", 1)[0]
+            modelled = option_for_flag(flag)
+            if modelled is not None and modelled.flag in rendered | {"--model", "--host", "--port"}:
+                self.problem(
+                    "server.extra_args",
+                    f"{flag} is also rendered from {modelled.key}",
+                    f"set it only as {modelled.key}",
+                )
+            elif modelled is not None:
+                self.problem(
+                    "server.extra_args",
+                    f"{flag} has its own key",
+                    f"prefer {modelled.key}: it is validated",
+                    warning=True,
+                )
+            if flag == "--api-key":
+                self.problem(
+                    "server.extra_args",
+                    "--api-key on the command line is visible to every user in `ps`",
+                    "use server.api_key_file or server.api_key_env",
+                    warning=True,
+                )
+        if not extra:
+            return
+        try:
+            known = vllm_flags(install, child_env, cache_dir(self.environ))
+        except VllmProbeError as exc:
+            self.problem(
+                "server.extra_args",
+                f"cannot list the installed vLLM's flags: {exc}",
+                "extra_args are unchecked",
+                warning=True,
+            )
+            return
+        for arg in extra:
+            flag = arg.split("=", 1)[0]
+            if flag not in known:
+                self.problem(
+                    "server.extra_args",
+                    f"{flag} is not a flag of the installed vLLM {install.version_text}: it would exit with an argparse error",
+                    "remove it or fix its spelling",
+                )
+
+    # --- the host ---------------------------------------------------------------------------
+
+    def check_port(self) -> None:
+        host, port = self.config.host, self.config.port
+        try:
+            holder = port_holder(host, port)
+        except OSError as exc:
+            self.problem(
+                "server.host",
+                f"vLLM could not listen on {host}:{port}: {exc.strerror}",
+                "use an address of this machine, or 0.0.0.0",
+            )
+            return
+        if holder is None:
+            return
+        pid, name = holder
+        if pid is not None and pid in self.options.own_pids:
+            return
+        who = f"{name} (pid {pid})" if pid is not None else "another process"
+        self.problem(
+            "server.port",
+            f"port {port} on {host} is already in use by {who}",
+            "stop it or choose another server.port",
+        )
+
+
+def port_holder(host: str, port: int) -> tuple[int | None, str] | None:
+    """None when `host:port` can be bound now; else the (pid, name) listening on it, as far
+    as this user may know. Raises OSError when the address cannot be bound for another reason."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Same option uvicorn sets, so TIME_WAIT leftovers do not count as "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+        else:
+            return None
+    return _listener_of(port)
+
+
+def _listener_of(port: int) -> tuple[int | None, str]:
+    try:
+        connections = psutil.net_connections(kind="inet")
+    except (psutil.AccessDenied, OSError):
+        return (None, "an unknown process")
+    for conn in connections:
+        if (
+            conn.status == psutil.CONN_LISTEN
+            and conn.laddr
+            and conn.laddr.port == port
+            and conn.pid
+        ):
+            try:
+                return (conn.pid, psutil.Process(conn.pid).name())
+            except psutil.Error:
+                return (conn.pid, "an exited process")
+    return (None, "an unknown process")
+
+
+def _child_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
+    env = dict(environ)
+    env.update(config["server.env"])
+    return env

@@ -1,0 +1,191 @@
+"""vLLM as an OS process tree: spawn in a new session, signal the whole group, verify it is gone.
+
+vLLM's API server starts `VLLM::EngineCore` and worker processes. When the API server is
+SIGKILLed they survive, reparented, holding (GPU) memory (upstream vllm#55510). So vLLM is
+started as the leader of a new session and everything is addressed by that session id: the
+group is signalled, then every process still carrying the session id is found and ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import psutil
+
+__all__ = [
+    "ProcessRecord",
+    "VllmProcess",
+    "alive",
+    "session_members",
+    "spawn",
+    "terminate_processes",
+]
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A process as recorded in the state file. The create time guards against pid reuse."""
+
+    pid: int
+    create_time: float
+    name: str = ""
+
+    def describe(self) -> str:
+        return f"{self.name or 'process'} (pid {self.pid})"
+
+
+def _record(process: psutil.Process) -> ProcessRecord | None:
+    try:
+        with process.oneshot():
+            return ProcessRecord(process.pid, process.create_time(), process.name())
+    except psutil.Error:
+        return None
+
+
+def session_members(sid: int) -> list[ProcessRecord]:
+    """Every live (non-zombie) process whose session id is `sid`."""
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) != sid or process.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except (OSError, psutil.Error):
+            continue
+        record = _record(process)
+        if record is not None:
+            members.append(record)
+    return members
+
+
+def alive(record: ProcessRecord) -> bool:
+    """True only for the very process recorded (same pid and same start time), not a reuse."""
+    try:
+        process = psutil.Process(record.pid)
+        return (
+            abs(process.create_time() - record.create_time) < 0.01
+            and process.status() != psutil.STATUS_ZOMBIE
+        )
+    except psutil.Error:
+        return False
+
+
+def _send(record: ProcessRecord, sig: signal.Signals) -> None:
+    # Re-check identity right before signalling: the pid may have been reused meanwhile.
+    if alive(record):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(record.pid, sig)
+
+
+async def terminate_processes(
+    records: Iterable[ProcessRecord], grace: float, *, kill_timeout: float = 5.0
+) -> tuple[list[ProcessRecord], list[ProcessRecord]]:
+    """SIGTERM the recorded processes, SIGKILL those left after `grace` seconds.
+
+    Returns (killed with SIGKILL, still alive afterwards). Only the recorded processes are
+    touched, each checked against its start time first.
+    """
+    targets = [record for record in records if alive(record)]
+    for record in targets:
+        _send(record, signal.SIGTERM)
+    remaining = await _wait_gone(targets, grace)
+    for record in remaining:
+        _send(record, signal.SIGKILL)
+    survivors = await _wait_gone(remaining, kill_timeout)
+    return remaining, survivors
+
+
+async def _wait_gone(records: list[ProcessRecord], timeout: float) -> list[ProcessRecord]:
+    deadline = time.monotonic() + timeout
+    remaining = [record for record in records if alive(record)]
+    while remaining and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        remaining = [record for record in remaining if alive(record)]
+    return remaining
+
+
+class VllmProcess:
+    """The running vLLM: the leader of its own session, its output on one pipe."""
+
+    def __init__(self, process: asyncio.subprocess.Process, output_fd: int, started: float) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.sid = process.pid  # start_new_session: the leader's pid is the session and group id
+        self.output_fd = output_fd
+        self.started = started
+        self.leader = _record(psutil.Process(self.pid)) if self.returncode is None else None
+        self.stop_requested = False
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    def members(self) -> list[ProcessRecord]:
+        return session_members(self.sid)
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.sid, sig)
+
+    async def terminate(self, grace: float) -> tuple[list[ProcessRecord], list[ProcessRecord]]:
+        """SIGTERM the group (and any member that left it), wait up to `grace` seconds for the
+        whole session to end, then SIGKILL what is left. Returns (SIGKILLed, survivors)."""
+        self.stop_requested = True
+        self.signal_group(signal.SIGTERM)
+        for record in self.members():
+            _send(record, signal.SIGTERM)
+        killed: list[ProcessRecord] = []
+        if not await self._session_gone_within(grace):
+            killed = self.members()
+            self.signal_group(signal.SIGKILL)
+            for record in killed:
+                _send(record, signal.SIGKILL)
+            await self._session_gone_within(5.0)
+        if self.returncode is None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.process.wait(), timeout=5.0)
+        return killed, self.members()
+
+    async def _session_gone_within(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.returncode is None or self.members():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.output_fd)
+
+
+async def spawn(
+    argv: tuple[str, ...], env: Mapping[str, str], cwd: str | None = None
+) -> VllmProcess:
+    """Start vLLM in a new session with stdout and stderr on one non-blocking pipe."""
+    read_fd, write_fd = os.pipe()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)  # the child holds its copy; EOF arrives when its whole tree is done
+    os.set_blocking(read_fd, False)
+    return VllmProcess(process, read_fd, time.monotonic())

@@ -1,0 +1,32 @@
+"""The supervisor's states and the transitions allowed between them. A leaf: no imports.
+
+STARTING -> BACKOFF -> FATAL keeps "failed to start" apart from "crashed later" (READY ->
+UNHEALTHY -> BACKOFF), as supervisord does.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ALLOWED", "State"]
+
+
+class State(enum.Enum):
+    STOPPED = "STOPPED"  # nothing running; before the first start and after a clean stop
+    STARTING = "STARTING"  # vLLM launched, not yet answering /health and /v1/models
+    READY = "READY"  # serving: the last checks passed
+    UNHEALTHY = "UNHEALTHY"  # running, but the last check(s) failed; below the threshold
+    BACKOFF = "BACKOFF"  # vLLM died or was stopped for a restart; waiting before the next start
+    STOPPING = "STOPPING"  # asked to stop: vLLM's process group is being terminated
+    FATAL = "FATAL"  # will not heal by retrying; the supervisor exits non-zero
+
+
+ALLOWED: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.STARTING, State.FATAL, State.STOPPING}),
+    State.STARTING: frozenset({State.READY, State.BACKOFF, State.STOPPING, State.FATAL}),
+    State.READY: frozenset({State.UNHEALTHY, State.BACKOFF, State.STOPPING, State.FATAL}),
+    State.UNHEALTHY: frozenset({State.READY, State.BACKOFF, State.STOPPING, State.FATAL}),
+    State.BACKOFF: frozenset({State.STARTING, State.STOPPING, State.FATAL}),
+    State.STOPPING: frozenset({State.STOPPED, State.FATAL}),
+    State.FATAL: frozenset(),
+}

@@ -1,0 +1,557 @@
+"""The one main loop: start vLLM, wait until it is ready, keep checking it, restart it with
+judgement, stop it without leaving anything behind.
+
+Everything that happens reaches the loop as an incident on one queue: the child's exit, a log
+event, a signal. Signal handlers only enqueue (gunicorn #3198 is the lesson). Probes run on the
+loop's own schedule. Each state change is asserted, labelled and logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+from . import exitcodes, notify, statefile
+from .backoff import RestartPolicy, RestartSettings
+from .config import Config
+from .exits import describe_exit
+from .health import CheckResult, HttpProber
+from .logpump import LogPump, RotatingLogFile
+from .notify import Notifier
+from .process import VllmProcess, spawn
+from .render import Launch
+from .rules import Action, Event, EventCounters, RuleSet
+from .states import ALLOWED, State
+from .status import CrashReport, StatusBoard
+
+__all__ = ["Outcome", "ReloadResult", "Supervisor"]
+
+log = structlog.get_logger("niodoo_supervisor")
+
+
+@dataclass(frozen=True)
+class ChildExited:
+    pid: int  # a stopped child's exit arrives after its successor started: match the pid
+    returncode: int
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    event: Event
+
+
+@dataclass(frozen=True)
+class SignalReceived:
+    signum: int
+
+
+Incident = ChildExited | LogEvent | SignalReceived
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run of vLLM ended, from the loop's point of view."""
+
+    kind: str  # "stop", "fatal", "failed", "reload"
+    reason: str
+    rule: str | None = None
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    config: Config | None
+    launch: Launch | None
+    errors: list[str] = field(default_factory=list)
+    api_key: str | None = None
+
+
+Reloader = Callable[[], Awaitable[ReloadResult]]
+ProberFactory = Callable[[Config, str | None], HttpProber]
+
+
+def _settings(config: Config) -> RestartSettings:
+    return RestartSettings(
+        **{
+            name: config[f"supervisor.restart.{name}"]
+            for name in RestartSettings.__dataclass_fields__
+        }
+    )
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        launch: Launch,
+        *,
+        api_key: str | None,
+        notifier: Notifier,
+        environ: dict[str, str],
+        reloader: Reloader | None = None,
+        prober_factory: ProberFactory | None = None,
+        echo: BinaryIO | None = None,
+        rng: random.Random | None = None,
+        vllm_version: str | None = None,
+    ) -> None:
+        self.config = config
+        self.launch = launch
+        self.api_key = api_key
+        self.notifier = notifier
+        self.environ = environ
+        self.reloader = reloader
+        self.prober_factory = prober_factory or _http_prober
+        self.echo = (
+            echo
+            if echo is not None
+            else (sys.stdout.buffer if config["supervisor.log.echo"] else None)
+        )
+        self.policy = RestartPolicy(_settings(config), rng)
+        self.state = State.STOPPED
+        self.incidents: asyncio.Queue[Incident] = asyncio.Queue()
+        self.counters = EventCounters()
+        self.status = StatusBoard(vllm_version=vllm_version)
+        self.ready_once = False
+        self.ready_since: float | None = None
+        self.fatal_event: Event | None = None
+        self.pump: LogPump | None = None
+        self.pump_task: asyncio.Task[None] | None = None
+        self.log_file: RotatingLogFile | None = None
+
+    # --- the state machine --------------------------------------------------------------------
+
+    def transition(self, expected: set[State], new: State, reason: str) -> None:
+        old = self.state
+        assert old in expected, f"{old.value} -> {new.value} from an unexpected state"
+        assert new in ALLOWED[old], f"{old.value} -> {new.value} is not a transition"
+        self.state = new
+        log.info("state_changed", old=old.value, new=new.value, reason=reason)
+        self.status.state, self.status.since, self.status.reason = new.value, time.time(), reason
+        self.status.write(self.config.state_dir)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, self.incidents.put_nowait, SignalReceived(signum))
+        try:
+            return await self._supervise()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            if self.log_file is not None:
+                self.log_file.close()
+
+    async def _supervise(self) -> int:
+        while True:
+            now = time.monotonic()
+            if self.policy.crash_loop(now):
+                settings = self.policy.settings
+                reason = f"crash loop: {settings.max_starts} starts within {settings.window:g}s; last: {self.status.last_exit}"
+                return self._fatal(reason, exitcodes.CRASH_LOOP)
+            self.policy.record_start(now)
+            child = await self._start()
+            if child is None:
+                return self._fatal(self.status.reason, exitcodes.CONFIG)
+            prober = self.prober_factory(self.config, self.api_key)
+            try:
+                outcome = await self._watch(child, prober)
+            finally:
+                await prober.aclose()
+            if self.ready_since is not None:
+                self.policy.record_ready_for(time.monotonic() - self.ready_since)
+                self.ready_since = None
+            if outcome.kind == "stop":
+                self.transition(
+                    {State.STARTING, State.READY, State.UNHEALTHY}, State.STOPPING, outcome.reason
+                )
+                self.notifier.send(*notify.stopping("stopping vLLM"))
+                await self._stop_child(child)
+                # STOPPING -> STOPPED: the whole session of vLLM is gone
+                self.transition({State.STOPPING}, State.STOPPED, "vLLM stopped")
+                return exitcodes.OK
+            await self._stop_child(child)
+            if outcome.kind == "fatal":
+                self._report_crash(outcome)
+                return self._fatal(outcome.reason, exitcodes.CONFIG)
+            if outcome.kind == "reload":
+                # -> BACKOFF with no delay: the new config starts at once
+                self.transition(
+                    {State.STARTING, State.READY, State.UNHEALTHY}, State.BACKOFF, outcome.reason
+                )
+                continue
+            self._report_crash(outcome)
+            delay = self.policy.next_delay()
+            self.status.restarts += 1
+            # STARTING/READY/UNHEALTHY -> BACKOFF: it failed; try again after a delay
+            self.transition(
+                {State.STARTING, State.READY, State.UNHEALTHY}, State.BACKOFF, outcome.reason
+            )
+            self.notifier.send(*notify.status(f"restarting vLLM in {delay:.0f}s: {outcome.reason}"))
+            if await self._backoff(delay):
+                self.transition({State.BACKOFF}, State.STOPPING, "stop requested during backoff")
+                self.transition({State.STOPPING}, State.STOPPED, "nothing running")
+                return exitcodes.OK
+
+    def _fatal(self, reason: str, code: int) -> int:
+        self.transition(set(State) - {State.FATAL}, State.FATAL, reason)
+        self.notifier.send(*notify.status(f"FATAL: {reason}"))
+        log.error("fatal", reason=reason, exit_code=code)
+        return code
+
+    async def _backoff(self, delay: float) -> bool:
+        """Wait `delay` seconds; True when a stop was asked meanwhile."""
+        deadline = time.monotonic() + delay
+        while (remaining := deadline - time.monotonic()) > 0:
+            self.notifier.send(*notify.WATCHDOG)  # waiting on purpose is not hanging
+            try:
+                incident = await asyncio.wait_for(self.incidents.get(), timeout=min(remaining, 5.0))
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(incident, SignalReceived) and incident.signum in (
+                signal.SIGTERM,
+                signal.SIGINT,
+            ):
+                return True
+        return False
+
+    # --- starting -----------------------------------------------------------------------------
+
+    async def _start(self) -> VllmProcess | None:
+        self._write_logging_config()
+        env = self.launch.child_environment(self.environ)
+        self.fatal_event = None
+        try:
+            child = await spawn(self.launch.argv, env)
+        except OSError as exc:
+            self.transition({State.STOPPED, State.BACKOFF}, State.STARTING, "launching vLLM")
+            self.status.reason = f"cannot execute {self.launch.argv[0]}: {exc.strerror}"
+            return None
+        self.status.starts += 1
+        self.status.vllm_pid = child.pid
+        self.status.served_model = self.config.served_name
+        self.status.adapters = [adapter.name for adapter in self.config.adapters]
+        # STOPPED/BACKOFF -> STARTING: vLLM launched
+        self.transition(
+            {State.STOPPED, State.BACKOFF}, State.STARTING, f"launched vLLM pid {child.pid}"
+        )
+        self.notifier.send(*notify.status(f"starting vLLM (pid {child.pid})"))
+        self._record_processes(child)
+        self._start_pump(child)
+        asyncio.get_running_loop().create_task(self._watch_exit(child))
+        return child
+
+    def _write_logging_config(self) -> None:
+        path = self.launch.env.get("VLLM_LOGGING_CONFIG_PATH")
+        if self.launch.logging_config is None or not path:
+            return
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.launch.logging_config, indent=1))
+
+    def _start_pump(self, child: VllmProcess) -> None:
+        if self.log_file is None:
+            self.log_file = RotatingLogFile(
+                self.config.log_path,
+                self.config["supervisor.log.max_bytes"],
+                self.config["supervisor.log.backup_count"],
+            )
+        ruleset = RuleSet(self.config["rules"])
+        self.pump = LogPump(
+            child.output_fd,
+            ruleset=ruleset,
+            on_event=self._on_log_event,
+            log_file=self.log_file,
+            echo=self.echo,
+            tail_lines=max(200, self.config["supervisor.log.crash_report_lines"]),
+        )
+        self.pump_task = asyncio.get_running_loop().create_task(self.pump.run())
+
+    def _on_log_event(self, event: Event) -> None:
+        self.counters.add(event)
+        log.info(
+            "vllm_event",
+            rule=event.rule,
+            severity=event.severity.value,
+            action=event.action.value,
+            process=event.process,
+            vllm_pid=event.pid,
+            details=event.details,
+            hint=event.hint or None,
+            line=event.message,
+        )
+        if (
+            event.action is Action.FATAL
+            and self.state is State.STARTING
+            and self.fatal_event is None
+        ):
+            self.fatal_event = event
+        self.incidents.put_nowait(LogEvent(event))
+
+    async def _watch_exit(self, child: VllmProcess) -> None:
+        returncode = await child.wait()
+        self.incidents.put_nowait(ChildExited(child.pid, returncode))
+
+    def _record_processes(self, child: VllmProcess) -> None:
+        if child.leader is None:
+            return
+        members = tuple(member for member in child.members() if member.pid != child.pid)
+        record = statefile.RunRecord(
+            os.getpid(), child.sid, child.leader, members, self.config.port
+        )
+        statefile.write(self.config.state_dir, record)
+
+    # --- watching -----------------------------------------------------------------------------
+
+    async def _watch(self, child: VllmProcess, prober: HttpProber) -> Outcome:
+        config = self.config
+        started = time.monotonic()
+        startup_deadline = started + config["supervisor.startup_timeout"]
+        next_check = started
+        failures = 0
+        engine_death: Event | None = None
+        while True:
+            timeout = max(0.0, next_check - time.monotonic())
+            try:
+                incident: Incident | None = await asyncio.wait_for(
+                    self.incidents.get(), timeout=timeout
+                )
+            except asyncio.TimeoutError:
+                incident = None
+            if isinstance(incident, ChildExited):
+                if incident.pid != child.pid:
+                    continue  # the exit of a child stopped earlier
+                return await self._exit_outcome(child, incident.returncode)
+            if isinstance(incident, SignalReceived):
+                outcome = await self._on_signal(incident.signum)
+                if outcome is not None:
+                    return outcome
+                continue
+            if isinstance(incident, LogEvent):
+                event = incident.event
+                if self.fatal_event is not None and self.state is State.STARTING:
+                    return self._fatal_outcome(self.fatal_event)
+                if event.action is Action.CHECK_NOW:
+                    engine_death = event
+                    next_check = time.monotonic()
+                elif event.action is Action.PHASE and self.state is State.STARTING:
+                    self.status.phase = str(event.details.get("phase", event.rule))
+                    self.notifier.send(*notify.status(f"starting vLLM: {self.status.phase}"))
+                if time.monotonic() < next_check:
+                    continue
+            now = time.monotonic()
+            if now < next_check:
+                continue
+            result = await prober.check()
+            self._note_check(result)
+            if self.state is State.STARTING:
+                outcome = self._starting_check(child, result, now, startup_deadline)
+                next_check = time.monotonic() + config["supervisor.health.startup_interval"]
+            else:
+                if result.ok:
+                    failures, engine_death = 0, None
+                else:
+                    failures += 1
+                outcome = self._liveness_check(result, failures, engine_death)
+                next_check = time.monotonic() + config["supervisor.health.interval"]
+            if outcome is not None:
+                return outcome
+            self._record_processes(child)
+
+    def _note_check(self, result: CheckResult) -> None:
+        self.status.last_check = {
+            "at": time.time(),
+            "ok": result.ok,
+            "reason": result.reason,
+            "health_status": result.health.status,
+            "latency_s": round(
+                result.health.latency + (result.models.latency if result.models else 0.0), 4
+            ),
+        }
+        self.status.events = self.counters.as_dict()
+        if self.pump is not None:
+            self.status.log_dropped_bytes = self.pump.stats.dropped_bytes
+
+    def _starting_check(
+        self, child: VllmProcess, result: CheckResult, now: float, deadline: float
+    ) -> Outcome | None:
+        if result.ok:
+            self.ready_since = now
+            # STARTING -> READY: /health 200 and /v1/models lists the model and every adapter
+            self.transition(
+                {State.STARTING}, State.READY, f"ready after {now - child.started:.1f}s"
+            )
+            self.notifier.send(*notify.ready(self._ready_text()), *notify.WATCHDOG)
+            self.ready_once = True
+            return None
+        if now >= deadline:
+            return Outcome(
+                "failed",
+                f"not ready within startup_timeout ({self.config['supervisor.startup_timeout']:g}s): {result.reason}",
+            )
+        silent = now - (
+            self.pump.last_output_monotonic
+            if self.pump and self.pump.last_output_monotonic
+            else child.started
+        )
+        stall = self.config["supervisor.startup_stall_timeout"]
+        if silent >= stall:
+            return Outcome(
+                "failed",
+                f"vLLM wrote nothing for {silent:.0f}s while starting (startup_stall_timeout {stall:g}s)",
+            )
+        # Still making progress: keep systemd's start timeout ahead of us.
+        self.notifier.send(
+            *notify.extend_timeout(stall + self.config["supervisor.health.startup_interval"] * 2),
+            *notify.WATCHDOG,
+        )
+        self.status.write(self.config.state_dir)
+        return None
+
+    def _liveness_check(
+        self, result: CheckResult, failures: int, engine_death: Event | None
+    ) -> Outcome | None:
+        threshold = self.config["supervisor.health.failure_threshold"]
+        self.status.consecutive_failures = failures
+        if result.ok:
+            if self.state is State.UNHEALTHY:
+                # UNHEALTHY -> READY: checks pass again
+                self.transition({State.UNHEALTHY}, State.READY, "checks pass again")
+                self.notifier.send(*notify.status(self._ready_text()))
+            self.notifier.send(*notify.WATCHDOG)
+            self.status.write(self.config.state_dir)
+            return None
+        if engine_death is not None and not result.health.ok:
+            return Outcome(
+                "failed",
+                f"engine died ({engine_death.message.strip()}); {result.reason}",
+                engine_death.rule,
+            )
+        if failures >= threshold:
+            return Outcome("failed", f"{failures} failed checks in a row: {result.reason}")
+        if self.state is State.READY:
+            # READY -> UNHEALTHY: a check failed, below the threshold
+            self.transition(
+                {State.READY},
+                State.UNHEALTHY,
+                f"check failed ({failures}/{threshold}): {result.reason}",
+            )
+            self.notifier.send(
+                *notify.status(f"unhealthy ({failures}/{threshold}): {result.reason}")
+            )
+        return None
+
+    def _ready_text(self) -> str:
+        adapters = len(self.config.adapters)
+        return f"ready: serving {self.config.served_name} with {adapters} adapter(s) on port {self.config.port}"
+
+    async def _exit_outcome(self, child: VllmProcess, returncode: int) -> Outcome:
+        how = describe_exit(returncode)
+        self.status.last_exit = how
+        log.warning("vllm_exited", vllm_pid=child.pid, how=how, state=self.state.value)
+        await self._drain_output(2.0)  # the line that explains the exit may still be in the pipe
+        if self.fatal_event is not None and self.state is State.STARTING:
+            return self._fatal_outcome(self.fatal_event)
+        if returncode == 2 and self.state is State.STARTING:
+            return Outcome(
+                "fatal",
+                f"vLLM {how} while starting: a command-line (argparse) error; {self._last_line()}",
+            )
+        if returncode == 0:
+            return Outcome(
+                "failed",
+                f"vLLM {how} without being asked to stop (vLLM exits 0 when its engine dies)",
+            )
+        return Outcome("failed", f"vLLM {how}")
+
+    def _fatal_outcome(self, event: Event) -> Outcome:
+        return Outcome("fatal", f"{event.rule}: {event.message.strip()}", event.rule)
+
+    def _last_line(self) -> str:
+        lines = [line for line in (self.pump.tail() if self.pump else []) if line.strip()]
+        return lines[-1].strip() if lines else "no output"
+
+    async def _drain_output(self, timeout: float) -> None:
+        if self.pump_task is not None and not self.pump_task.done():
+            # On timeout a surviving grandchild still holds the pipe; the stop ends it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.pump_task), timeout=timeout)
+
+    async def _on_signal(self, signum: int) -> Outcome | None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            return Outcome("stop", f"{signal.Signals(signum).name} received")
+        if signum == signal.SIGHUP:
+            return await self._reload()
+        return None
+
+    async def _reload(self) -> Outcome | None:
+        if self.reloader is None:
+            return None
+        log.info("reload_requested")
+        result = await self.reloader()
+        if result.config is None or result.launch is None:
+            for error in result.errors:
+                log.error("reload_refused", problem=error)
+            self.notifier.send(
+                *notify.status(
+                    f"reload refused ({len(result.errors)} problem(s)); still running the old config"
+                )
+            )
+            return None
+        self.notifier.send(*notify.reloading("restarting vLLM with the new config"))
+        self.config, self.launch, self.api_key = result.config, result.launch, result.api_key
+        self.policy.settings = _settings(result.config)
+        return Outcome("reload", "config reloaded (SIGHUP)")
+
+    # --- stopping -----------------------------------------------------------------------------
+
+    async def _stop_child(self, child: VllmProcess) -> None:
+        grace = self.config["supervisor.stop.grace_period"]
+        killed, survivors = await child.terminate(grace)
+        if killed:
+            log.warning(
+                "vllm_killed",
+                after_grace_s=grace,
+                processes=[record.describe() for record in killed],
+            )
+        if survivors:
+            log.error("vllm_survivors", processes=[record.describe() for record in survivors])
+        await self._drain_output(5.0)
+        if self.pump_task is not None and not self.pump_task.done():
+            self.pump_task.cancel()
+        child.close()
+        if not survivors:
+            statefile.clear(self.config.state_dir)
+        self.status.vllm_pid = None
+        self.status.events = self.counters.as_dict()
+
+    def _report_crash(self, outcome: Outcome) -> None:
+        count = self.config["supervisor.log.crash_report_lines"]
+        lines = self.pump.tail()[-count:] if self.pump and count else []
+        self.status.last_crash = CrashReport(time.time(), outcome.reason, outcome.rule, lines)
+        log.error(
+            "crash_report", reason=outcome.reason, rule=outcome.rule, last_lines="\n".join(lines)
+        )
+
+
+def _http_prober(config: Config, api_key: str | None) -> HttpProber:
+    host = config.probe_host
+    url_host = f"[{host}]" if ":" in host else host
+    return HttpProber(
+        f"http://{url_host}:{config.port}",
+        served=config.served_name,
+        adapters=[adapter.name for adapter in config.adapters],
+        api_key=api_key,
+        timeout=config["supervisor.health.timeout"],
+    )

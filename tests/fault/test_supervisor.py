@@ -1,0 +1,319 @@
+"""The supervisor (a real process, real signals, a real notify socket) against the fake vLLM's
+fault switches. Each test asserts the reaction, the states, the notifications, and that no
+process of vLLM is left afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from harness import (
+    REPO,
+    NotifySocket,
+    SupervisorRun,
+    launched_pids,
+    notify_socket,
+    sessions_descended_from,
+    start_supervisor,
+    stop_supervisor,
+    wait_for,
+)
+
+FAKE_PATH = REPO / "tests" / "fakevllm"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_adapter(path: Path, rank: int, base: str) -> None:
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": rank, "base_model_name_or_path": base})
+    )
+    (path / "adapter_model.safetensors").write_bytes(b"")
+
+
+def make_config(tmp: Path, faults: str = "", **overrides: object) -> Path:
+    model = tmp / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text(
+        json.dumps({"architectures": ["Qwen2ForCausalLM"], "max_position_embeddings": 256})
+    )
+    if not (tmp / "adapters").exists():
+        _write_adapter(tmp / "adapters" / "a", 8, str(model))
+        _write_adapter(tmp / "adapters" / "b", 16, str(model))
+    config: dict[str, object] = {
+        "server": {
+            "python": sys.executable,
+            "port": _free_port(),
+            "env": {"PYTHONPATH": str(FAKE_PATH), "FAKE_VLLM_FAULTS": faults or "load_seconds=0.2"},
+        },
+        "model": {"path": str(model), "served_name": "tiny"},
+        "lora": {
+            "enabled": True,
+            "max_loras": 2,
+            "max_lora_rank": 16,
+            "adapters": [{"name": "a", "path": "adapters/a"}, {"name": "b", "path": "adapters/b"}],
+        },
+        "supervisor": {
+            "state_dir": str(tmp / "state"),
+            "startup_timeout": 30,
+            "startup_stall_timeout": 10,
+            "health": {
+                "interval": 0.3,
+                "startup_interval": 0.1,
+                "timeout": 1,
+                "failure_threshold": 2,
+            },
+            "restart": {"initial_delay": 0.2, "max_delay": 1, "max_starts": 5, "window": 60},
+            "stop": {"grace_period": 2},
+            "log": {"crash_report_lines": 20},
+        },
+    }
+    for dotted, value in overrides.items():
+        node: dict[str, object] = config
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+        node[leaf] = value
+    path = tmp / "niodoo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+Launcher = Callable[..., SupervisorRun]
+
+
+@pytest.fixture
+def supervise(tmp_path: Path) -> Iterator[Launcher]:
+    runs: list[SupervisorRun] = []
+    with notify_socket(tmp_path) as notify:
+
+        def launch(faults: str = "", **overrides: object) -> SupervisorRun:
+            config = make_config(tmp_path, faults, **overrides)
+            run = start_supervisor(config, tmp_path / "state", notify, tmp_path)
+            runs.append(run)
+            return run
+
+        yield launch
+        for run in runs:
+            stop_supervisor(run)
+
+
+def _assert_nothing_left(run: SupervisorRun) -> None:
+    wait_for(lambda: not sessions_descended_from(run), 10, "vLLM's processes to be gone")
+    for pid in launched_pids(run):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def _stop(run: SupervisorRun) -> int:
+    run.signal(signal.SIGTERM)
+    return run.wait_exit(30)
+
+
+def test_ready_only_after_models_list_everything_then_clean_stop(supervise: Launcher) -> None:
+    run = supervise("load_seconds=0.8")
+    run.wait_state("READY", 20)
+    notify: NotifySocket = run.notify
+    ready = wait_for(lambda: notify.first("READY", "1"), 5, "READY=1")
+    assert ready is not None
+    ready_event = run.event("state_changed", new="READY")
+    assert ready_event is not None
+    # Progress during the start kept systemd's start timeout extended and showed the phase.
+    assert notify.count("EXTEND_TIMEOUT_USEC") >= 1
+    assert any("starting vLLM:" in status for status in notify.statuses())
+    assert all(m.at <= ready.at for m in notify.snapshot() if "EXTEND_TIMEOUT_USEC" in m.fields)
+    wait_for(lambda: notify.count("WATCHDOG") >= 3, 10, "watchdog pings while ready")
+    status = run.status()
+    assert status["state"] == "READY" and status["adapters"] == ["a", "b"]
+    assert _stop(run) == 0
+    assert run.states() == ["STARTING", "READY", "STOPPING", "STOPPED"]
+    assert notify.first("STOPPING", "1") is not None
+    _assert_nothing_left(run)
+
+
+def test_argparse_error_is_fatal_at_once_without_restarts(supervise: Launcher) -> None:
+    run = supervise("exit_at_start")
+    assert run.wait_exit(20) == 78
+    assert run.states() == ["STARTING", "FATAL"]
+    fatal = run.event("state_changed", new="FATAL")
+    assert fatal is not None and "unrecognized arguments" in fatal["reason"]
+    assert len(launched_pids(run)) == 1
+    assert any(s.startswith("FATAL:") for s in run.notify.statuses())
+    assert run.notify.first("READY") is None
+    _assert_nothing_left(run)
+
+
+def test_crash_after_ready_restarts_with_backoff_and_a_crash_report(supervise: Launcher) -> None:
+    run = supervise("load_seconds=0.2,crash_after=0.5")
+    wait_for(lambda: run.states().count("READY") >= 2, 30, "a second READY after the crash")
+    # A liveness probe may catch the dying server a moment before its exit is reaped.
+    states = [state for state in run.states() if state != "UNHEALTHY"]
+    assert states[:4] == ["STARTING", "READY", "BACKOFF", "STARTING"]
+    backoff = run.event("state_changed", new="BACKOFF")
+    assert backoff is not None and "exited with code 1" in backoff["reason"]
+    report = run.event("crash_report")
+    assert report is not None and "Traceback" in report["last_lines"]
+    assert len(launched_pids(run)) >= 2
+    assert _stop(run) == 0
+    _assert_nothing_left(run)
+
+
+def test_engine_death_is_acted_on_before_vllm_exits_by_itself(supervise: Launcher) -> None:
+    # vLLM would exit 0 only after 30 s; the log rule and /health 503 restart it long before.
+    run = supervise("load_seconds=0.2,engine_death_after=0.5,engine_death_exit_after=30")
+    run.wait_state("READY", 20)
+    ready_at = time.monotonic()
+    wait_for(lambda: "BACKOFF" in run.states(), 10, "the restart after engine death")
+    detect = time.monotonic() - ready_at
+    backoff = run.event("state_changed", new="BACKOFF")
+    assert backoff is not None and "engine died" in backoff["reason"] and "503" in backoff["reason"]
+    assert detect < 10
+    wait_for(lambda: run.states().count("READY") >= 2, 30, "READY again")
+    assert _stop(run) == 0
+    _assert_nothing_left(run)
+
+
+def test_exit_zero_unasked_is_a_crash(supervise: Launcher) -> None:
+    run = supervise("load_seconds=0.2,exit_zero_after=0.4")
+    wait_for(lambda: run.event("state_changed", new="BACKOFF"), 20, "BACKOFF")
+    backoff = run.event("state_changed", new="BACKOFF")
+    assert backoff is not None and "exited with code 0 without being asked" in backoff["reason"]
+    assert _stop(run) == 0
+    _assert_nothing_left(run)
+
+
+def test_hung_server_is_restarted_after_the_failure_threshold(supervise: Launcher) -> None:
+    run = supervise("load_seconds=0.2,hang_after=0.5")
+    wait_for(lambda: run.event("state_changed", new="BACKOFF"), 30, "BACKOFF after the hang")
+    assert run.states()[:4] == ["STARTING", "READY", "UNHEALTHY", "BACKOFF"]
+    backoff = run.event("state_changed", new="BACKOFF")
+    assert (
+        backoff is not None
+        and "2 failed checks in a row" in backoff["reason"]
+        and "timed out" in backoff["reason"]
+    )
+    assert _stop(run) == 0
+    _assert_nothing_left(run)
+
+
+def test_vanished_adapter_is_a_failure(supervise: Launcher) -> None:
+    run = supervise("load_seconds=0.2,drop_adapter_after=0.5")
+    wait_for(
+        lambda: run.event("state_changed", new="BACKOFF"), 30, "BACKOFF after the adapter vanished"
+    )
+    unhealthy = run.event("state_changed", new="UNHEALTHY")
+    assert unhealthy is not None and "missing a" in unhealthy["reason"]
+    assert _stop(run) == 0
+    _assert_nothing_left(run)
+
+
+def test_stubborn_vllm_is_sigkilled_after_the_grace_period(supervise: Launcher) -> None:
+    run = supervise("load_seconds=0.2,ignore_sigterm,stubborn_children")
+    run.wait_state("READY", 20)
+    started = time.monotonic()
+    assert _stop(run) == 0
+    took = time.monotonic() - started
+    killed = run.event("vllm_killed")
+    assert killed is not None and "VLLM::EngineCore" in killed["processes"]
+    assert 2 <= took < 15  # the 2 s grace, then SIGKILL
+    assert run.event("vllm_survivors") is None
+    _assert_nothing_left(run)
+
+
+def test_crash_loop_ends_in_fatal_with_exit_69(supervise: Launcher) -> None:
+    run = supervise(
+        "load_seconds=0.1,crash_after=0.1",
+        supervisor__restart={"initial_delay": 0.1, "max_delay": 0.2, "max_starts": 3, "window": 60},
+    )
+    assert run.wait_exit(60) == 69
+    assert run.states().count("STARTING") == 3
+    fatal = run.event("state_changed", new="FATAL")
+    assert fatal is not None and "crash loop: 3 starts within 60s" in fatal["reason"]
+    _assert_nothing_left(run)
+
+
+def test_leftovers_of_a_killed_supervisor_are_ended_by_the_next(supervise: Launcher) -> None:
+    first = supervise("load_seconds=0.2,stubborn_children")
+    first.wait_state("READY", 20)
+    wait_for(lambda: len(sessions_descended_from(first)) >= 3, 10, "engine and worker processes")
+    orphans = sessions_descended_from(first)
+    first.process.kill()  # the supervisor dies; vLLM and its children stay
+    first.process.wait()
+    assert all(psutil.pid_exists(pid) for pid in orphans)
+    second = supervise("load_seconds=0.2")
+    second.wait_state("READY", 30)
+    found = second.event("leftovers_found")
+    assert found is not None and "VLLM::EngineCore" in found["processes"]
+    assert not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        for pid in orphans
+    )
+    assert _stop(second) == 0
+    _assert_nothing_left(second)
+
+
+def test_port_held_by_a_foreign_process_is_fatal_naming_it(
+    supervise: Launcher, tmp_path: Path
+) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        run = supervise(server__port=port)
+        assert run.wait_exit(20) == 78
+        assert f"port {port} on 127.0.0.1 is already in use by" in run.stderr()
+        assert f"(pid {os.getpid()})" in run.stderr()
+        assert launched_pids(run) == []
+    finally:
+        holder.close()
+
+
+def test_rank_above_max_is_refused_before_anything_starts(
+    supervise: Launcher, tmp_path: Path
+) -> None:
+    _write_adapter(tmp_path / "adapters" / "wide", 64, str(tmp_path / "model"))
+    started = time.monotonic()
+    run = supervise(lora__adapters=[{"name": "wide", "path": "adapters/wide"}])
+    assert run.wait_exit(20) == 78
+    assert time.monotonic() - started < 10
+    assert "adapter 'wide' has rank 64, above lora.max_lora_rank 16" in run.stderr()
+    assert launched_pids(run) == []
+
+
+def test_sighup_refuses_a_bad_config_and_applies_a_good_one(
+    supervise: Launcher, tmp_path: Path
+) -> None:
+    run = supervise("load_seconds=0.2")
+    run.wait_state("READY", 20)
+    good = run.config.read_text()
+    run.config.write_text(good.replace("max_lora_rank: 16", "max_lora_rank: 24"))
+    run.signal(signal.SIGHUP)
+    wait_for(lambda: run.event("reload_refused"), 20, "the reload refusal")
+    assert run.states() == ["STARTING", "READY"]
+    run.config.write_text(good.replace("max_loras: 2", "max_loras: 3"))
+    run.signal(signal.SIGHUP)
+    wait_for(lambda: run.states().count("READY") >= 2, 30, "READY with the new config")
+    assert run.notify.first("RELOADING", "1") is not None
+    starts = [
+        r for r in run.events() if r.get("event") == "state_changed" and r.get("new") == "STARTING"
+    ]
+    assert len(starts) == 2
+    argv = psutil.Process(launched_pids(run)[-1]).cmdline()
+    assert argv[argv.index("--max-loras") + 1] == "3"
+    assert _stop(run) == 0
+    _assert_nothing_left(run)

@@ -1,0 +1,245 @@
+"""Helpers shared by the fault-injection and end-to-end tiers: a real systemd notify socket,
+the supervisor as a real subprocess, and deadline-based waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll until `predicate` returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Notification:
+    at: float
+    fields: dict[str, str]
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket playing systemd's part: records every notification."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[Notification] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            with self._lock:
+                self.messages.append(Notification(time.monotonic(), fields))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+    def snapshot(self) -> list[Notification]:
+        with self._lock:
+            return list(self.messages)
+
+    def first(self, key: str, value: str | None = None) -> Notification | None:
+        for message in self.snapshot():
+            if key in message.fields and (value is None or message.fields[key] == value):
+                return message
+        return None
+
+    def count(self, key: str) -> int:
+        return sum(key in message.fields for message in self.snapshot())
+
+    def statuses(self) -> list[str]:
+        return [m.fields["STATUS"] for m in self.snapshot() if "STATUS" in m.fields]
+
+
+@dataclass
+class SupervisorRun:
+    """`niodoo-supervisor run` as a real process, its stdout/stderr going to files."""
+
+    config: Path
+    state_dir: Path
+    notify: NotifySocket
+    process: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    started: float = field(default_factory=time.monotonic)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def events(self) -> list[dict[str, str]]:
+        """The supervisor's structured events (logfmt on stderr) as dicts."""
+        return [_parse_logfmt(line) for line in self.stderr().splitlines() if line.strip()]
+
+    def event(self, name: str, **match: str) -> dict[str, str] | None:
+        for record in self.events():
+            if record.get("event") == name and all(record.get(k) == v for k, v in match.items()):
+                return record
+        return None
+
+    def states(self) -> list[str]:
+        return [record["new"] for record in self.events() if record.get("event") == "state_changed"]
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.state_dir / "status.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def wait_state(self, state: str, timeout: float) -> None:
+        wait_for(
+            lambda: state in self.states(), timeout, f"state {state}; states so far {self.states()}"
+        )
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"supervisor still running after {timeout:g}s; states {self.states()}"
+            ) from None
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+
+def start_supervisor(
+    config: Path,
+    state_dir: Path,
+    notify: NotifySocket,
+    tmp: Path,
+    extra_env: dict[str, str] | None = None,
+) -> SupervisorRun:
+    env = dict(os.environ)
+    env["NOTIFY_SOCKET"] = str(notify.path)
+    env.update(extra_env or {})
+    stdout_path, stderr_path = tmp / "supervisor.out", tmp / "supervisor.err"
+    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "niodoo_supervisor", "run", "-c", str(config)],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    return SupervisorRun(config, state_dir, notify, process, stdout_path, stderr_path)
+
+
+def stop_supervisor(run: SupervisorRun) -> None:
+    """Test cleanup: end the supervisor and anything of vLLM's it left, whatever happened."""
+    if run.process.poll() is None:
+        run.process.send_signal(signal.SIGTERM)
+        try:
+            run.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            run.process.kill()
+            run.process.wait()
+    for proc in sessions_descended_from(run):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc, signal.SIGKILL)
+
+
+def sessions_descended_from(run: SupervisorRun) -> list[int]:
+    """Pids of processes in sessions led by any vLLM the supervisor started (from its log)."""
+    leaders = {int(record["pid"]) for record in _launches(run)}
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) in leaders and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process.pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def _launches(run: SupervisorRun) -> list[dict[str, str]]:
+    records = []
+    for record in run.events():
+        reason = record.get("reason", "")
+        if record.get("event") == "state_changed" and reason.startswith("launched vLLM pid "):
+            records.append({"pid": reason.rsplit(" ", 1)[-1]})
+    return records
+
+
+def launched_pids(run: SupervisorRun) -> list[int]:
+    return [int(record["pid"]) for record in _launches(run)]
+
+
+def _parse_logfmt(line: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    index, length = 0, len(line)
+    while index < length:
+        while index < length and line[index] == " ":
+            index += 1
+        key_end = line.find("=", index)
+        if key_end < 0:
+            break
+        key = line[index:key_end]
+        index = key_end + 1
+        if index < length and line[index] == '"':
+            index += 1
+            value_chars = []
+            while index < length and line[index] != '"':
+                if line[index] == "\\" and index + 1 < length:
+                    index += 1
+                    value_chars.append({"n": "\n", "t": "\t"}.get(line[index], line[index]))
+                else:
+                    value_chars.append(line[index])
+                index += 1
+            index += 1
+            result[key] = "".join(value_chars)
+        else:
+            end = line.find(" ", index)
+            end = length if end < 0 else end
+            result[key] = line[index:end]
+            index = end
+    return result
+
+
+@contextlib.contextmanager
+def notify_socket(tmp: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp / "notify.sock")
+    try:
+        yield sock
+    finally:
+        sock.close()

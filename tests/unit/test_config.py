@@ -1,0 +1,191 @@
+"""Config validation: every problem at once, each naming its YAML path, line and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from niodoo_supervisor.config import Adapter, load_config, parse_config
+from niodoo_supervisor.problems import Problem
+
+BASE = "server:\n  python: /v/bin/python\nmodel:\n  path: /models/m\n"
+
+
+def _problems(text: str, environ: dict[str, str] | None = None) -> list[Problem]:
+    _, problems = parse_config(
+        text, source="c.yaml", base_dir=Path("/etc/n"), environ=environ or {}
+    )
+    return problems
+
+
+def _lines(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    return [problem.format() for problem in _problems(text, environ)]
+
+
+def test_minimal_config_is_valid_with_defaults() -> None:
+    config, problems = parse_config(BASE, base_dir=Path("/etc/n"), environ={})
+    assert problems == [] and config is not None
+    assert config.port == 8000 and config.host == "127.0.0.1"
+    assert config["supervisor.health.failure_threshold"] == 3
+    assert config["lora.enabled"] is False
+    assert config.served_name == "/models/m"
+
+
+def test_unknown_keys_get_a_did_you_mean_with_the_line() -> None:
+    lines = _lines(BASE + "lora:\n  enabled: true\n  max_lora_rnak: 16\nengine:\n  max_loras: 2\n")
+    assert (
+        "c.yaml:7: error: lora.max_lora_rnak: unknown key; did you mean lora.max_lora_rank?"
+        in lines
+    )
+    assert any(
+        "engine.max_loras: unknown key; did you mean lora.max_loras?" in line for line in lines
+    )
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = BASE.replace("/models/m", "/models/m\n  max_model_len: many") + (
+        "server2: {}\nengine:\n  gpu_memory_utilization: 1.5\n  tensor_parallel_size: 0\n"
+    )
+    text = text.replace("python: /v/bin/python", "python: /v/bin/python\n  port: 70000")
+    paths = {problem.path for problem in _problems(text)}
+    assert {
+        "server.port",
+        "model.max_model_len",
+        "server2",
+        "engine.gpu_memory_utilization",
+        "engine.tensor_parallel_size",
+    } <= paths
+
+
+def test_ranges_and_types_name_the_fix() -> None:
+    lines = _lines(BASE + "engine:\n  gpu_memory_utilization: 0\n")
+    assert lines == [
+        "c.yaml:6: error: engine.gpu_memory_utilization: 0.0 must be greater than 0; use a value > 0 and <= 1"
+    ]
+    assert "must be true or false" in _lines(BASE + "lora: {enabled: yes please}\n")[0]
+
+
+def test_max_lora_rank_must_be_a_value_vllm_accepts() -> None:
+    lines = _lines(BASE + "lora: {enabled: true, max_lora_rank: 24}\n")
+    assert len(lines) == 1
+    assert "lora.max_lora_rank: 24 is not accepted" in lines[0]
+    assert "1, 8, 16, 32, 64, 128, 256, 320, 512, auto" in lines[0]
+    assert (
+        _lines(
+            BASE + "lora: {enabled: true, max_lora_rank: auto, adapters: [{name: a, path: a}]}\n"
+        )
+        == []
+    )
+
+
+def test_lora_settings_while_disabled_are_refused() -> None:
+    lines = _lines(BASE + "lora:\n  max_loras: 4\n")
+    assert len(lines) == 1 and "lora.enabled is false" in lines[0] and "lora.max_loras" in lines[0]
+
+
+def test_max_cpu_loras_below_max_loras() -> None:
+    lines = _lines(BASE + "lora: {enabled: true, max_loras: 4, max_cpu_loras: 2}\n")
+    assert any("max_cpu_loras (2) must be >= max_loras (4)" in line for line in lines)
+
+
+def test_adapter_names_duplicate_or_equal_to_the_served_model() -> None:
+    text = BASE.replace("/models/m", "/models/m\n  served_name: tiny") + (
+        "lora:\n  enabled: true\n  max_loras: 4\n  adapters:\n"
+        "    - {name: a, path: x}\n    - {name: a, path: y}\n    - {name: tiny, path: z}\n"
+    )
+    lines = _lines(text)
+    assert any(
+        "lora.adapters[1].name: adapter name 'a' is also lora.adapters[0]" in line for line in lines
+    )
+    assert any(
+        "lora.adapters[2].name: adapter name 'tiny' is the served model's name" in line
+        for line in lines
+    )
+
+
+def test_more_adapters_than_slots_is_a_warning_that_says_what_happens() -> None:
+    adapters = "".join(f"    - {{name: a{i}, path: p{i}}}\n" for i in range(3))
+    problems = _problems(
+        BASE
+        + "lora:\n  enabled: true\n  max_loras: 2\n  max_cpu_loras: 4\n  adapters:\n"
+        + adapters
+    )
+    assert [p.is_error for p in problems] == [False]
+    assert "requests for others wait" in problems[0].message
+    problems = _problems(
+        BASE
+        + "lora:\n  enabled: true\n  max_cpu_loras: 2\n  max_loras: 1\n  adapters:\n"
+        + adapters
+    )
+    assert "evicted and reloaded from disk" in problems[0].message
+
+
+def test_adapter_paths_resolve_against_the_config_folder() -> None:
+    config, _ = parse_config(
+        BASE
+        + "lora: {enabled: true, adapters: [{name: a, path: ../ad/a}, {name: b, path: /abs/b}]}\n",
+        base_dir=Path("/etc/n"),
+        environ={},
+    )
+    assert config is not None
+    assert config.adapters == (Adapter("a", "/etc/n/../ad/a"), Adapter("b", "/abs/b"))
+
+
+def test_model_path_is_resolved_only_when_it_looks_local() -> None:
+    config, _ = parse_config(BASE.replace("/models/m", "./m"), base_dir=Path("/etc/n"), environ={})
+    assert config is not None and config["model.path"] == "/etc/n/m"
+    config, _ = parse_config(
+        BASE.replace("/models/m", "Qwen/Qwen2.5-7B"), base_dir=Path("/etc/n"), environ={}
+    )
+    assert config is not None and config["model.path"] == "Qwen/Qwen2.5-7B"
+
+
+def test_env_expansion_with_defaults_types_and_escapes() -> None:
+    text = BASE.replace(
+        "python: /v/bin/python", "python: ${PY}\n  port: ${PORT:-9000}\n  env: {PASS: a$$b}"
+    )
+    config, problems = parse_config(text, base_dir=Path("/"), environ={"PY": "/x/python"})
+    assert problems == [] and config is not None
+    assert config["server.python"] == "/x/python" and config.port == 9000
+    assert config["server.env"] == {"PASS": "a$b"}
+    lines = _lines(text)
+    assert lines == [
+        "c.yaml:2: error: server.python: environment variable PY is not set; set it, or write ${PY:-default}"
+    ]
+
+
+def test_host_without_api_key_is_a_warning_and_both_key_sources_an_error() -> None:
+    problems = _problems(
+        BASE.replace("python: /v/bin/python", "python: /v/bin/python\n  host: 0.0.0.0")
+    )
+    assert (
+        len(problems) == 1
+        and not problems[0].is_error
+        and "without an API key" in problems[0].message
+    )
+    both = BASE.replace(
+        "python: /v/bin/python", "python: /v/bin/python\n  api_key_env: K\n  api_key_file: /k"
+    )
+    assert any("both api_key_env and api_key_file" in line for line in _lines(both))
+
+
+def test_syntax_errors_duplicates_and_wrong_shapes() -> None:
+    assert _lines("server: [unclosed\n")[0].startswith("c.yaml:2: error: (yaml): invalid YAML")
+    assert _lines("")[0].endswith("the config is empty; start from config/demo-cpu.yaml")
+    assert "must be a mapping of sections" in _lines("- a\n- b\n")[0]
+    assert "server: must be a mapping" in _lines("server: 3\nmodel: {path: /m}\n")[0]
+
+
+def test_duplicate_keys_are_reported() -> None:
+    lines = _lines(BASE + "engine:\n  seed: 1\n  seed: 2\n")
+    assert any("engine.seed: key given twice" in line for line in lines)
+
+
+def test_missing_required_keys() -> None:
+    paths = {problem.path for problem in _problems("engine: {seed: 1}\n")}
+    assert {"server.python", "model.path"} <= paths
+
+
+def test_unreadable_file_is_one_clean_error(tmp_path: Path) -> None:
+    config, problems = load_config(tmp_path / "nope.yaml")
+    assert config is None and len(problems) == 1
+    assert "cannot read the config: No such file or directory" in problems[0].format()
