@@ -1,0 +1,1 @@
+"""Fake of ``vllm.entrypoints``: only the OpenAI API server entry point exists."""
