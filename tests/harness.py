@@ -148,7 +148,9 @@ def start_supervisor(
     state_dir: Path,
     notify: NotifySocket,
     tmp: Path,
+    *,
     extra_env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> SupervisorRun:
     env = dict(os.environ)
     env["NOTIFY_SOCKET"] = str(notify.path)
@@ -156,7 +158,7 @@ def start_supervisor(
     stdout_path, stderr_path = tmp / "supervisor.out", tmp / "supervisor.err"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "niodoo_supervisor", "run", "-c", str(config)],
+            [sys.executable, "-m", "niodoo_supervisor", "run", "-c", str(config), *extra_args],
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,

@@ -18,6 +18,8 @@ from .config import Config, load_config
 from .preflight import PreflightOptions, preflight
 from .problems import Problem
 from .render import format_command, format_env, render
+from .versions import Version
+from .vllm_args import LORA_RANKS, LORA_RANKS_BEFORE_0_12
 from .vllm_install import VllmProbeError, inspect_vllm
 
 __all__ = ["main"]
@@ -56,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     run = with_config("run", "run vLLM under supervision (what systemd starts)")
+    run.add_argument(
+        "--skip-flag-check",
+        action="store_true",
+        help="do not compare server.extra_args with the installed vLLM's flags (vLLM will judge them)",
+    )
     run.set_defaults(handler=_cmd_run)
 
     render_cmd = with_config(
@@ -108,14 +115,28 @@ def _cmd_render(args: argparse.Namespace) -> int:
     rank = None
     if config["lora.max_lora_rank"] == "auto":
         try:
-            largest = max(read_adapter(Path(adapter.path)).rank for adapter in config.adapters)
-        except (AdapterReadError, ValueError) as exc:
+            ranks = [read_adapter(Path(adapter.path)).rank for adapter in config.adapters]
+        except AdapterReadError as exc:
+            reason = str(exc)
+        else:
+            reason = "" if ranks else "no adapters are listed"
+        if reason:
             print(
-                f"{config.source}: error: lora.max_lora_rank: auto cannot be resolved: {exc or 'no adapters'}",
+                f"{config.source}: error: lora.max_lora_rank: auto cannot be resolved: {reason}",
                 file=sys.stderr,
             )
             return exitcodes.CONFIG
-        rank = smallest_rank_at_least(largest)
+        # The same choice preflight makes: vLLM before 0.12 has no rank 1.
+        old = version is not None and version < Version(0, 12, 0)
+        allowed = LORA_RANKS_BEFORE_0_12 if old else LORA_RANKS
+        rank = smallest_rank_at_least(max(ranks), allowed)
+        if rank is None:
+            print(
+                f"{config.source}: error: lora.max_lora_rank: auto cannot be resolved: the largest "
+                f"adapter rank {max(ranks)} is above vLLM's maximum {allowed[-1]}",
+                file=sys.stderr,
+            )
+            return exitcodes.CONFIG
     launch = render(
         config, api_key=_api_key_placeholder(config), vllm_version=version, max_lora_rank=rank
     )
@@ -166,7 +187,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .daemon import run_daemon
 
-    return run_daemon(args.config)
+    return run_daemon(args.config, check_flags=not args.skip_flag_check)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -252,8 +252,9 @@ class _Validator:
             return _INVALID
 
     def resolve_path(self, text: str) -> Path:
+        # normpath, not resolve(): `..` is folded, symlinks stay as the operator wrote them.
         path = Path(text).expanduser()
-        return path if path.is_absolute() else (self.base_dir / path)
+        return Path(os.path.normpath(path if path.is_absolute() else self.base_dir / path))
 
     def check_adapters(self, value: Any, path: str) -> Any:
         if not isinstance(value, list):

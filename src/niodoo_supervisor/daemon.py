@@ -43,7 +43,7 @@ def configure_logging() -> None:
     )
 
 
-def run_daemon(config_path: Path) -> int:
+def run_daemon(config_path: Path, *, check_flags: bool = True) -> int:
     configure_logging()
     environ = dict(os.environ)
     config, problems = load_config(config_path, environ)
@@ -59,7 +59,7 @@ def run_daemon(config_path: Path) -> int:
         log.error("already_running", reason=refusal)
         return exitcodes.CONFIG
     asyncio.run(_end_leftovers(config))
-    result = preflight(config, environ)
+    result = preflight(config, environ, PreflightOptions(check_flags=check_flags))
     for problem in result.problems:
         _log_problem(problem.format(), problem.is_error)
     if not result.ok or result.launch is None:
