@@ -8,7 +8,6 @@ vLLM belong to `preflight.py`. The only I/O here is reading the YAML file itself
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,10 +15,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .envexpand import ExpansionError, expand
+from .envexpand import ExpansionError
 from .fields import Field, Kind
 from .problems import Problem, Severity
+from .relations import check_relations
 from .settings import SUPERVISOR_SETTINGS
+from .values import Rejection, check_kind, copy_default, expand_tree, type_name
 from .vllm_args import VLLM_OPTIONS
 from .yamldoc import YamlSyntaxError, parse_yaml
 
@@ -183,8 +184,8 @@ class _Validator:
             if spec.key not in self.present:
                 if spec.required:
                     self.problem(spec.key, "required key is missing", f"add {spec.key}: {spec.doc}")
-                self.values.setdefault(spec.key, _copy_default(spec.default))
-        self.check_relations()
+                self.values.setdefault(spec.key, copy_default(spec.default))
+        check_relations(self.values, self.present, self.problem)
         if any(problem.is_error for problem in self.problems):
             return None, self.problems
         config = Config(
@@ -209,7 +210,7 @@ class _Validator:
                 if not isinstance(value, dict):
                     self.problem(
                         path,
-                        f"must be a mapping, not {_type_name(value)}",
+                        f"must be a mapping, not {type_name(value)}",
                         "indent its keys under it",
                     )
                     continue
@@ -227,13 +228,13 @@ class _Validator:
             if spec.required:
                 self.problem(path, "must not be empty", f"set it: {spec.doc}")
                 return _INVALID
-            return _copy_default(spec.default)
+            return copy_default(spec.default)
         if spec.kind is Kind.ADAPTERS:
             return self.check_adapters(value, path)
         if spec.kind is Kind.RULES:
             return self.check_rules(value, path)
-        checked = _check_kind(spec, value)
-        if isinstance(checked, _Rejection):
+        checked = check_kind(spec, value)
+        if isinstance(checked, Rejection):
             self.problem(path, checked.message, checked.fix)
             return _INVALID
         if spec.kind is Kind.PATH:
@@ -246,7 +247,7 @@ class _Validator:
         """Expand ${VAR} in every string inside `value`; numbers given through a variable
         (`port: ${PORT}`) are read back as YAML scalars so they type-check as numbers."""
         try:
-            return _expand_tree(value, self.environ)
+            return expand_tree(value, self.environ)
         except ExpansionError as exc:
             self.problem(path, str(exc))
             return _INVALID
@@ -260,7 +261,7 @@ class _Validator:
         if not isinstance(value, list):
             self.problem(
                 path,
-                f"must be a list of adapters, not {_type_name(value)}",
+                f"must be a list of adapters, not {type_name(value)}",
                 "write `- name: a` / `  path: ...` items",
             )
             return _INVALID
@@ -311,7 +312,7 @@ class _Validator:
         if base is not None and not isinstance(base, str):
             self.problem(
                 f"{path}.base_model_name",
-                f"must be a string, not {_type_name(base)}",
+                f"must be a string, not {type_name(base)}",
                 "name the base model",
             )
             ok = False
@@ -331,232 +332,12 @@ class _Validator:
             self.problem(item_path or path, text or message)
         return tuple(rules)
 
-    # --- relations between keys -------------------------------------------------------------
-
-    def check_relations(self) -> None:
-        values = self.values
-        lora_enabled = bool(values.get("lora.enabled"))
-        lora_keys = sorted(
-            key for key in self.present if key.startswith("lora.") and key != "lora.enabled"
-        )
-        if not lora_enabled and lora_keys:
-            self.problem(
-                lora_keys[0],
-                f"LoRA settings ({', '.join(lora_keys)}) are set but lora.enabled is false",
-                "set lora.enabled: true (vLLM decides at start), or remove them",
-            )
-        max_loras = values.get("lora.max_loras")
-        max_cpu_loras = values.get("lora.max_cpu_loras")
-        if (
-            isinstance(max_loras, int)
-            and isinstance(max_cpu_loras, int)
-            and max_cpu_loras < max_loras
-        ):
-            self.problem(
-                "lora.max_cpu_loras",
-                f"max_cpu_loras ({max_cpu_loras}) must be >= max_loras ({max_loras}); vLLM refuses it at start",
-                f"raise it to at least {max_loras} or remove it",
-            )
-        self.check_adapter_names()
-        self.check_adapter_counts(lora_enabled)
-        self.check_api_key()
-        shutdown, grace = (
-            values.get("server.shutdown_timeout"),
-            values.get("supervisor.stop.grace_period"),
-        )
-        if isinstance(shutdown, int) and isinstance(grace, float) and shutdown >= grace:
-            self.problem(
-                "server.shutdown_timeout",
-                f"vLLM may drain for {shutdown}s but the supervisor kills it after {grace:g}s",
-                "make supervisor.stop.grace_period longer than server.shutdown_timeout",
-                warning=True,
-            )
-
-    def check_adapter_names(self) -> None:
-        served = self.values.get("model.served_name") or self.values.get("model.path")
-        seen: dict[str, int] = {}
-        for index, adapter in enumerate(self.values.get("lora.adapters") or ()):
-            path = f"lora.adapters[{index}].name"
-            if adapter.name in seen:
-                self.problem(
-                    path,
-                    f"adapter name {adapter.name!r} is also lora.adapters[{seen[adapter.name]}]",
-                    "give each adapter its own name",
-                )
-            seen.setdefault(adapter.name, index)
-            if adapter.name == served:
-                self.problem(
-                    path,
-                    f"adapter name {adapter.name!r} is the served model's name",
-                    "requests could not tell them apart: rename the adapter",
-                )
-
-    def check_adapter_counts(self, lora_enabled: bool) -> None:
-        adapters = self.values.get("lora.adapters") or ()
-        if not lora_enabled or not adapters:
-            return
-        max_loras = self.values.get("lora.max_loras") or 1
-        max_cpu = self.values.get("lora.max_cpu_loras") or max_loras
-        if len(adapters) > max_cpu:
-            self.problem(
-                "lora.adapters",
-                f"{len(adapters)} adapters but only {max_cpu} fit in vLLM's CPU cache (max_cpu_loras); "
-                "the least recently used are evicted and reloaded from disk on their next request",
-                "raise lora.max_cpu_loras if that latency matters",
-                warning=True,
-            )
-        elif len(adapters) > max_loras:
-            self.problem(
-                "lora.adapters",
-                f"{len(adapters)} adapters but max_loras is {max_loras}: one batch serves at most "
-                f"{max_loras} of them, requests for others wait for a free slot",
-                "raise lora.max_loras if they are used at the same time",
-                warning=True,
-            )
-
-    def check_api_key(self) -> None:
-        key_env, key_file = (
-            self.values.get("server.api_key_env"),
-            self.values.get("server.api_key_file"),
-        )
-        if key_env and key_file:
-            self.problem(
-                "server.api_key_file",
-                "both api_key_env and api_key_file are set",
-                "keep one of them",
-            )
-        if not key_env and not key_file and not _is_loopback(str(self.values.get("server.host"))):
-            self.problem(
-                "server.host",
-                f"vLLM listens on {self.values.get('server.host')} without an API key: anyone on the network can use it",
-                "set server.api_key_file or server.api_key_env, or listen on 127.0.0.1",
-                warning=True,
-            )
-
 
 class _Invalid:
     pass
 
 
 _INVALID: Any = _Invalid()
-
-
-@dataclass(frozen=True)
-class _Rejection:
-    message: str
-    fix: str = ""
-
-
-def _check_kind(spec: Field, value: Any) -> Any:
-    """Check one scalar or list value against its field; returns the value or a _Rejection."""
-    kind = spec.kind
-    if kind in (Kind.STR, Kind.PATH):
-        if spec.allow_auto and value == "auto":
-            return value
-        if not isinstance(value, str):
-            return _Rejection(f"must be a string, not {_type_name(value)}", "quote it")
-        if not value.strip():
-            return _Rejection("must not be empty", spec.doc)
-        return _check_choice(spec, value)
-    if kind is Kind.BOOL:
-        if not isinstance(value, bool):
-            return _Rejection(
-                f"must be true or false, not {_type_name(value)} {value!r}", "write true or false"
-            )
-        return value
-    if kind in (Kind.INT, Kind.FLOAT):
-        return _check_number(spec, value)
-    if kind is Kind.STR_LIST:
-        if isinstance(value, str):
-            return _Rejection(
-                "must be a list of strings, not one string", "write each item on its own `- ` line"
-            )
-        if not isinstance(value, list) or not all(_is_plain_scalar(item) for item in value):
-            return _Rejection(
-                f"must be a list of strings, not {_type_name(value)}",
-                "write each item on its own `- ` line",
-            )
-        return tuple(str(item) for item in value)
-    if kind is Kind.STR_MAP:
-        if not isinstance(value, dict) or not all(
-            _is_plain_scalar(item) for item in value.values()
-        ):
-            return _Rejection("must be a mapping of names to strings", "write `NAME: value` lines")
-        return {str(name): str(item) for name, item in value.items()}
-    return _Rejection(f"unsupported kind {kind}")
-
-
-def _check_number(spec: Field, value: Any) -> Any:
-    if spec.allow_auto and value == "auto":
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        expected = "an integer" if spec.kind is Kind.INT else "a number"
-        extra = " or auto" if spec.allow_auto else ""
-        return _Rejection(f"must be {expected}{extra}, not {_type_name(value)} {value!r}", spec.doc)
-    if spec.kind is Kind.INT and not isinstance(value, int):
-        return _Rejection(f"must be an integer, not {value!r}", "drop the fraction")
-    number = value if spec.kind is Kind.INT else float(value)
-    if spec.minimum is not None and number < spec.minimum:
-        return _Rejection(f"{number!r} is below the minimum {spec.minimum:g}", _range_text(spec))
-    if spec.maximum is not None and number > spec.maximum:
-        return _Rejection(f"{number!r} is above the maximum {spec.maximum:g}", _range_text(spec))
-    if spec.exclusive_minimum is not None and number <= spec.exclusive_minimum:
-        return _Rejection(
-            f"{number!r} must be greater than {spec.exclusive_minimum:g}", _range_text(spec)
-        )
-    return _check_choice(spec, number)
-
-
-def _check_choice(spec: Field, value: Any) -> Any:
-    if spec.choices is None or value in spec.choices:
-        return value
-    options = ", ".join(str(choice) for choice in spec.choices) + (
-        ", auto" if spec.allow_auto else ""
-    )
-    close = difflib.get_close_matches(
-        str(value), [str(choice) for choice in spec.choices], n=1, cutoff=0.75
-    )
-    if spec.key == "model.quantization" and not close:
-        # vLLM knows more methods than this list and checks them itself when the model loads.
-        return value
-    hint = f"did you mean {close[0]}?" if close else f"use one of {options}"
-    return _Rejection(f"{value!r} is not accepted", hint)
-
-
-def _range_text(spec: Field) -> str:
-    low = (
-        f"> {spec.exclusive_minimum:g}"
-        if spec.exclusive_minimum is not None
-        else (f">= {spec.minimum:g}" if spec.minimum is not None else "")
-    )
-    high = f"<= {spec.maximum:g}" if spec.maximum is not None else ""
-    return "use a value " + " and ".join(part for part in (low, high) if part)
-
-
-def _expand_tree(value: Any, environ: Mapping[str, str]) -> Any:
-    if isinstance(value, str):
-        if "$" not in value:
-            return value
-        expanded = expand(value, environ)
-        if "${" in value and value.strip().startswith("${"):
-            return _scalar_from_text(expanded)
-        return expanded
-    if isinstance(value, list):
-        return [_expand_tree(item, environ) for item in value]
-    if isinstance(value, dict):
-        return {key: _expand_tree(item, environ) for key, item in value.items()}
-    return value
-
-
-def _scalar_from_text(text: str) -> Any:
-    """`${PORT}` -> 8000 (int), `${FLAG}` -> true (bool); anything else stays a string."""
-    import yaml
-
-    try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return parsed if isinstance(parsed, (int, float, bool)) else text
 
 
 def _suggest_key(path: str) -> str:
@@ -579,36 +360,3 @@ def _suggest_key(path: str) -> str:
     if siblings:
         return f"known keys here: {', '.join(siblings)}"
     return "see docs/configuration.md"
-
-
-def _is_plain_scalar(value: Any) -> bool:
-    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _type_name(value: Any) -> str:
-    names = {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-    }
-    return names.get(type(value), type(value).__name__)
-
-
-def _copy_default(default: object) -> object:
-    if isinstance(default, list):
-        return tuple(default)
-    if isinstance(default, dict):
-        return dict(default)
-    return default

@@ -17,10 +17,11 @@ import structlog
 
 from . import exitcodes, statefile
 from .config import Config, load_config
+from .incidents import ReloadResult
 from .notify import SystemdNotifier
 from .preflight import PreflightOptions, PreflightResult, preflight
 from .process import terminate_processes
-from .supervisor import ReloadResult, Supervisor
+from .supervisor import Supervisor
 
 __all__ = ["configure_logging", "run_daemon"]
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-__all__ = ["CheckResult", "HttpProber", "ProbeResult", "models_problems"]
+from .config import Config
+
+__all__ = ["CheckResult", "HttpProber", "ProbeResult", "models_problems", "prober_for"]
 
 
 @dataclass(frozen=True)
@@ -130,3 +132,16 @@ def _connection_reason(exc: httpx.HTTPError) -> str:
     if "Connection refused" in text or "connect" in type(exc).__name__.lower():
         return "connection refused"
     return text.splitlines()[0]
+
+
+def prober_for(config: Config, api_key: str | None) -> HttpProber:
+    """The prober of the vLLM a config describes (a wildcard listen address is probed on loopback)."""
+    host = config.probe_host
+    url_host = f"[{host}]" if ":" in host else host
+    return HttpProber(
+        f"http://{url_host}:{config.port}",
+        served=config.served_name,
+        adapters=[adapter.name for adapter in config.adapters],
+        api_key=api_key,
+        timeout=config["supervisor.health.timeout"],
+    )

@@ -9,72 +9,32 @@ loop's own schedule. Each state change is asserted, labelled and logged once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import random
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
 import structlog
 
-from . import exitcodes, notify, statefile
+from . import exitcodes, notify
 from .backoff import RestartPolicy, RestartSettings
 from .config import Config
 from .exits import describe_exit
-from .health import CheckResult, HttpProber
-from .logpump import LogPump, RotatingLogFile
+from .health import CheckResult, HttpProber, prober_for
+from .incidents import ChildExited, Incident, LogEvent, Outcome, ReloadResult, SignalReceived
+from .logpump import RotatingLogFile
 from .notify import Notifier
-from .process import VllmProcess, spawn
 from .render import Launch
-from .rules import Action, Event, EventCounters, RuleSet
+from .rules import Action, Event, EventCounters
 from .states import ALLOWED, State
 from .status import CrashReport, StatusBoard
+from .vllm_run import VllmRun
 
-__all__ = ["Outcome", "ReloadResult", "Supervisor"]
+__all__ = ["ProberFactory", "Reloader", "Supervisor"]
 
 log = structlog.get_logger("niodoo_supervisor")
-
-
-@dataclass(frozen=True)
-class ChildExited:
-    pid: int  # a stopped child's exit arrives after its successor started: match the pid
-    returncode: int
-
-
-@dataclass(frozen=True)
-class LogEvent:
-    event: Event
-
-
-@dataclass(frozen=True)
-class SignalReceived:
-    signum: int
-
-
-Incident = ChildExited | LogEvent | SignalReceived
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one run of vLLM ended, from the loop's point of view."""
-
-    kind: str  # "stop", "fatal", "failed", "reload"
-    reason: str
-    rule: str | None = None
-
-
-@dataclass(frozen=True)
-class ReloadResult:
-    config: Config | None
-    launch: Launch | None
-    errors: list[str] = field(default_factory=list)
-    api_key: str | None = None
 
 
 Reloader = Callable[[], Awaitable[ReloadResult]]
@@ -111,7 +71,7 @@ class Supervisor:
         self.notifier = notifier
         self.environ = environ
         self.reloader = reloader
-        self.prober_factory = prober_factory or _http_prober
+        self.prober_factory = prober_factory or prober_for
         self.echo = (
             echo
             if echo is not None
@@ -125,9 +85,12 @@ class Supervisor:
         self.ready_once = False
         self.ready_since: float | None = None
         self.fatal_event: Event | None = None
-        self.pump: LogPump | None = None
-        self.pump_task: asyncio.Task[None] | None = None
-        self.log_file: RotatingLogFile | None = None
+        self.current: VllmRun | None = None
+        self.log_file = RotatingLogFile(
+            config.log_path,
+            config["supervisor.log.max_bytes"],
+            config["supervisor.log.backup_count"],
+        )
 
     # --- the state machine --------------------------------------------------------------------
 
@@ -151,8 +114,7 @@ class Supervisor:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
-            if self.log_file is not None:
-                self.log_file.close()
+            self.log_file.close()
 
     async def _supervise(self) -> int:
         while True:
@@ -184,7 +146,7 @@ class Supervisor:
                 return exitcodes.OK
             await self._stop_child(child)
             if outcome.kind == "fatal":
-                self._report_crash(outcome)
+                self._report_crash(outcome, child)
                 return self._fatal(outcome.reason, exitcodes.CONFIG)
             if outcome.kind == "reload":
                 # -> BACKOFF with no delay: the new config starts at once
@@ -192,7 +154,7 @@ class Supervisor:
                     {State.STARTING, State.READY, State.UNHEALTHY}, State.BACKOFF, outcome.reason
                 )
                 continue
-            self._report_crash(outcome)
+            self._report_crash(outcome, child)
             delay = self.policy.next_delay()
             self.status.restarts += 1
             # STARTING/READY/UNHEALTHY -> BACKOFF: it failed; try again after a delay
@@ -229,54 +191,33 @@ class Supervisor:
 
     # --- starting -----------------------------------------------------------------------------
 
-    async def _start(self) -> VllmProcess | None:
-        self._write_logging_config()
-        env = self.launch.child_environment(self.environ)
+    async def _start(self) -> VllmRun | None:
         self.fatal_event = None
         try:
-            child = await spawn(self.launch.argv, env)
+            run = await VllmRun.launch(
+                self.config,
+                self.launch,
+                self.environ,
+                log_file=self.log_file,
+                echo=self.echo,
+                on_event=self._on_log_event,
+                on_exit=lambda pid, code: self.incidents.put_nowait(ChildExited(pid, code)),
+            )
         except OSError as exc:
             self.transition({State.STOPPED, State.BACKOFF}, State.STARTING, "launching vLLM")
             self.status.reason = f"cannot execute {self.launch.argv[0]}: {exc.strerror}"
             return None
+        self.current = run
         self.status.starts += 1
-        self.status.vllm_pid = child.pid
+        self.status.vllm_pid = run.pid
         self.status.served_model = self.config.served_name
         self.status.adapters = [adapter.name for adapter in self.config.adapters]
         # STOPPED/BACKOFF -> STARTING: vLLM launched
         self.transition(
-            {State.STOPPED, State.BACKOFF}, State.STARTING, f"launched vLLM pid {child.pid}"
+            {State.STOPPED, State.BACKOFF}, State.STARTING, f"launched vLLM pid {run.pid}"
         )
-        self.notifier.send(*notify.status(f"starting vLLM (pid {child.pid})"))
-        self._record_processes(child)
-        self._start_pump(child)
-        asyncio.get_running_loop().create_task(self._watch_exit(child))
-        return child
-
-    def _write_logging_config(self) -> None:
-        path = self.launch.env.get("VLLM_LOGGING_CONFIG_PATH")
-        if self.launch.logging_config is None or not path:
-            return
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.launch.logging_config, indent=1))
-
-    def _start_pump(self, child: VllmProcess) -> None:
-        if self.log_file is None:
-            self.log_file = RotatingLogFile(
-                self.config.log_path,
-                self.config["supervisor.log.max_bytes"],
-                self.config["supervisor.log.backup_count"],
-            )
-        ruleset = RuleSet(self.config["rules"])
-        self.pump = LogPump(
-            child.output_fd,
-            ruleset=ruleset,
-            on_event=self._on_log_event,
-            log_file=self.log_file,
-            echo=self.echo,
-            tail_lines=max(200, self.config["supervisor.log.crash_report_lines"]),
-        )
-        self.pump_task = asyncio.get_running_loop().create_task(self.pump.run())
+        self.notifier.send(*notify.status(f"starting vLLM (pid {run.pid})"))
+        return run
 
     def _on_log_event(self, event: Event) -> None:
         self.counters.add(event)
@@ -299,22 +240,9 @@ class Supervisor:
             self.fatal_event = event
         self.incidents.put_nowait(LogEvent(event))
 
-    async def _watch_exit(self, child: VllmProcess) -> None:
-        returncode = await child.wait()
-        self.incidents.put_nowait(ChildExited(child.pid, returncode))
-
-    def _record_processes(self, child: VllmProcess) -> None:
-        if child.leader is None:
-            return
-        members = tuple(member for member in child.members() if member.pid != child.pid)
-        record = statefile.RunRecord(
-            os.getpid(), child.sid, child.leader, members, self.config.port
-        )
-        statefile.write(self.config.state_dir, record)
-
     # --- watching -----------------------------------------------------------------------------
 
-    async def _watch(self, child: VllmProcess, prober: HttpProber) -> Outcome:
+    async def _watch(self, child: VllmRun, prober: HttpProber) -> Outcome:
         config = self.config
         started = time.monotonic()
         startup_deadline = started + config["supervisor.startup_timeout"]
@@ -367,7 +295,7 @@ class Supervisor:
                 next_check = time.monotonic() + config["supervisor.health.interval"]
             if outcome is not None:
                 return outcome
-            self._record_processes(child)
+            child.record_processes()
 
     def _note_check(self, result: CheckResult) -> None:
         self.status.last_check = {
@@ -380,17 +308,17 @@ class Supervisor:
             ),
         }
         self.status.events = self.counters.as_dict()
-        if self.pump is not None:
-            self.status.log_dropped_bytes = self.pump.stats.dropped_bytes
+        if self.current is not None:
+            self.status.log_dropped_bytes = self.current.pump.stats.dropped_bytes
 
     def _starting_check(
-        self, child: VllmProcess, result: CheckResult, now: float, deadline: float
+        self, child: VllmRun, result: CheckResult, now: float, deadline: float
     ) -> Outcome | None:
         if result.ok:
             self.ready_since = now
             # STARTING -> READY: /health 200 and /v1/models lists the model and every adapter
             self.transition(
-                {State.STARTING}, State.READY, f"ready after {now - child.started:.1f}s"
+                {State.STARTING}, State.READY, f"ready after {now - child.child.started:.1f}s"
             )
             self.notifier.send(*notify.ready(self._ready_text()), *notify.WATCHDOG)
             self.ready_once = True
@@ -400,11 +328,7 @@ class Supervisor:
                 "failed",
                 f"not ready within startup_timeout ({self.config['supervisor.startup_timeout']:g}s): {result.reason}",
             )
-        silent = now - (
-            self.pump.last_output_monotonic
-            if self.pump and self.pump.last_output_monotonic
-            else child.started
-        )
+        silent = child.silent_for(now)
         stall = self.config["supervisor.startup_stall_timeout"]
         if silent >= stall:
             return Outcome(
@@ -456,17 +380,17 @@ class Supervisor:
         adapters = len(self.config.adapters)
         return f"ready: serving {self.config.served_name} with {adapters} adapter(s) on port {self.config.port}"
 
-    async def _exit_outcome(self, child: VllmProcess, returncode: int) -> Outcome:
+    async def _exit_outcome(self, child: VllmRun, returncode: int) -> Outcome:
         how = describe_exit(returncode)
         self.status.last_exit = how
         log.warning("vllm_exited", vllm_pid=child.pid, how=how, state=self.state.value)
-        await self._drain_output(2.0)  # the line that explains the exit may still be in the pipe
+        await child.drain(2.0)  # the line that explains the exit may still be in the pipe
         if self.fatal_event is not None and self.state is State.STARTING:
             return self._fatal_outcome(self.fatal_event)
         if returncode == 2 and self.state is State.STARTING:
             return Outcome(
                 "fatal",
-                f"vLLM {how} while starting: a command-line (argparse) error; {self._last_line()}",
+                f"vLLM {how} while starting: a command-line (argparse) error; {child.last_line()}",
             )
         if returncode == 0:
             return Outcome(
@@ -477,16 +401,6 @@ class Supervisor:
 
     def _fatal_outcome(self, event: Event) -> Outcome:
         return Outcome("fatal", f"{event.rule}: {event.message.strip()}", event.rule)
-
-    def _last_line(self) -> str:
-        lines = [line for line in (self.pump.tail() if self.pump else []) if line.strip()]
-        return lines[-1].strip() if lines else "no output"
-
-    async def _drain_output(self, timeout: float) -> None:
-        if self.pump_task is not None and not self.pump_task.done():
-            # On timeout a surviving grandchild still holds the pipe; the stop ends it.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.pump_task), timeout=timeout)
 
     async def _on_signal(self, signum: int) -> Outcome | None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -516,42 +430,16 @@ class Supervisor:
 
     # --- stopping -----------------------------------------------------------------------------
 
-    async def _stop_child(self, child: VllmProcess) -> None:
-        grace = self.config["supervisor.stop.grace_period"]
-        killed, survivors = await child.terminate(grace)
-        if killed:
-            log.warning(
-                "vllm_killed",
-                after_grace_s=grace,
-                processes=[record.describe() for record in killed],
-            )
-        if survivors:
-            log.error("vllm_survivors", processes=[record.describe() for record in survivors])
-        await self._drain_output(5.0)
-        if self.pump_task is not None and not self.pump_task.done():
-            self.pump_task.cancel()
-        child.close()
-        if not survivors:
-            statefile.clear(self.config.state_dir)
+    async def _stop_child(self, child: VllmRun) -> None:
+        await child.stop(self.config["supervisor.stop.grace_period"])
+        self.current = None
         self.status.vllm_pid = None
         self.status.events = self.counters.as_dict()
 
-    def _report_crash(self, outcome: Outcome) -> None:
+    def _report_crash(self, outcome: Outcome, child: VllmRun) -> None:
         count = self.config["supervisor.log.crash_report_lines"]
-        lines = self.pump.tail()[-count:] if self.pump and count else []
+        lines = child.tail(count)
         self.status.last_crash = CrashReport(time.time(), outcome.reason, outcome.rule, lines)
         log.error(
             "crash_report", reason=outcome.reason, rule=outcome.rule, last_lines="\n".join(lines)
         )
-
-
-def _http_prober(config: Config, api_key: str | None) -> HttpProber:
-    host = config.probe_host
-    url_host = f"[{host}]" if ":" in host else host
-    return HttpProber(
-        f"http://{url_host}:{config.port}",
-        served=config.served_name,
-        adapters=[adapter.name for adapter in config.adapters],
-        api_key=api_key,
-        timeout=config["supervisor.health.timeout"],
-    )

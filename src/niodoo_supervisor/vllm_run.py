@@ -1,0 +1,129 @@
+"""One run of vLLM: the process tree, the pump reading its output, and its state-file record.
+
+The supervisor's loop decides; this module does the I/O of a single launch: write the logging
+config, spawn, pump the output, tell the loop when the process exits, record its processes for
+a successor, and stop it without leaving anything behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+from . import statefile
+from .config import Config
+from .logpump import LogPump, RotatingLogFile
+from .process import VllmProcess, spawn
+from .render import Launch
+from .rules import Event, RuleSet
+
+__all__ = ["VllmRun"]
+
+log = structlog.get_logger("niodoo_supervisor")
+
+
+class VllmRun:
+    def __init__(self, child: VllmProcess, pump: LogPump, config: Config) -> None:
+        self.child = child
+        self.pump = pump
+        self.config = config
+        self.pump_task = asyncio.get_running_loop().create_task(pump.run())
+        self.exit_task: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    @classmethod
+    async def launch(
+        cls,
+        config: Config,
+        launch: Launch,
+        environ: dict[str, str],
+        *,
+        log_file: RotatingLogFile,
+        echo: BinaryIO | None,
+        on_event: Callable[[Event], None],
+        on_exit: Callable[[int, int], None],
+    ) -> VllmRun:
+        """Spawn vLLM; raises OSError when its interpreter cannot be executed."""
+        _write_logging_config(launch)
+        child = await spawn(launch.argv, launch.child_environment(environ))
+        pump = LogPump(
+            child.output_fd,
+            ruleset=RuleSet(config["rules"]),
+            on_event=on_event,
+            log_file=log_file,
+            echo=echo,
+            tail_lines=max(200, config["supervisor.log.crash_report_lines"]),
+        )
+        run = cls(child, pump, config)
+        run.record_processes()
+
+        async def watch_exit() -> None:
+            on_exit(child.pid, await child.wait())
+
+        run.exit_task = asyncio.get_running_loop().create_task(watch_exit())
+        return run
+
+    def record_processes(self) -> None:
+        """Write which processes are ours, for a successor if this supervisor is SIGKILLed.
+        Called again on every check: vLLM starts its engine and workers after the leader."""
+        child = self.child
+        if child.leader is None:
+            return
+        members = tuple(member for member in child.members() if member.pid != child.pid)
+        record = statefile.RunRecord(
+            os.getpid(), child.sid, child.leader, members, self.config.port
+        )
+        statefile.write(self.config.state_dir, record)
+
+    def silent_for(self, now: float) -> float:
+        last = self.pump.last_output_monotonic or self.child.started
+        return now - last
+
+    def tail(self, count: int) -> list[str]:
+        return self.pump.tail()[-count:] if count else []
+
+    def last_line(self) -> str:
+        lines = [line for line in self.pump.tail() if line.strip()]
+        return lines[-1].strip() if lines else "no output"
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for the pump to read everything written so far (EOF), at most `timeout`."""
+        if not self.pump_task.done():
+            # On timeout a surviving grandchild still holds the pipe; the stop ends it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.pump_task), timeout=timeout)
+
+    async def stop(self, grace: float) -> None:
+        killed, survivors = await self.child.terminate(grace)
+        if killed:
+            log.warning(
+                "vllm_killed",
+                after_grace_s=grace,
+                processes=[record.describe() for record in killed],
+            )
+        if survivors:
+            log.error("vllm_survivors", processes=[record.describe() for record in survivors])
+        await self.drain(5.0)
+        if not self.pump_task.done():
+            self.pump_task.cancel()
+        self.child.close()
+        if not survivors:
+            statefile.clear(self.config.state_dir)
+
+
+def _write_logging_config(launch: Launch) -> None:
+    path = launch.env.get("VLLM_LOGGING_CONFIG_PATH")
+    if launch.logging_config is None or not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(launch.logging_config, indent=1))
