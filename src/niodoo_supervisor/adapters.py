@@ -61,7 +61,9 @@ def read_adapter(path: Path) -> AdapterInfo:
     if not isinstance(pattern, dict):
         raise AdapterReadError(f"{config_file}: rank_pattern must be an object")
     ranks.extend(pattern.values())
-    valid = [rank for rank in ranks if isinstance(rank, int) and not isinstance(rank, bool) and rank > 0]
+    valid = [
+        rank for rank in ranks if isinstance(rank, int) and not isinstance(rank, bool) and rank > 0
+    ]
     if len(valid) != len(ranks):
         raise AdapterReadError(
             f"{config_file}: r and rank_pattern values must be positive integers, got {ranks}"

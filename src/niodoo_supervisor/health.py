@@ -128,10 +128,16 @@ class HttpProber:
 
 
 def _connection_reason(exc: httpx.HTTPError) -> str:
-    text = str(exc) or type(exc).__name__
-    if "Connection refused" in text or "connect" in type(exc).__name__.lower():
-        return "connection refused"
-    return text.splitlines()[0]
+    text = (str(exc) or type(exc).__name__).splitlines()[0]
+    if isinstance(exc, httpx.ConnectError):
+        # httpx words a refusal "All connection attempts failed"; the OS error lies beneath.
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+                return "connection refused"
+            cause = cause.__cause__ or cause.__context__
+        return f"cannot connect: {text}"
+    return text
 
 
 def prober_for(config: Config, api_key: str | None) -> HttpProber:

@@ -77,6 +77,7 @@ class _Preflight:
         self.environ = environ
         self.options = options
         self.result = PreflightResult()
+        self.largest_rank: int | None = None  # of the adapters read, for lora.max_lora_rank: auto
 
     def problem(self, path: str, message: str, fix: str = "", *, warning: bool = False) -> None:
         severity = Severity.WARNING if warning else Severity.ERROR
@@ -86,7 +87,7 @@ class _Preflight:
                 path,
                 message,
                 fix,
-                self.config.line_of(path.split("[", maxsplit=1)[0]) or self.config.line_of(path),
+                self.config.line_of(path) or self.config.line_of(path.split("[", maxsplit=1)[0]),
                 self.config.source,
             )
         )
@@ -222,6 +223,7 @@ class _Preflight:
             )
             return None
         largest = max(info.rank for _, info in infos)
+        self.largest_rank = largest
         resolved = smallest_rank_at_least(largest)
         if resolved is None:
             self.problem(
@@ -274,7 +276,7 @@ class _Preflight:
             )
         for option in VLLM_OPTIONS:
             value = self.config[option.key]
-            if value in (None, False, (), []) or option.available_in(version):
+            if not _rendered(value) or option.available_in(version):
                 continue
             self.problem(
                 option.key,
@@ -284,7 +286,11 @@ class _Preflight:
         rank = self.result.max_lora_rank
         if self.config["lora.enabled"] and rank is not None:
             allowed = LORA_RANKS if version >= Version(0, 12, 0) else LORA_RANKS_BEFORE_0_12
-            if rank not in allowed:
+            largest = self.largest_rank
+            if rank not in allowed and self.config["lora.max_lora_rank"] == "auto" and largest:
+                # auto was sized before the version was known: take this vLLM's own choices.
+                rank = self.result.max_lora_rank = smallest_rank_at_least(largest, allowed)
+            if rank is not None and rank not in allowed:
                 self.problem(
                     "lora.max_lora_rank",
                     f"vLLM {install.version_text} does not accept rank {rank}",
@@ -308,7 +314,7 @@ class _Preflight:
         rendered = {
             option.flag
             for option in VLLM_OPTIONS
-            if option.flag and self.config[option.key] not in (None, False, (), [])
+            if option.flag and _rendered(self.config[option.key])
         }
         for arg in extra:
             flag = arg.split("=", 1)[0]
@@ -414,6 +420,14 @@ def _listener_of(port: int) -> tuple[int | None, str]:
             except psutil.Error:
                 return (conn.pid, "an exited process")
     return (None, "an unknown process")
+
+
+def _rendered(value: object) -> bool:
+    """Whether render() puts the option's flag on the command line. Not `value in (None,
+    False, ...)`: 0 == False, yet `seed: 0` is rendered as `--seed 0`."""
+    if value is None or value is False:
+        return False
+    return not (isinstance(value, (tuple, list)) and not value)
 
 
 def _child_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:

@@ -1,0 +1,418 @@
+"""The supervisor's parts on their own: backoff, exit texts, HTTP probes, the state file and
+ending processes. Real child processes where processes are the subject; always cleaned up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from niodoo_supervisor import statefile
+from niodoo_supervisor.backoff import RestartPolicy, RestartSettings
+from niodoo_supervisor.exits import describe_exit
+from niodoo_supervisor.health import CheckResult, HttpProber, models_problems
+from niodoo_supervisor.process import ProcessRecord, alive, session_members, terminate_processes
+
+# --- backoff ------------------------------------------------------------------------------------
+
+
+def _policy(seed: int = 0, **changes: Any) -> RestartPolicy:
+    return RestartPolicy(RestartSettings(**changes), random.Random(seed))
+
+
+def test_backoff_grows_exponentially_and_is_capped() -> None:
+    policy = _policy(jitter=0.0, initial_delay=2.0, factor=2.0, max_delay=120.0)
+    delays = [policy.next_delay() for _ in range(9)]
+    assert delays == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 120.0, 120.0, 120.0]
+
+
+def test_backoff_with_factor_one_stays_flat() -> None:
+    policy = _policy(jitter=0.0, initial_delay=3.0, factor=1.0)
+    assert [policy.next_delay() for _ in range(4)] == [3.0, 3.0, 3.0, 3.0]
+
+
+def test_jitter_stays_within_its_fraction_and_varies() -> None:
+    policy = _policy(seed=1234, jitter=0.1, initial_delay=10.0, factor=1.0, max_delay=10.0)
+    delays = [policy.next_delay() for _ in range(200)]
+    assert all(9.0 <= delay <= 11.0 for delay in delays)
+    assert len(set(delays)) > 100  # it is spread, not a constant
+    assert min(delays) < 9.5 and max(delays) > 10.5  # both sides of the base are used
+
+
+def test_jitter_is_reproducible_with_a_seeded_random() -> None:
+    runs = [[policy.next_delay() for _ in range(6)] for policy in (_policy(7), _policy(7))]
+    assert runs[0] == runs[1]
+    other = _policy(8)
+    assert runs[0] != [other.next_delay() for _ in range(6)]
+
+
+def test_jitter_around_the_cap_stays_within_its_fraction() -> None:
+    policy = _policy(seed=3, jitter=0.25, initial_delay=100.0, max_delay=120.0)
+    delays = [policy.next_delay() for _ in range(50)]
+    assert 75.0 <= delays[0] <= 125.0
+    assert all(90.0 <= delay <= 150.0 for delay in delays[1:])  # the cap, +/-25%
+
+
+def test_a_long_ready_stretch_resets_the_backoff() -> None:
+    policy = _policy(jitter=0.0, initial_delay=2.0, reset_after=300.0)
+    assert [policy.next_delay() for _ in range(3)] == [2.0, 4.0, 8.0]
+    policy.record_ready_for(299.0)
+    assert policy.next_delay() == 16.0  # not long enough
+    policy.record_ready_for(300.0)
+    assert policy.next_delay() == 2.0
+
+
+def test_crash_loop_after_max_starts_within_the_window() -> None:
+    policy = _policy(max_starts=5, window=900.0)
+    for now in (0.0, 10.0, 20.0, 30.0):
+        policy.record_start(now)
+        assert not policy.crash_loop(now + 1)
+    policy.record_start(40.0)
+    assert policy.crash_loop(41.0)
+    # Once the oldest start leaves the window, one more start is allowed again.
+    assert not policy.crash_loop(900.0 + 0.5)
+
+
+def test_no_crash_loop_when_starts_are_spread_beyond_the_window() -> None:
+    policy = _policy(max_starts=5, window=900.0)
+    for now in (0.0, 250.0, 500.0, 750.0, 1000.0, 1250.0, 1500.0):
+        policy.record_start(now)
+        assert not policy.crash_loop(now + 1), now
+    assert len(policy.starts) == 4  # starts older than the window are forgotten
+
+
+def test_a_long_ready_stretch_also_forgets_the_starts() -> None:
+    policy = _policy(max_starts=3, window=900.0)
+    for now in (0.0, 1.0, 2.0):
+        policy.record_start(now)
+    assert policy.crash_loop(3.0)
+    policy.record_ready_for(300.0)
+    assert not policy.crash_loop(3.0)
+
+
+# --- exits --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("returncode", "text"),
+    [
+        (0, "exited with code 0"),
+        (1, "exited with code 1"),
+        (78, "exited with code 78"),
+        (-9, "killed by SIGKILL"),
+        (-15, "killed by SIGTERM"),
+        (-6, "killed by SIGABRT"),
+        (-200, "killed by signal 200"),
+    ],
+)
+def test_describe_exit(returncode: int, text: str) -> None:
+    assert describe_exit(returncode) == text
+
+
+# --- health -------------------------------------------------------------------------------------
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def _models(*entries: tuple[str, str | None]) -> dict[str, object]:
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "parent": parent} for name, parent in entries],
+    }
+
+
+class _Server:
+    """A MockTransport handler that records what was asked."""
+
+    def __init__(self, health: int = 200, models: object = None, models_status: int = 200):
+        self.health = health
+        self.models = models
+        self.models_status = models_status
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.url.path == "/health":
+            return httpx.Response(self.health)
+        if request.url.path == "/v1/models":
+            return httpx.Response(self.models_status, json=self.models)
+        return httpx.Response(404)
+
+    @property
+    def paths(self) -> list[str]:
+        return [request.url.path for request in self.requests]
+
+
+async def _check(
+    handler: Handler, adapters: tuple[str, ...] = ("alpha", "beta"), api_key: str | None = None
+) -> tuple[bool, str, tuple[str, ...], CheckResult]:
+    prober = HttpProber(
+        "http://127.0.0.1:8000",
+        served="tiny",
+        adapters=adapters,
+        api_key=api_key,
+        timeout=2.0,
+        transport=httpx.MockTransport(handler),
+    )
+    try:
+        result = await prober.check()
+    finally:
+        await prober.aclose()
+    return result.ok, result.reason, result.missing, result
+
+
+async def test_ready_when_health_is_200_and_every_adapter_is_listed() -> None:
+    server = _Server(models=_models(("tiny", None), ("alpha", "tiny"), ("beta", "tiny")))
+    ok, reason, missing, _ = await _check(server)
+    assert (ok, reason, missing) == (True, "ok", ())
+    assert server.paths == ["/health", "/v1/models"]
+
+
+async def test_health_503_is_not_ok_and_models_are_not_asked() -> None:
+    server = _Server(health=503, models=_models(("tiny", None)))
+    ok, reason, _, result = await _check(server)
+    assert not ok and reason == "/health: HTTP 503"
+    assert server.paths == ["/health"]
+    assert result.models is None
+
+
+async def test_models_missing_an_adapter_names_it() -> None:
+    server = _Server(models=_models(("tiny", None), ("alpha", "tiny")))
+    ok, reason, missing, _ = await _check(server)
+    assert not ok
+    assert missing == ("beta",)
+    assert reason == "/v1/models: missing beta"
+
+
+async def test_adapter_with_the_wrong_parent_is_named() -> None:
+    server = _Server(models=_models(("tiny", None), ("alpha", "tiny"), ("beta", "other")))
+    ok, reason, missing, _ = await _check(server)
+    assert not ok and missing == ("beta",)
+    assert reason == "/v1/models: adapter(s) beta not parented to tiny"
+
+
+async def test_models_http_error_and_garbage_are_not_ok() -> None:
+    ok, reason, _, _ = await _check(_Server(models_status=401, models={"error": "no"}))
+    assert not ok and reason == "/v1/models: HTTP 401"
+    ok, reason, missing, _ = await _check(_Server(models={"data": "nope"}))
+    assert not ok and reason == "/v1/models: answer is not a model list"
+    assert missing == ("tiny", "alpha", "beta")
+
+
+async def test_bearer_token_is_sent_when_an_api_key_is_given() -> None:
+    server = _Server(models=_models(("tiny", None)))
+    ok, _, _, _ = await _check(server, adapters=(), api_key="k-42")
+    assert ok
+    assert [request.headers.get("Authorization") for request in server.requests] == [
+        "Bearer k-42",
+        "Bearer k-42",
+    ]
+    server = _Server(models=_models(("tiny", None)))
+    await _check(server, adapters=(), api_key=None)
+    assert all("Authorization" not in request.headers for request in server.requests)
+
+
+async def test_connection_refused_is_a_reason_not_an_exception() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    ok, reason, _, _ = await _check(refuse)
+    assert not ok and reason == "/health: connection refused"
+
+
+async def test_timeout_is_a_reason_not_an_exception() -> None:
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    ok, reason, _, _ = await _check(slow)
+    assert not ok and reason == "/health: timed out"
+
+
+async def test_real_closed_port_is_connection_refused() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound but not listening: connecting is refused
+        prober = HttpProber(
+            f"http://127.0.0.1:{port}", served="m", adapters=(), api_key=None, timeout=2.0
+        )
+        try:
+            result = await prober.check()
+        finally:
+            await prober.aclose()
+    assert not result.ok and result.reason == "/health: connection refused"
+    assert result.health.status is None
+
+
+def test_models_problems_lists_missing_served_model_too() -> None:
+    missing, reason = models_problems(_models(("alpha", "tiny")), "tiny", ["alpha"])
+    assert missing == ["tiny"] and reason == "missing tiny"
+
+
+# --- child processes ----------------------------------------------------------------------------
+
+_SLEEPER = "import time\nprint('ready', flush=True)\ntime.sleep(30)\n"
+_IGNORES_TERM = (
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(30)\n"
+)
+_WITH_GRANDCHILD = (
+    "import subprocess, sys, time\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[[str], tuple[subprocess.Popen[str], str]]]:
+    """Start `python -c CODE` as a session leader; returns it and its first output line.
+    Every session started is SIGKILLed at the end, whatever the test did."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(code: str) -> tuple[subprocess.Popen[str], str]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        started.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()  # EOF ('') if it died: the test then fails
+        assert line, "the child died before it was ready"
+        return process, line
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+def _record(pid: int) -> ProcessRecord:
+    process = psutil.Process(pid)
+    return ProcessRecord(pid, process.create_time(), process.name())
+
+
+def _run_record(leader: ProcessRecord, *members: ProcessRecord) -> statefile.RunRecord:
+    return statefile.RunRecord(
+        supervisor_pid=os.getpid(), sid=leader.pid, leader=leader, members=members, port=8000
+    )
+
+
+def test_state_file_round_trip(tmp_path: Path) -> None:
+    leader = ProcessRecord(1234, 1700000000.25, "python3")
+    worker = ProcessRecord(1240, 1700000003.5, "VLLM::EngineCore")
+    record = statefile.RunRecord(os.getpid(), 1234, leader, (worker,), 8011)
+    statefile.write(tmp_path / "state", record)
+    assert statefile.read(tmp_path / "state") == record
+    assert json.loads((tmp_path / "state" / statefile.FILE_NAME).read_text())["port"] == 8011
+    assert [path.name for path in (tmp_path / "state").iterdir()] == [statefile.FILE_NAME]
+    statefile.clear(tmp_path / "state")
+    assert statefile.read(tmp_path / "state") is None
+    statefile.clear(tmp_path / "state")  # clearing twice is fine
+
+
+@pytest.mark.parametrize("content", ["", "{", "[]", '{"sid": 1}', '{"supervisor_pid": "x"}'])
+def test_unreadable_state_file_reads_as_none(tmp_path: Path, content: str) -> None:
+    (tmp_path / statefile.FILE_NAME).write_text(content)
+    assert statefile.read(tmp_path) is None
+
+
+def test_leftover_processes_finds_the_recorded_live_process(
+    spawn: Callable[[str], tuple[subprocess.Popen[str], str]],
+) -> None:
+    process, _ = spawn(_SLEEPER)
+    leader = _record(process.pid)
+    assert alive(leader)
+    assert [found.pid for found in statefile.leftover_processes(_run_record(leader))] == [
+        process.pid
+    ]
+
+
+def test_leftover_processes_ignores_a_reused_pid(
+    spawn: Callable[[str], tuple[subprocess.Popen[str], str]],
+) -> None:
+    process, _ = spawn(_SLEEPER)
+    real = _record(process.pid)
+    # Same pid, another start time: the recorded process is gone, this one only reuses its pid.
+    stale = ProcessRecord(real.pid, real.create_time - 100.0, real.name)
+    assert not alive(stale)
+    assert statefile.leftover_processes(_run_record(stale)) == []
+
+
+def test_leftover_processes_finds_later_members_of_the_session(
+    spawn: Callable[[str], tuple[subprocess.Popen[str], str]],
+) -> None:
+    process, line = spawn(_WITH_GRANDCHILD)
+    grandchild = int(line)
+    found = {
+        record.pid for record in statefile.leftover_processes(_run_record(_record(process.pid)))
+    }
+    assert found == {process.pid, grandchild}
+    assert {record.pid for record in session_members(process.pid)} == {process.pid, grandchild}
+
+
+def test_leftover_processes_of_an_ended_process_is_empty(
+    spawn: Callable[[str], tuple[subprocess.Popen[str], str]],
+) -> None:
+    process, _ = spawn(_SLEEPER)
+    record = _record(process.pid)
+    process.kill()
+    process.wait(timeout=10)
+    assert statefile.leftover_processes(_run_record(record)) == []
+
+
+async def test_terminate_processes_kills_what_ignores_sigterm_after_the_grace(
+    spawn: Callable[[str], tuple[subprocess.Popen[str], str]],
+) -> None:
+    process, _ = spawn(_IGNORES_TERM)
+    record = _record(process.pid)
+    started = time.monotonic()
+    killed, survivors = await terminate_processes([record], grace=0.5)
+    elapsed = time.monotonic() - started
+    assert killed == [record] and survivors == []
+    assert elapsed >= 0.5  # SIGKILL only after the grace period
+    assert await asyncio.to_thread(process.wait, 10) == -signal.SIGKILL
+
+
+async def test_terminate_processes_lets_a_polite_process_end_on_sigterm(
+    spawn: Callable[[str], tuple[subprocess.Popen[str], str]],
+) -> None:
+    process, _ = spawn(_SLEEPER)
+    record = _record(process.pid)
+    started = time.monotonic()
+    killed, survivors = await terminate_processes([record], grace=10.0)
+    assert (killed, survivors) == ([], [])
+    assert time.monotonic() - started < 5.0  # did not sit out the grace period
+    assert await asyncio.to_thread(process.wait, 10) == -signal.SIGTERM
+
+
+async def test_terminate_processes_never_signals_a_reused_pid(
+    spawn: Callable[[str], tuple[subprocess.Popen[str], str]],
+) -> None:
+    process, _ = spawn(_SLEEPER)
+    real = _record(process.pid)
+    stale = ProcessRecord(real.pid, real.create_time - 100.0, real.name)
+    assert await terminate_processes([stale], grace=0.2, kill_timeout=0.2) == ([], [])
+    assert process.poll() is None and alive(real)
