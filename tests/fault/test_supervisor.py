@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -119,6 +120,16 @@ def _assert_nothing_left(run: SupervisorRun) -> None:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+def _status_command(run: SupervisorRun) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "niodoo_supervisor", "status", "-c", str(run.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def _stop(run: SupervisorRun) -> int:
     run.signal(signal.SIGTERM)
     return run.wait_exit(30)
@@ -139,7 +150,15 @@ def test_ready_only_after_models_list_everything_then_clean_stop(supervise: Laun
     wait_for(lambda: notify.count("WATCHDOG") >= 3, 10, "watchdog pings while ready")
     status = run.status()
     assert status["state"] == "READY" and status["adapters"] == ["a", "b"]
+    shown = _status_command(run)
+    assert (
+        shown.returncode == 0
+        and "state:     READY" in shown.stdout
+        and "adapters a, b" in shown.stdout
+    )
     assert _stop(run) == 0
+    shown = _status_command(run)
+    assert shown.returncode == 3 and "not running (last state STOPPED)" in shown.stdout
     assert run.states() == ["STARTING", "READY", "STOPPING", "STOPPED"]
     assert notify.first("STOPPING", "1") is not None
     _assert_nothing_left(run)
