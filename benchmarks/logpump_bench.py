@@ -36,6 +36,8 @@ from pathlib import Path
 from niodoo_supervisor.logpump import LogPump, RotatingLogFile
 from niodoo_supervisor.rules import Event, RuleSet
 
+if not all(arg.isdigit() for arg in sys.argv[1:3]) or len(sys.argv) > 3:
+    sys.exit("usage: python benchmarks/logpump_bench.py [LINES] [RUNS]")
 LINES = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
 RUNS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 
@@ -207,7 +209,7 @@ def rate(lines: int, seconds: list[float]) -> str:
 
 def scenario(work: Path, writes: str, supervisord: Path | None, why: str) -> None:
     total, lines = expected_output(work, "mix")
-    print(f"\n{lines:,} lines, {total / 1e6:.1f} MB, written {writes} by block/line; "
+    print(f"\n{lines:,} lines, {total / 1e6:.1f} MB, written {"in 64 KiB blocks" if writes == "block" else "one write() per line"}; "
           f"median of {RUNS}; wall clock | from the first byte")  # fmt: skip
     direct = [bench_direct(work, writes) for _ in range(RUNS)]
     print(f"(a) child -> file directly           {rate(lines, direct)}")
