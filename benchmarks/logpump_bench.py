@@ -209,7 +209,8 @@ def rate(lines: int, seconds: list[float]) -> str:
 
 def scenario(work: Path, writes: str, supervisord: Path | None, why: str) -> None:
     total, lines = expected_output(work, "mix")
-    print(f"\n{lines:,} lines, {total / 1e6:.1f} MB, written {"in 64 KiB blocks" if writes == "block" else "one write() per line"}; "
+    how = "in 64 KiB blocks" if writes == "block" else "one write() per line"
+    print(f"\n{lines:,} lines, {total / 1e6:.1f} MB, written {how}; "
           f"median of {RUNS}; wall clock | from the first byte")  # fmt: skip
     direct = [bench_direct(work, writes) for _ in range(RUNS)]
     print(f"(a) child -> file directly           {rate(lines, direct)}")
