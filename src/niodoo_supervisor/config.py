@@ -221,7 +221,7 @@ class _Validator:
     # --- values ----------------------------------------------------------------------------
 
     def check_value(self, spec: Field, value: Any, path: str) -> Any:
-        value = self.expand_strings(value, path)
+        value = self.expand_strings(value, path, spec.kind)
         if value is _INVALID:
             return _INVALID
         if value is None:
@@ -243,11 +243,9 @@ class _Validator:
             return str(self.resolve_path(checked))
         return checked
 
-    def expand_strings(self, value: Any, path: str) -> Any:
-        """Expand ${VAR} in every string inside `value`; numbers given through a variable
-        (`port: ${PORT}`) are read back as YAML scalars so they type-check as numbers."""
+    def expand_strings(self, value: Any, path: str, kind: Kind) -> Any:
         try:
-            return expand_tree(value, self.environ)
+            return expand_tree(value, self.environ, typed=kind in (Kind.INT, Kind.FLOAT, Kind.BOOL))
         except ExpansionError as exc:
             self.problem(path, str(exc))
             return _INVALID

@@ -12,7 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-import psutil
 import structlog
 
 from . import exitcodes, statefile
@@ -90,16 +89,13 @@ def _log_problem(text: str, is_error: bool) -> None:
 def _other_supervisor(config: Config) -> str | None:
     """A live supervisor recorded in the state file owns this vLLM: never fight it."""
     record = statefile.read(config.state_dir)
-    if record is None or record.supervisor_pid == os.getpid():
+    if (
+        record is None
+        or record.supervisor_pid == os.getpid()
+        or not statefile.supervisor_alive(record)
+    ):
         return None
-    try:
-        process = psutil.Process(record.supervisor_pid)
-        cmdline = " ".join(process.cmdline())
-    except psutil.Error:
-        return None
-    if "niodoo" in cmdline and process.status() != psutil.STATUS_ZOMBIE:
-        return f"supervisor pid {record.supervisor_pid} already runs vLLM for {config.state_dir}; stop it first"
-    return None
+    return f"supervisor pid {record.supervisor_pid} already runs vLLM for {config.state_dir}; stop it first"
 
 
 async def _end_leftovers(config: Config) -> None:

@@ -31,8 +31,9 @@ class RotatingLogFile:
     """An append-only file rotated by size: `path`, `path.1` ... `path.<backup_count>`.
 
     Rotation happens between lines when it can, so a line is not split across files.
-    With `backup_count` 0 the file is truncated instead of rotated. Not thread-safe: one
-    writer (a pump's writer thread) at a time.
+    With `backup_count` 0 the file is truncated instead of rotated. One file serves the
+    pumps of successive vLLM runs; a lock keeps a late writer thread of a stopped run from
+    interleaving with the next run's writer or with `close`.
     """
 
     def __init__(self, path: str | os.PathLike[str], max_bytes: int, backup_count: int) -> None:
@@ -41,10 +42,15 @@ class RotatingLogFile:
         self.backup_count = backup_count
         self._fd = -1
         self._size = 0
+        self._lock = threading.RLock()
 
     def write(self, data: bytes) -> None:
         """Write all of `data`, rotating first when it would not fit. Raises OSError
         (ENOSPC...), after which part of `data` may have been written."""
+        with self._lock:
+            self._write_locked(data)
+
+    def _write_locked(self, data: bytes) -> None:
         if self._fd < 0:
             self._open()
         while data:
@@ -60,9 +66,13 @@ class RotatingLogFile:
                 self._write_all(data[:cut])
                 data = data[cut:]
             if data:
-                self.rotate()
+                self._rotate_locked()
 
     def rotate(self) -> None:
+        with self._lock:
+            self._rotate_locked()
+
+    def _rotate_locked(self) -> None:
         self.close()
         if self.backup_count > 0:
             for n in range(self.backup_count - 1, 0, -1):
@@ -76,9 +86,10 @@ class RotatingLogFile:
         self._open()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

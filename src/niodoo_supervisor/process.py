@@ -118,8 +118,10 @@ class VllmProcess:
         self.sid = process.pid  # start_new_session: the leader's pid is the session and group id
         self.output_fd = output_fd
         self.started = started
-        self.leader = _record(psutil.Process(self.pid)) if self.returncode is None else None
-        self.stop_requested = False
+        try:
+            self.leader = _record(psutil.Process(self.pid)) if self.returncode is None else None
+        except psutil.Error:  # it already exited (and may have been reaped)
+            self.leader = None
 
     @property
     def returncode(self) -> int | None:
@@ -138,7 +140,6 @@ class VllmProcess:
     async def terminate(self, grace: float) -> tuple[list[ProcessRecord], list[ProcessRecord]]:
         """SIGTERM the group (and any member that left it), wait up to `grace` seconds for the
         whole session to end, then SIGKILL what is left. Returns (SIGKILLed, survivors)."""
-        self.stop_requested = True
         self.signal_group(signal.SIGTERM)
         for record in self.members():
             _send(record, signal.SIGTERM)

@@ -7,10 +7,10 @@ environment as VLLM_API_KEY, never on argv, where `ps` would show it; displays r
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .config import Adapter, Config
@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 REDACTED = "<redacted>"
+# Environment variables whose values are shown redacted (HF_TOKEN, VLLM_API_KEY, ...).
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 LOGGING_CONFIG_NAME = "vllm-logging.json"
 # Used when the installed vLLM's version is not known (render without preflight).
 ASSUMED_VERSION = Version(0, 32, 0)
@@ -63,7 +65,10 @@ class Launch:
         return merged
 
     def redacted_env(self) -> dict[str, str]:
-        return {key: redact(value, self.secrets) for key, value in self.env.items()}
+        return {
+            key: REDACTED if _SECRET_NAME.search(key) else redact(value, self.secrets)
+            for key, value in self.env.items()
+        }
 
     def redacted_argv(self) -> list[str]:
         return [redact(arg, self.secrets) for arg in self.argv]
@@ -198,8 +203,3 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def logging_config_path(launch: Launch) -> Path | None:
-    path = launch.env.get("VLLM_LOGGING_CONFIG_PATH")
-    return Path(path) if path else None

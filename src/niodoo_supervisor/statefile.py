@@ -17,7 +17,15 @@ import psutil
 from .fsutil import atomic_write
 from .process import ProcessRecord, alive, session_members
 
-__all__ = ["RunRecord", "clear", "leftover_processes", "read", "write"]
+__all__ = [
+    "RunRecord",
+    "clear",
+    "from_this_boot",
+    "leftover_processes",
+    "read",
+    "supervisor_alive",
+    "write",
+]
 
 FILE_NAME = "vllm-processes.json"
 
@@ -28,7 +36,9 @@ class RunRecord:
     sid: int
     leader: ProcessRecord
     members: tuple[ProcessRecord, ...] = field(default=())
-    port: int = 0
+    # Pids and session ids start over at boot: a record from an earlier boot names nothing.
+    boot_time: float = field(default_factory=psutil.boot_time, kw_only=True)
+    supervisor_create_time: float = field(default=0.0, kw_only=True)
 
 
 def write(state_dir: Path, record: RunRecord) -> None:
@@ -43,7 +53,8 @@ def read(state_dir: Path) -> RunRecord | None:
             sid=int(raw["sid"]),
             leader=ProcessRecord(**raw["leader"]),
             members=tuple(ProcessRecord(**member) for member in raw.get("members", [])),
-            port=int(raw.get("port", 0)),
+            boot_time=float(raw["boot_time"]),
+            supervisor_create_time=float(raw.get("supervisor_create_time", 0.0)),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -54,22 +65,34 @@ def clear(state_dir: Path) -> None:
         (state_dir / FILE_NAME).unlink()
 
 
+def from_this_boot(record: RunRecord) -> bool:
+    return abs(record.boot_time - psutil.boot_time()) < 2.0
+
+
 def leftover_processes(record: RunRecord) -> list[ProcessRecord]:
     """What is left of the recorded vLLM: the recorded processes that are still the very same
     processes (pid and start time), plus members of its session started after its leader
-    (workers spawned after the last record), unless the session id now belongs to a new
-    session leader that reused the pid."""
+    (workers spawned after the last record). The session is searched only when at least one
+    recorded process is still alive: otherwise its id may name a stranger's session now."""
+    if not from_this_boot(record):
+        return []
     found = {member.pid: member for member in (record.leader, *record.members) if alive(member)}
-    if not _session_id_reused(record):
+    if found:
         for member in session_members(record.sid):
             if member.create_time >= record.leader.create_time - 0.01:
                 found.setdefault(member.pid, member)
     return list(found.values())
 
 
-def _session_id_reused(record: RunRecord) -> bool:
+def supervisor_alive(record: RunRecord) -> bool:
+    """The supervisor that wrote the record is still running (same pid and start time)."""
+    if not from_this_boot(record):
+        return False
     try:
-        holder = psutil.Process(record.sid)
-        return abs(holder.create_time() - record.leader.create_time) >= 0.01
+        process = psutil.Process(record.supervisor_pid)
+        return (
+            abs(process.create_time() - record.supervisor_create_time) < 0.01
+            and process.status() != psutil.STATUS_ZOMBIE
+        )
     except psutil.Error:
         return False

@@ -54,4 +54,6 @@ class StatusBoard:
 
     def write(self, state_dir: Path) -> None:
         with contextlib.suppress(OSError):  # status is advisory; never stop supervising for it
-            atomic_write(state_dir / STATUS_FILE, json.dumps(self.to_dict(), indent=1, default=str))
+            atomic_write(
+                state_dir / STATUS_FILE, json.dumps(self.to_dict(), indent=1, default=str), 0o644
+            )

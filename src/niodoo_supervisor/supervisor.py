@@ -9,6 +9,7 @@ loop's own schedule. Each state change is asserted, labelled and logged once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import sys
@@ -30,11 +31,14 @@ from .render import Launch
 from .rules import Action, Event, EventCounters
 from .states import ALLOWED, State
 from .status import CrashReport, StatusBoard
-from .vllm_run import VllmRun
+from .vllm_run import LaunchError, VllmRun
 
 __all__ = ["ProberFactory", "Reloader", "Supervisor"]
 
 log = structlog.get_logger("niodoo_supervisor")
+
+_RUNNING = {State.STARTING, State.READY, State.UNHEALTHY}
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 Reloader = Callable[[], Awaitable[ReloadResult]]
@@ -82,7 +86,7 @@ class Supervisor:
         self.incidents: asyncio.Queue[Incident] = asyncio.Queue()
         self.counters = EventCounters()
         self.status = StatusBoard(vllm_version=vllm_version)
-        self.ready_once = False
+        self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.ready_since: float | None = None
         self.fatal_event: Event | None = None
         self.current: VllmRun | None = None
@@ -111,19 +115,30 @@ class Supervisor:
             loop.add_signal_handler(signum, self.incidents.put_nowait, SignalReceived(signum))
         try:
             return await self._supervise()
+        except BaseException:
+            # A bug must not leave vLLM (and its GPU memory) behind: stop it, then report.
+            if self.current is not None:
+                with contextlib.suppress(Exception):
+                    await self.current.stop(self.config["supervisor.stop.grace_period"])
+            raise
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self.log_file.close()
 
     async def _supervise(self) -> int:
+        reloaded = False
         while True:
+            if self._stop_pending():
+                return self._stopped_while_idle("stop requested before the next start")
             now = time.monotonic()
-            if self.policy.crash_loop(now):
-                settings = self.policy.settings
-                reason = f"crash loop: {settings.max_starts} starts within {settings.window:g}s; last: {self.status.last_exit}"
-                return self._fatal(reason, exitcodes.CRASH_LOOP)
-            self.policy.record_start(now)
+            if not reloaded:  # a reload is a deliberate start, not a crash
+                if self.policy.crash_loop(now):
+                    settings = self.policy.settings
+                    reason = f"crash loop: {settings.max_starts} starts within {settings.window:g}s; last: {self.status.last_exit}"
+                    return self._fatal(reason, exitcodes.CRASH_LOOP)
+                self.policy.record_start(now)
+            reloaded = False
             child = await self._start()
             if child is None:
                 return self._fatal(self.status.reason, exitcodes.CONFIG)
@@ -136,9 +151,8 @@ class Supervisor:
                 self.policy.record_ready_for(time.monotonic() - self.ready_since)
                 self.ready_since = None
             if outcome.kind == "stop":
-                self.transition(
-                    {State.STARTING, State.READY, State.UNHEALTHY}, State.STOPPING, outcome.reason
-                )
+                # STARTING/READY/UNHEALTHY -> STOPPING: asked to stop
+                self.transition(_RUNNING, State.STOPPING, outcome.reason)
                 self.notifier.send(*notify.stopping("stopping vLLM"))
                 await self._stop_child(child)
                 # STOPPING -> STOPPED: the whole session of vLLM is gone
@@ -149,32 +163,50 @@ class Supervisor:
                 self._report_crash(outcome, child)
                 return self._fatal(outcome.reason, exitcodes.CONFIG)
             if outcome.kind == "reload":
-                # -> BACKOFF with no delay: the new config starts at once
-                self.transition(
-                    {State.STARTING, State.READY, State.UNHEALTHY}, State.BACKOFF, outcome.reason
-                )
+                # STARTING/READY/UNHEALTHY -> BACKOFF, no delay: the new config starts at once
+                self.transition(_RUNNING, State.BACKOFF, outcome.reason)
+                reloaded = True
                 continue
             self._report_crash(outcome, child)
             delay = self.policy.next_delay()
             self.status.restarts += 1
             # STARTING/READY/UNHEALTHY -> BACKOFF: it failed; try again after a delay
-            self.transition(
-                {State.STARTING, State.READY, State.UNHEALTHY}, State.BACKOFF, outcome.reason
-            )
+            self.transition(_RUNNING, State.BACKOFF, outcome.reason)
             self.notifier.send(*notify.status(f"restarting vLLM in {delay:.0f}s: {outcome.reason}"))
             if await self._backoff(delay):
-                self.transition({State.BACKOFF}, State.STOPPING, "stop requested during backoff")
-                self.transition({State.STOPPING}, State.STOPPED, "nothing running")
-                return exitcodes.OK
+                return self._stopped_while_idle("stop requested during backoff")
+
+    def _stop_pending(self) -> bool:
+        """Whether a SIGTERM/SIGINT is queued (handled before spending minutes on a start)."""
+        pending = []
+        stop = False
+        while not self.incidents.empty():
+            incident = self.incidents.get_nowait()
+            if isinstance(incident, SignalReceived) and incident.signum in _STOP_SIGNALS:
+                stop = True
+            elif isinstance(incident, SignalReceived):
+                pending.append(incident)  # keep a SIGHUP for the loop
+        for incident in pending:
+            self.incidents.put_nowait(incident)
+        return stop
+
+    def _stopped_while_idle(self, reason: str) -> int:
+        self.notifier.send(*notify.stopping("stopping: nothing running"))
+        # BACKOFF/STOPPED -> STOPPING -> STOPPED: no vLLM is running, nothing to end
+        self.transition({State.BACKOFF, State.STOPPED}, State.STOPPING, reason)
+        self.transition({State.STOPPING}, State.STOPPED, "nothing running")
+        return exitcodes.OK
 
     def _fatal(self, reason: str, code: int) -> int:
-        self.transition(set(State) - {State.FATAL}, State.FATAL, reason)
+        # any state but FATAL -> FATAL: retrying cannot help, or the crash-loop limit is reached
+        self.transition({State.STOPPED, State.BACKOFF} | _RUNNING, State.FATAL, reason)
         self.notifier.send(*notify.status(f"FATAL: {reason}"))
         log.error("fatal", reason=reason, exit_code=code)
         return code
 
     async def _backoff(self, delay: float) -> bool:
-        """Wait `delay` seconds; True when a stop was asked meanwhile."""
+        """Wait `delay` seconds; True when a stop was asked meanwhile. A SIGHUP is applied at
+        once, so the next start uses the new config."""
         deadline = time.monotonic() + delay
         while (remaining := deadline - time.monotonic()) > 0:
             self.notifier.send(*notify.WATCHDOG)  # waiting on purpose is not hanging
@@ -182,17 +214,19 @@ class Supervisor:
                 incident = await asyncio.wait_for(self.incidents.get(), timeout=min(remaining, 5.0))
             except asyncio.TimeoutError:
                 continue
-            if isinstance(incident, SignalReceived) and incident.signum in (
-                signal.SIGTERM,
-                signal.SIGINT,
-            ):
+            if isinstance(incident, SignalReceived) and incident.signum in _STOP_SIGNALS:
                 return True
+            if isinstance(incident, SignalReceived) and incident.signum == signal.SIGHUP:
+                await self._reload()
         return False
 
     # --- starting -----------------------------------------------------------------------------
 
     async def _start(self) -> VllmRun | None:
+        """Launch vLLM; None (reason in the status) when it cannot even be executed."""
         self.fatal_event = None
+        self.run_serial += 1
+        serial = self.run_serial
         try:
             run = await VllmRun.launch(
                 self.config,
@@ -200,12 +234,11 @@ class Supervisor:
                 self.environ,
                 log_file=self.log_file,
                 echo=self.echo,
-                on_event=self._on_log_event,
+                on_event=lambda event: self._on_log_event(serial, event),
                 on_exit=lambda pid, code: self.incidents.put_nowait(ChildExited(pid, code)),
             )
-        except OSError as exc:
-            self.transition({State.STOPPED, State.BACKOFF}, State.STARTING, "launching vLLM")
-            self.status.reason = f"cannot execute {self.launch.argv[0]}: {exc.strerror}"
+        except LaunchError as exc:
+            self.status.reason = str(exc)
             return None
         self.current = run
         self.status.starts += 1
@@ -219,7 +252,7 @@ class Supervisor:
         self.notifier.send(*notify.status(f"starting vLLM (pid {run.pid})"))
         return run
 
-    def _on_log_event(self, event: Event) -> None:
+    def _on_log_event(self, serial: int, event: Event) -> None:
         self.counters.add(event)
         log.info(
             "vllm_event",
@@ -232,6 +265,8 @@ class Supervisor:
             hint=event.hint or None,
             line=event.message,
         )
+        if serial != self.run_serial:
+            return  # a stopped run's last lines: counted and logged, but they steer nothing
         if (
             event.action is Action.FATAL
             and self.state is State.STARTING
@@ -286,6 +321,7 @@ class Supervisor:
             if self.state is State.STARTING:
                 outcome = self._starting_check(child, result, now, startup_deadline)
                 next_check = time.monotonic() + config["supervisor.health.startup_interval"]
+                engine_death = None  # a death seen while starting does not shorten later checks
             else:
                 if result.ok:
                     failures, engine_death = 0, None
@@ -321,7 +357,6 @@ class Supervisor:
                 {State.STARTING}, State.READY, f"ready after {now - child.child.started:.1f}s"
             )
             self.notifier.send(*notify.ready(self._ready_text()), *notify.WATCHDOG)
-            self.ready_once = True
             return None
         if now >= deadline:
             return Outcome(
@@ -413,7 +448,10 @@ class Supervisor:
         if self.reloader is None:
             return None
         log.info("reload_requested")
-        result = await self.reloader()
+        try:
+            result = await self.reloader()
+        except Exception as exc:
+            result = ReloadResult(None, None, [f"reload failed: {type(exc).__name__}: {exc}"])
         if result.config is None or result.launch is None:
             for error in result.errors:
                 log.error("reload_refused", problem=error)
@@ -431,10 +469,23 @@ class Supervisor:
     # --- stopping -----------------------------------------------------------------------------
 
     async def _stop_child(self, child: VllmRun) -> None:
-        await child.stop(self.config["supervisor.stop.grace_period"])
+        grace = self.config["supervisor.stop.grace_period"]
+        # Ending a stubborn vLLM takes up to the grace period plus the SIGKILL check: keep
+        # systemd's stop timeout ahead of it, and keep feeding the watchdog meanwhile.
+        self.notifier.send(*notify.extend_timeout(grace + 20.0), *notify.WATCHDOG)
+        keepalive = asyncio.get_running_loop().create_task(self._feed_watchdog())
+        try:
+            await child.stop(grace)
+        finally:
+            keepalive.cancel()
         self.current = None
         self.status.vllm_pid = None
         self.status.events = self.counters.as_dict()
+
+    async def _feed_watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            self.notifier.send(*notify.WATCHDOG)
 
     def _report_crash(self, outcome: Outcome, child: VllmRun) -> None:
         count = self.config["supervisor.log.crash_report_lines"]

@@ -6,6 +6,7 @@ Pure functions; they return the checked value or a `Rejection` (message and fix)
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,9 @@ def _check_number(spec: Field, value: Any) -> Any:
         return Rejection(f"must be {expected}{extra}, not {type_name(value)} {value!r}", spec.doc)
     if spec.kind is Kind.INT and not isinstance(value, int):
         return Rejection(f"must be an integer, not {value!r}", "drop the fraction")
+    if not math.isfinite(value):
+        # .nan would make every deadline compare false; .inf would never expire
+        return Rejection(f"must be a finite number, not {value!r}", spec.doc)
     number = value if spec.kind is Kind.INT else float(value)
     if spec.minimum is not None and number < spec.minimum:
         return Rejection(f"{number!r} is below the minimum {spec.minimum:g}", _range_text(spec))
@@ -110,12 +114,15 @@ def _range_text(spec: Field) -> str:
     return "use a value " + " and ".join(part for part in (low, high) if part)
 
 
-def expand_tree(value: Any, environ: Mapping[str, str]) -> Any:
+def expand_tree(value: Any, environ: Mapping[str, str], *, typed: bool = False) -> Any:
+    """Expand ${VAR} in every string inside `value`. With `typed` (number and boolean fields),
+    a value that is one variable (`port: ${PORT}`) is read back as a YAML scalar so that it
+    type-checks as a number; string fields keep the text as it is (`name: ${N}` with N=on)."""
     if isinstance(value, str):
         if "$" not in value:
             return value
         expanded = expand(value, environ)
-        if "${" in value and value.strip().startswith("${"):
+        if typed and value.strip().startswith("${"):
             return _scalar_from_text(expanded)
         return expanded
     if isinstance(value, list):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import psutil
 import structlog
 
 from . import statefile
@@ -24,9 +25,15 @@ from .process import VllmProcess, spawn
 from .render import Launch
 from .rules import Event, RuleSet
 
-__all__ = ["VllmRun"]
+__all__ = ["LaunchError", "VllmRun"]
 
 log = structlog.get_logger("niodoo_supervisor")
+
+_OWN_START = psutil.Process().create_time()
+
+
+class LaunchError(Exception):
+    """vLLM could not be started at all; the message says why."""
 
 
 class VllmRun:
@@ -36,6 +43,7 @@ class VllmRun:
         self.config = config
         self.pump_task = asyncio.get_running_loop().create_task(pump.run())
         self.exit_task: asyncio.Task[None] | None = None
+        self.record_failed = False
 
     @property
     def pid(self) -> int:
@@ -53,18 +61,29 @@ class VllmRun:
         on_event: Callable[[Event], None],
         on_exit: Callable[[int, int], None],
     ) -> VllmRun:
-        """Spawn vLLM; raises OSError when its interpreter cannot be executed."""
-        _write_logging_config(launch)
-        child = await spawn(launch.argv, launch.child_environment(environ))
-        pump = LogPump(
-            child.output_fd,
-            ruleset=RuleSet(config["rules"]),
-            on_event=on_event,
-            log_file=log_file,
-            echo=echo,
-            tail_lines=max(200, config["supervisor.log.crash_report_lines"]),
-        )
-        run = cls(child, pump, config)
+        """Spawn vLLM; raises LaunchError when it cannot be started at all."""
+        try:
+            _write_logging_config(launch)
+        except OSError as exc:
+            raise LaunchError(f"cannot write vLLM's logging config: {exc}") from None
+        try:
+            child = await spawn(launch.argv, launch.child_environment(environ))
+        except OSError as exc:
+            raise LaunchError(f"cannot execute {launch.argv[0]}: {exc.strerror or exc}") from None
+        try:
+            pump = LogPump(
+                child.output_fd,
+                ruleset=RuleSet(config["rules"]),
+                on_event=on_event,
+                log_file=log_file,
+                echo=echo,
+                tail_lines=max(200, config["supervisor.log.crash_report_lines"]),
+            )
+            run = cls(child, pump, config)
+        except BaseException:
+            await child.terminate(config["supervisor.stop.grace_period"])  # never leave it running
+            child.close()
+            raise
         run.record_processes()
 
         async def watch_exit() -> None:
@@ -81,9 +100,17 @@ class VllmRun:
             return
         members = tuple(member for member in child.members() if member.pid != child.pid)
         record = statefile.RunRecord(
-            os.getpid(), child.sid, child.leader, members, self.config.port
+            os.getpid(), child.sid, child.leader, members, supervisor_create_time=_OWN_START
         )
-        statefile.write(self.config.state_dir, record)
+        try:
+            statefile.write(self.config.state_dir, record)
+        except OSError as exc:
+            # Supervising goes on; only a successor's cleanup after a SIGKILL is at stake.
+            if not self.record_failed:
+                log.error(
+                    "state_file_unwritable", state_dir=str(self.config.state_dir), error=str(exc)
+                )
+            self.record_failed = True
 
     def silent_for(self, now: float) -> float:
         last = self.pump.last_output_monotonic or self.child.started

@@ -120,6 +120,10 @@ def _assert_nothing_left(run: SupervisorRun) -> None:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+def _wait_ready_count(run: SupervisorRun, count: int) -> None:
+    wait_for(lambda: run.states().count("READY") >= count, 30, f"READY number {count}")
+
+
 def _status_command(run: SupervisorRun) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "niodoo_supervisor", "status", "-c", str(run.config)],
@@ -334,5 +338,36 @@ def test_sighup_refuses_a_bad_config_and_applies_a_good_one(
     assert len(starts) == 2
     argv = psutil.Process(launched_pids(run)[-1]).cmdline()
     assert argv[argv.index("--max-loras") + 1] == "3"
+    assert _stop(run) == 0
+    _assert_nothing_left(run)
+
+
+def test_reloads_do_not_count_as_crashes_and_sighup_during_backoff_is_applied(
+    supervise: Launcher,
+) -> None:
+    restart = {"initial_delay": 3, "max_delay": 3, "max_starts": 2, "window": 60}
+    run = supervise("load_seconds=0.2", supervisor__restart=restart)
+    run.wait_state("READY", 20)
+    good = run.config.read_text()
+    for loras in (3, 4):  # two reloads with max_starts 2: deliberate starts, not a crash loop
+        run.config.write_text(good.replace("max_loras: 2", f"max_loras: {loras}"))
+        target = run.states().count("READY") + 1
+        run.signal(signal.SIGHUP)
+        _wait_ready_count(run, target)
+    assert "FATAL" not in run.states() and run.process.poll() is None
+    # Now a crash: during the 3 s backoff a SIGHUP must take effect for the next start.
+    run.config.write_text(
+        good.replace("load_seconds=0.2", "load_seconds=0.2,crash_after=0.3").replace(
+            "max_loras: 2", "max_loras: 3"
+        )
+    )
+    run.signal(signal.SIGHUP)
+    wait_for(lambda: run.states().count("BACKOFF") >= 4, 30, "the backoff after the crash")
+    run.config.write_text(good.replace("max_loras: 2", "max_loras: 4"))
+    run.signal(signal.SIGHUP)
+    backoffs = run.states().count("BACKOFF")
+    wait_for(lambda: run.states().count("STARTING") > backoffs, 30, "the start after the backoff")
+    argv = psutil.Process(launched_pids(run)[-1]).cmdline()
+    assert argv[argv.index("--max-loras") + 1] == "4"
     assert _stop(run) == 0
     _assert_nothing_left(run)

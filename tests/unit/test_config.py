@@ -189,3 +189,14 @@ def test_unreadable_file_is_one_clean_error(tmp_path: Path) -> None:
     config, problems = load_config(tmp_path / "nope.yaml")
     assert config is None and len(problems) == 1
     assert "cannot read the config: No such file or directory" in problems[0].format()
+
+
+def test_non_finite_numbers_are_refused() -> None:
+    lines = _lines(BASE + "supervisor:\n  health:\n    interval: .nan\n  startup_timeout: .inf\n")
+    assert len(lines) == 2 and all("must be a finite number" in line for line in lines)
+
+
+def test_a_variable_in_a_string_field_stays_a_string() -> None:
+    text = BASE.replace("/models/m", "/models/m\n  served_name: '${N}'")
+    config, problems = parse_config(text, base_dir=Path("/"), environ={"N": "on"})
+    assert problems == [] and config is not None and config["model.served_name"] == "on"

@@ -141,3 +141,15 @@ def test_child_environment_drops_systemd_variables() -> None:
     )
     assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env
     assert env["PATH"] == "/bin"
+
+
+def test_secret_looking_environment_values_are_redacted_in_displays() -> None:
+    config = _config(
+        MINIMAL.replace(
+            "python: /v/bin/python", "python: /v/bin/python, env: {HF_TOKEN: hf_abc, MODE: x}"
+        )
+    )
+    launch = render(config)
+    assert launch.redacted_env()["HF_TOKEN"] == REDACTED and launch.redacted_env()["MODE"] == "x"
+    assert "hf_abc" not in launch.to_json()
+    assert launch.env["HF_TOKEN"] == "hf_abc"

@@ -316,17 +316,18 @@ def _record(pid: int) -> ProcessRecord:
 
 def _run_record(leader: ProcessRecord, *members: ProcessRecord) -> statefile.RunRecord:
     return statefile.RunRecord(
-        supervisor_pid=os.getpid(), sid=leader.pid, leader=leader, members=members, port=8000
+        supervisor_pid=os.getpid(), sid=leader.pid, leader=leader, members=members
     )
 
 
 def test_state_file_round_trip(tmp_path: Path) -> None:
     leader = ProcessRecord(1234, 1700000000.25, "python3")
     worker = ProcessRecord(1240, 1700000003.5, "VLLM::EngineCore")
-    record = statefile.RunRecord(os.getpid(), 1234, leader, (worker,), 8011)
+    record = statefile.RunRecord(os.getpid(), 1234, leader, (worker,), supervisor_create_time=1.5)
     statefile.write(tmp_path / "state", record)
     assert statefile.read(tmp_path / "state") == record
-    assert json.loads((tmp_path / "state" / statefile.FILE_NAME).read_text())["port"] == 8011
+    saved = json.loads((tmp_path / "state" / statefile.FILE_NAME).read_text())
+    assert saved["boot_time"] == psutil.boot_time() and saved["supervisor_create_time"] == 1.5
     assert [path.name for path in (tmp_path / "state").iterdir()] == [statefile.FILE_NAME]
     statefile.clear(tmp_path / "state")
     assert statefile.read(tmp_path / "state") is None
@@ -416,3 +417,44 @@ async def test_terminate_processes_never_signals_a_reused_pid(
     stale = ProcessRecord(real.pid, real.create_time - 100.0, real.name)
     assert await terminate_processes([stale], grace=0.2, kill_timeout=0.2) == ([], [])
     assert process.poll() is None and alive(real)
+
+
+def test_a_record_from_an_earlier_boot_names_nothing(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
+    )
+    try:
+        me = _record(process.pid)
+        stale = statefile.RunRecord(os.getpid(), me.pid, me, boot_time=psutil.boot_time() - 3600)
+        assert statefile.leftover_processes(stale) == []
+        assert statefile.leftover_processes(_run_record(me)) == [me]
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_an_orphaned_session_of_a_stranger_is_never_swept() -> None:
+    # A stranger's session whose leader exited: only the session id matches the old record.
+    stranger = subprocess.Popen(
+        ["setsid", "sh", "-c", "sleep 30 & echo $!"], stdout=subprocess.PIPE, text=True
+    )
+    assert stranger.stdout is not None
+    sleeper = int(stranger.stdout.readline())
+    stranger.wait()
+    try:
+        sid = os.getsid(sleeper)
+        dead_leader = ProcessRecord(sid, psutil.Process(sleeper).create_time() - 100, "python")
+        record = statefile.RunRecord(os.getpid(), sid, dead_leader)
+        assert statefile.leftover_processes(record) == []
+    finally:
+        os.kill(sleeper, signal.SIGKILL)
+
+
+def test_status_file_is_readable_by_operators_and_the_state_file_is_not(tmp_path: Path) -> None:
+    from niodoo_supervisor.status import STATUS_FILE, StatusBoard
+
+    StatusBoard().write(tmp_path)
+    assert (tmp_path / STATUS_FILE).stat().st_mode & 0o777 == 0o644
+    me = _record(os.getpid())
+    statefile.write(tmp_path, _run_record(me))
+    assert (tmp_path / statefile.FILE_NAME).stat().st_mode & 0o777 == 0o600
