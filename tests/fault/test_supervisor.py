@@ -371,3 +371,21 @@ def test_reloads_do_not_count_as_crashes_and_sighup_during_backoff_is_applied(
     assert argv[argv.index("--max-loras") + 1] == "4"
     assert _stop(run) == 0
     _assert_nothing_left(run)
+
+
+def test_ready_waits_for_every_adapter_not_just_health(supervise: Launcher) -> None:
+    # /health answers 200 at once but the adapters appear in /v1/models 1.5 s later.
+    run = supervise("load_seconds=0.2,adapters_late=1.5")
+    run.wait_state("READY", 20)
+    ready = run.event("state_changed", new="READY")
+    assert ready is not None
+
+    def loaded() -> list[dict[str, str]]:
+        return [r for r in run.events() if r.get("rule") == "lora_loaded"]
+
+    # Two adapters loaded at start (then hidden), listed again 1.5 s after /health turned 200.
+    wait_for(lambda: len(loaded()) == 4, 10, "the late adapter lines")
+    assert loaded()[2]["timestamp"] < ready["timestamp"]
+    assert float(ready["reason"].split()[2].rstrip("s")) >= 1.5
+    assert _stop(run) == 0
+    _assert_nothing_left(run)

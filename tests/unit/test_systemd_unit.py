@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from niodoo_supervisor import exitcodes
+from niodoo_supervisor.config import load_config
 
 UNIT_NAME = "niodoo-supervisor.service"
 INSTALLED_EXEC = "/opt/niodoo-supervisor/venv/bin/niodoo-supervisor"
@@ -84,8 +85,17 @@ def test_unit_has_what_the_daemon_relies_on(repo: Path) -> None:
     assert service["Restart"] == ["on-failure"]
     watchdog = service["WatchdogSec"]
     assert len(watchdog) == 1 and int(watchdog[0]) > 0
-    # WatchdogSec must outlast a full round of failing checks (config/niodoo.yaml: 10 s x 3 + 5).
-    assert int(watchdog[0]) > 10 * 3 + 5
+    # WatchdogSec must outlast the longest run of failing checks of the production config,
+    # each taking up to the interval plus two probe timeouts (/health, then /v1/models).
+    config, _ = load_config(repo / "config" / "niodoo.yaml", {"NIODOO_API_KEY": "k"})
+    assert config is not None
+    health = {
+        name: config[f"supervisor.health.{name}"]
+        for name in ("interval", "timeout", "failure_threshold")
+    }
+    assert int(watchdog[0]) > health["failure_threshold"] * (
+        health["interval"] + 2 * health["timeout"]
+    )
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert any(
         value.lstrip("-").startswith("/etc/niodoo-supervisor/")

@@ -29,6 +29,9 @@ Switches (seconds are floats; "after ready" counts from ``Application startup co
     API server is SIGKILLed or ignores SIGTERM.
 ``drop_adapter_after=S``
     After ready: the first adapter silently disappears (from /v1/models and for requests).
+``adapters_late=S``
+    At ready, /health answers 200 but /v1/models lists no adapter for S seconds (as when
+    adapters are still loading); then they are listed.
 ``exit_zero_after=S``
     After ready: children SIGKILLed and the API server exits 0, printing nothing.
 """
@@ -61,6 +64,7 @@ class Faults:
     stubborn_children: bool = False
     drop_adapter_after: float | None = None
     exit_zero_after: float | None = None
+    adapters_late: float | None = None
 
 
 _BOOL_SWITCHES = frozenset({"exit_at_start", "ignore_sigterm", "stubborn_children"})

@@ -89,6 +89,7 @@ class ApiServer:
         self.sock: socket.socket | None = None
         self.ready = False
         self.timers: dict[str, float] = {}
+        self.late_adapters: list[Adapter] = []  # hidden until the adapters_late fault ends
         config = self._model_config()
         self.architecture = str((config.get("architectures") or ["Qwen2ForCausalLM"])[0])
         max_len = args.max_model_len or int(config.get("max_position_embeddings") or 2048)
@@ -254,9 +255,14 @@ class ApiServer:
             ("hang", self.faults.hang_after),
             ("drop_adapter", self.faults.drop_adapter_after),
             ("exit_zero", self.faults.exit_zero_after),
+            ("adapters_late", self.faults.adapters_late),
         ):
             if after is not None:
                 self.timers[name] = now + after
+        if self.faults.adapters_late is not None:
+            self.late_adapters = self.state.adapters()
+            for adapter in self.late_adapters:
+                self.state.remove_adapter(adapter.name, quietly=True)
 
     def _serve(self) -> int:
         while True:
@@ -293,6 +299,9 @@ class ApiServer:
             adapters = self.state.adapters()
             if adapters:
                 self.state.remove_adapter(adapters[0].name, quietly=True)
+        elif name == "adapters_late":
+            for adapter in self.late_adapters:
+                self.state.add_adapter(adapter)
         elif name == "exit_zero":
             engine.kill_all()
             return 0
