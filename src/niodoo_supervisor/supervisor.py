@@ -86,6 +86,7 @@ class Supervisor:
         self.incidents: asyncio.Queue[Incident] = asyncio.Queue()
         self.counters = EventCounters()
         self.status = StatusBoard(vllm_version=vllm_version)
+        self.stop_asked = asyncio.Event()
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.ready_since: float | None = None
         self.fatal_event: Event | None = None
@@ -112,7 +113,7 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(signum, self.incidents.put_nowait, SignalReceived(signum))
+            loop.add_signal_handler(signum, self._on_signal_received, signum)
         try:
             return await self._supervise()
         except BaseException:
@@ -175,6 +176,38 @@ class Supervisor:
             self.notifier.send(*notify.status(f"restarting vLLM in {delay:.0f}s: {outcome.reason}"))
             if await self._backoff(delay):
                 return self._stopped_while_idle("stop requested during backoff")
+
+    async def _next_incident(self, timeout: float) -> Incident | None:
+        """The next incident, waiting at most `timeout` seconds. Queued ones come first even
+        when the time is up: wait_for with no time left would never look at the queue."""
+        if not self.incidents.empty():
+            return self.incidents.get_nowait()
+        if timeout <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self.incidents.get(), timeout=timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    def _on_signal_received(self, signum: int) -> None:
+        # Only record it (handlers must not do work); a stop also cuts short a probe in flight.
+        self.incidents.put_nowait(SignalReceived(signum))
+        if signum in _STOP_SIGNALS:
+            self.stop_asked.set()
+
+    async def _check_unless_stopped(self, prober: HttpProber) -> CheckResult | None:
+        """One check, abandoned (None) when a stop is asked meanwhile: a hung vLLM must not
+        hold up a stop for two probe timeouts."""
+        check = asyncio.ensure_future(prober.check())
+        stop = asyncio.ensure_future(self.stop_asked.wait())
+        await asyncio.wait({check, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if check.done():
+            return check.result()
+        check.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await check
+        return None
 
     def _stop_pending(self) -> bool:
         """Whether a SIGTERM/SIGINT is queued (handled before spending minutes on a start)."""
@@ -285,13 +318,7 @@ class Supervisor:
         failures = 0
         engine_death: Event | None = None
         while True:
-            timeout = max(0.0, next_check - time.monotonic())
-            try:
-                incident: Incident | None = await asyncio.wait_for(
-                    self.incidents.get(), timeout=timeout
-                )
-            except asyncio.TimeoutError:
-                incident = None
+            incident = await self._next_incident(next_check - time.monotonic())
             if isinstance(incident, ChildExited):
                 if incident.pid != child.pid:
                     continue  # the exit of a child stopped earlier
@@ -316,7 +343,9 @@ class Supervisor:
             now = time.monotonic()
             if now < next_check:
                 continue
-            result = await prober.check()
+            result = await self._check_unless_stopped(prober)
+            if result is None:
+                continue  # a stop was asked mid-probe; the queued signal is handled next
             self._note_check(result)
             if self.state is State.STARTING:
                 outcome = self._starting_check(child, result, now, startup_deadline)

@@ -42,6 +42,7 @@ class VllmRun:
         self.pump = pump
         self.config = config
         self.pump_task = asyncio.get_running_loop().create_task(pump.run())
+        self.pump_task.add_done_callback(_report_pump_failure)
         self.exit_task: asyncio.Task[None] | None = None
         self.record_failed = False
 
@@ -154,3 +155,10 @@ def _write_logging_config(launch: Launch) -> None:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(launch.logging_config, indent=1))
+
+
+def _report_pump_failure(task: asyncio.Task[None]) -> None:
+    # A dead pump means vLLM's lines are no longer read (and a full pipe would stall vLLM):
+    # say so at once rather than after the start's stall timeout.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("log_pump_failed", error=repr(task.exception()))

@@ -389,3 +389,19 @@ def test_ready_waits_for_every_adapter_not_just_health(supervise: Launcher) -> N
     assert float(ready["reason"].split()[2].rstrip("s")) >= 1.5
     assert _stop(run) == 0
     _assert_nothing_left(run)
+
+
+def test_sigterm_does_not_wait_for_a_probe_in_flight(supervise: Launcher) -> None:
+    health = {"interval": 0.3, "startup_interval": 0.1, "timeout": 30, "failure_threshold": 3}
+    run = supervise("load_seconds=0.2,hang_after=0.5", supervisor__health=health)
+    run.wait_state("READY", 20)
+    # The server hangs; a probe with a 30 s timeout is then in flight (no check for over 2 s).
+    wait_for(
+        lambda: time.time() - float(run.status().get("last_check", {}).get("at", time.time())) > 2,
+        20,
+        "a probe stuck on the hung server",
+    )
+    started = time.monotonic()
+    assert _stop(run) == 0
+    assert time.monotonic() - started < 15  # well inside the 30 s probe timeout
+    _assert_nothing_left(run)
