@@ -86,13 +86,5 @@ def leftover_processes(record: RunRecord) -> list[ProcessRecord]:
 
 def supervisor_alive(record: RunRecord) -> bool:
     """The supervisor that wrote the record is still running (same pid and start time)."""
-    if not from_this_boot(record):
-        return False
-    try:
-        process = psutil.Process(record.supervisor_pid)
-        return (
-            abs(process.create_time() - record.supervisor_create_time) < 0.01
-            and process.status() != psutil.STATUS_ZOMBIE
-        )
-    except psutil.Error:
-        return False
+    supervisor = ProcessRecord(record.supervisor_pid, record.supervisor_create_time)
+    return from_this_boot(record) and alive(supervisor)

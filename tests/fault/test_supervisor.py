@@ -405,3 +405,21 @@ def test_sigterm_does_not_wait_for_a_probe_in_flight(supervise: Launcher) -> Non
     assert _stop(run) == 0
     assert time.monotonic() - started < 15  # well inside the 30 s probe timeout
     _assert_nothing_left(run)
+
+
+def test_a_second_supervisor_for_the_same_state_folder_is_refused(
+    supervise: Launcher, tmp_path: Path
+) -> None:
+    first = supervise("load_seconds=0.2")
+    first.wait_state("READY", 20)
+    (tmp_path / "second").mkdir()
+    with notify_socket(tmp_path / "second") as notify:
+        second = start_supervisor(first.config, first.state_dir, notify, tmp_path / "second")
+        try:
+            assert second.wait_exit(20) == 78
+            assert f"supervisor pid {first.process.pid} already runs vLLM" in second.stderr()
+        finally:
+            stop_supervisor(second)
+    assert first.status()["state"] == "READY" and first.process.poll() is None
+    assert _stop(first) == 0
+    _assert_nothing_left(first)
