@@ -183,7 +183,7 @@ def test_killed_engine_core_is_noticed_and_vllm_restarted(served: Served) -> Non
     backoff = [
         r for r in run.events() if r.get("event") == "state_changed" and r.get("new") == "BACKOFF"
     ][-1]
-    assert backoff["reason"], backoff
+    assert "engine" in backoff["reason"], backoff  # the death line or the exit it caused
     record_figure(
         f"kill -9 EngineCore: detected in {detected:.1f}s, ready again in {recovered:.1f}s ({backoff['reason'][:90]})"
     )
