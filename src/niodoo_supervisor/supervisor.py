@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import signal
 import sys
@@ -46,12 +47,8 @@ ProberFactory = Callable[[Config, str | None], HttpProber]
 
 
 def _settings(config: Config) -> RestartSettings:
-    return RestartSettings(
-        **{
-            name: config[f"supervisor.restart.{name}"]
-            for name in RestartSettings.__dataclass_fields__
-        }
-    )
+    names = (spec.name for spec in dataclasses.fields(RestartSettings))
+    return RestartSettings(**{name: config[f"supervisor.restart.{name}"] for name in names})
 
 
 class Supervisor:
