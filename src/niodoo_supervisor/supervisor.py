@@ -23,6 +23,7 @@ import structlog
 from . import exitcodes, notify
 from .backoff import RestartPolicy, RestartSettings
 from .config import Config
+from .eventlimit import EventLogLimiter
 from .exits import describe_exit
 from .health import CheckResult, HttpProber, prober_for
 from .incidents import ChildExited, Incident, LogEvent, Outcome, ReloadResult, SignalReceived
@@ -84,6 +85,7 @@ class Supervisor:
         self.counters = EventCounters()
         self.status = StatusBoard(vllm_version=vllm_version)
         self.stop_asked = asyncio.Event()
+        self.event_limiter = EventLogLimiter()
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.ready_since: float | None = None
         self.fatal_event: Event | None = None
@@ -284,6 +286,27 @@ class Supervisor:
 
     def _on_log_event(self, serial: int, event: Event) -> None:
         self.counters.add(event)
+        admitted, suppressed = self.event_limiter.admit(event.rule, time.monotonic())
+        if suppressed:
+            log.warning(
+                "vllm_events_suppressed",
+                rule=event.rule,
+                suppressed=suppressed,
+                reason="rate limit; the status counts them all",
+            )
+        if admitted:
+            self._log_event(event)
+        if serial != self.run_serial:
+            return  # a stopped run's last lines: counted and logged, but they steer nothing
+        if (
+            event.action is Action.FATAL
+            and self.state is State.STARTING
+            and self.fatal_event is None
+        ):
+            self.fatal_event = event
+        self.incidents.put_nowait(LogEvent(event))
+
+    def _log_event(self, event: Event) -> None:
         log.info(
             "vllm_event",
             rule=event.rule,
@@ -295,15 +318,6 @@ class Supervisor:
             hint=event.hint or None,
             line=event.message,
         )
-        if serial != self.run_serial:
-            return  # a stopped run's last lines: counted and logged, but they steer nothing
-        if (
-            event.action is Action.FATAL
-            and self.state is State.STARTING
-            and self.fatal_event is None
-        ):
-            self.fatal_event = event
-        self.incidents.put_nowait(LogEvent(event))
 
     # --- watching -----------------------------------------------------------------------------
 

@@ -458,3 +458,19 @@ def test_status_file_is_readable_by_operators_and_the_state_file_is_not(tmp_path
     me = _record(os.getpid())
     statefile.write(tmp_path, _run_record(me))
     assert (tmp_path / statefile.FILE_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_event_log_limiter_admits_a_budget_per_window_then_reports_what_it_held_back() -> None:
+    from niodoo_supervisor.eventlimit import EventLogLimiter
+
+    limiter = EventLogLimiter(per_window=2, window=10.0)
+    assert [limiter.admit("ignored_request_fields", 0.0 + i) for i in range(5)] == [
+        (True, 0),
+        (True, 0),
+        (False, 0),
+        (False, 0),
+        (False, 0),
+    ]
+    assert limiter.admit("engine_dead", 5.0) == (True, 0)  # each rule has its own budget
+    assert limiter.admit("ignored_request_fields", 10.0) == (True, 3)  # new window: 3 were held
+    assert limiter.admit("ignored_request_fields", 11.0) == (True, 0)
