@@ -61,7 +61,8 @@ def read(state_dir: Path) -> RunRecord | None:
 
 
 def clear(state_dir: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    # Missing is fine; an unwritable folder is reported where the file is written.
+    with contextlib.suppress(OSError):
         (state_dir / FILE_NAME).unlink()
 
 
