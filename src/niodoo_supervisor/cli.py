@@ -18,8 +18,7 @@ from .config import Config, load_config
 from .preflight import PreflightOptions, preflight
 from .problems import Problem
 from .render import format_command, format_env, render
-from .versions import Version
-from .vllm_args import LORA_RANKS, LORA_RANKS_BEFORE_0_12
+from .vllm_args import lora_ranks_for
 from .vllm_install import VllmProbeError, inspect_vllm
 
 __all__ = ["main"]
@@ -126,9 +125,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return exitcodes.CONFIG
-        # The same choice preflight makes: vLLM before 0.12 has no rank 1.
-        old = version is not None and version < Version(0, 12, 0)
-        allowed = LORA_RANKS_BEFORE_0_12 if old else LORA_RANKS
+        allowed = lora_ranks_for(version)
         rank = smallest_rank_at_least(max(ranks), allowed)
         if rank is None:
             print(

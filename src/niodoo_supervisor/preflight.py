@@ -26,9 +26,9 @@ from .render import Launch, render
 from .versions import Version
 from .vllm_args import (
     LORA_RANKS,
-    LORA_RANKS_BEFORE_0_12,
     OLDEST_SUPPORTED,
     VLLM_OPTIONS,
+    lora_ranks_for,
     option_for_flag,
 )
 from .vllm_install import VllmInstall, VllmProbeError, cache_dir, inspect_vllm, vllm_flags
@@ -282,7 +282,7 @@ class _Preflight:
             )
         rank = self.result.max_lora_rank
         if self.config["lora.enabled"] and rank is not None:
-            allowed = LORA_RANKS if version >= Version(0, 12, 0) else LORA_RANKS_BEFORE_0_12
+            allowed = lora_ranks_for(version)
             largest = self.largest_rank
             if rank not in allowed and self.config["lora.max_lora_rank"] == "auto" and largest:
                 # auto was sized before the version was known: take this vLLM's own choices.

@@ -19,6 +19,7 @@ __all__ = [
     "OLDEST_SUPPORTED",
     "QUANTIZATION_METHODS",
     "VLLM_OPTIONS",
+    "lora_ranks_for",
     "option_for_flag",
 ]
 
@@ -28,6 +29,16 @@ OLDEST_SUPPORTED = Version(0, 10, 0)
 # 0.12+ makes them argparse choices (exit 2).
 LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 LORA_RANKS_BEFORE_0_12: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_ranks_for(version: Version | None) -> tuple[int, ...]:
+    """The --max-lora-rank values `version` accepts (unknown version: the current set)."""
+    return (
+        LORA_RANKS_BEFORE_0_12
+        if version is not None and version < Version(0, 12, 0)
+        else LORA_RANKS
+    )
+
 
 # vLLM takes --quantization as free text and checks it only when the model loads. The common
 # methods are listed so that a typo is caught at once; an unknown method is only a warning.
