@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .adapters import (
     AdapterInfo,
@@ -75,6 +76,7 @@ class _Preflight:
         self.options = options
         self.result = PreflightResult()
         self.largest_rank: int | None = None  # of the adapters read, for lora.max_lora_rank: auto
+        self.operator_loggers: dict[str, Any] | None = None  # from server.logging_config, if given
 
     def problem(self, path: str, message: str, fix: str = "", *, warning: bool = False) -> None:
         severity = Severity.WARNING if warning else Severity.ERROR
@@ -258,7 +260,7 @@ class _Preflight:
             )
             return
         loggers = data.get("loggers", {}) if isinstance(data, dict) else {}
-        self.operator_loggers = loggers
+        self.operator_loggers = loggers if isinstance(loggers, dict) else {}
 
     # --- the installed vLLM -------------------------------------------------------------------
 
@@ -293,7 +295,7 @@ class _Preflight:
                     f"vLLM {install.version_text} does not accept rank {rank}",
                     f"use one of {', '.join(map(str, allowed))}",
                 )
-        loggers = getattr(self, "operator_loggers", None)
+        loggers = self.operator_loggers
         if loggers is not None:
             wanted = ignored_fields_logger_for(install.version_text)
             level = str((loggers.get(wanted) or {}).get("level", "")).upper()
