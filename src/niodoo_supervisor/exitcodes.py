@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CONFIG", "CRASH_LOOP", "INTERNAL", "NOT_RUNNING", "OK", "USAGE", "WARNINGS"]
+__all__ = ["CONFIG", "CRASH_LOOP", "INTERNAL", "NOT_RUNNING", "OK", "TEMPFAIL", "USAGE", "WARNINGS"]
 
 OK = 0
 # `check --strict`: only warnings were found.
@@ -15,6 +15,9 @@ NOT_RUNNING = 3
 CRASH_LOOP = 69
 # A bug in the supervisor (EX_SOFTWARE); the one-line message asks for a report.
 INTERNAL = 70
+# A condition that may clear by itself (EX_TEMPFAIL): a full disk, the state folder not yet
+# writable. systemd restarts the unit, unlike for CONFIG.
+TEMPFAIL = 75
 # The config, or something it names, is wrong and retrying cannot fix it (EX_CONFIG): bad YAML,
 # an adapter rank above max_lora_rank, an unknown flag, a taken port. systemd must not restart.
 CONFIG = 78
