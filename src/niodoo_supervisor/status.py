@@ -48,6 +48,7 @@ class StatusBoard:
     events: dict[str, Any] = field(default_factory=dict)
     last_crash: CrashReport | None = None
     log_dropped_bytes: int = 0
+    notify_dropped: int = 0  # systemd notifications not taken by the notify socket
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -72,4 +72,8 @@ def _human(status: dict[str, Any], running: bool) -> str:
         lines.append(
             f"log:       {status['log_dropped_bytes']} bytes of vLLM output dropped (slow log sink)"
         )
+    if status.get("notify_dropped"):
+        lines.append(
+            f"systemd:   {status['notify_dropped']} notifications dropped (systemd was not reading its notify socket)"
+        )
     return "\n".join(lines)

@@ -384,6 +384,7 @@ class Supervisor:
             ),
         }
         self.status.events = self.counters.as_dict()
+        self.status.notify_dropped = self.notifier.dropped
         if self.current is not None:
             self.status.log_dropped_bytes = self.current.pump.stats.dropped_bytes
 

@@ -4,6 +4,7 @@ process of vLLM is left afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -423,3 +424,51 @@ def test_a_second_supervisor_for_the_same_state_folder_is_refused(
     assert first.status()["state"] == "READY" and first.process.poll() is None
     assert _stop(first) == 0
     _assert_nothing_left(first)
+
+
+# --- notifications never block ------------------------------------------------------------------
+
+
+def _unread_notify_socket(path: Path) -> socket.socket:
+    """A bound notify socket that nobody reads, its queue already full (a wedged PID 1)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                filler.sendto(b"FILLER=1", str(path))
+    return sock
+
+
+def test_a_notify_socket_nobody_reads_does_not_stall_the_supervisor(tmp_path: Path) -> None:
+    unread = _unread_notify_socket(tmp_path / "unread.sock")
+    try:
+        with notify_socket(tmp_path) as unused:
+            run = start_supervisor(
+                make_config(tmp_path, "load_seconds=0.2"),
+                tmp_path / "state",
+                unused,
+                tmp_path,
+                extra_env={"NOTIFY_SOCKET": str(tmp_path / "unread.sock")},
+            )
+            try:
+                run.wait_state("READY", 20)
+
+                def last_check_at() -> float:
+                    return float((run.status().get("last_check") or {}).get("at", 0.0))
+
+                first = wait_for(last_check_at, 10, "a check")
+                wait_for(lambda: last_check_at() > first, 10, "a check while READY")
+                dropped = run.event("notify_dropped")
+                assert dropped is not None and dropped["socket"] == str(tmp_path / "unread.sock")
+                # The count goes on as the checks go on (starting, READY=1, watchdog pings...).
+                wait_for(lambda: run.status().get("notify_dropped", 0) >= 3, 10, "drops counted")
+                assert "notifications dropped" in _status_command(run).stdout
+                assert _stop(run) == 0
+                assert run.states() == ["STARTING", "READY", "STOPPING", "STOPPED"]
+            finally:
+                stop_supervisor(run)
+        _assert_nothing_left(run)
+    finally:
+        unread.close()
