@@ -1,7 +1,8 @@
 """`niodoo-supervisor run`: everything between the command line and the main loop.
 
-Order matters: leftovers of a previous supervisor are ended first (they hold the port and GPU
-memory), then preflight refuses what cannot work, then the loop starts.
+Order matters: the config, then the state folder is checked and locked (one supervisor per
+folder), then leftovers of a previous supervisor are ended (they hold the port and GPU memory),
+then preflight refuses what cannot work, then the loop starts.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .incidents import ReloadResult
 from .notify import SystemdNotifier
 from .preflight import PreflightOptions, PreflightResult, preflight
 from .process import terminate_processes
+from .statedir import StateDirError, StateLock, prepare
 from .supervisor import Supervisor
 
 __all__ = ["configure_logging", "run_daemon"]
@@ -54,10 +56,21 @@ def run_daemon(config_path: Path, *, check_flags: bool = True) -> int:
             "config_refused", config=str(config_path), errors=sum(p.is_error for p in problems)
         )
         return exitcodes.CONFIG
-    refusal = _other_supervisor(config)
-    if refusal:
-        log.error("already_running", reason=refusal)
-        return exitcodes.CONFIG
+    try:
+        prepare(config.state_dir, config.log_path)
+        lock = StateLock.acquire(config.state_dir)
+    except StateDirError as exc:
+        log.error("state_dir_refused", problem=str(exc), exit_code=exc.exit_code)
+        return exc.exit_code
+    try:
+        return _run_locked(config_path, config, environ, check_flags)
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    config_path: Path, config: Config, environ: dict[str, str], check_flags: bool
+) -> int:
     asyncio.run(_end_leftovers(config))
     result = preflight(config, environ, PreflightOptions(check_flags=check_flags))
     for problem in result.problems:
@@ -86,23 +99,15 @@ def _log_problem(text: str, is_error: bool) -> None:
     (log.error if is_error else log.warning)("config_problem", problem=text)
 
 
-def _other_supervisor(config: Config) -> str | None:
-    """A live supervisor recorded in the state file owns this vLLM: never fight it."""
-    record = statefile.read(config.state_dir)
-    if (
-        record is None
-        or record.supervisor_pid == os.getpid()
-        or not statefile.supervisor_alive(record)
-    ):
-        return None
-    return f"supervisor pid {record.supervisor_pid} already runs vLLM for {config.state_dir}; stop it first"
-
-
 async def _end_leftovers(config: Config) -> None:
     record = statefile.read(config.state_dir)
     if record is None:
+        statefile.clear(config.state_dir)  # an invalid record is not read twice
         return
-    leftovers = statefile.leftover_processes(record)
+    # Only processes running the interpreter this config launches: a record naming anything
+    # else is stale or planted.
+    executable = os.path.realpath(config["server.python"])
+    leftovers = statefile.leftover_processes(record, executable)
     if leftovers:
         log.warning(
             "leftovers_found",

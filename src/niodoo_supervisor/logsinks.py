@@ -93,7 +93,8 @@ class RotatingLogFile:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        # O_NOFOLLOW: a link planted at the log path is refused (ELOOP), never appended to.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         self._fd = os.open(self.path, flags, 0o640)
         self._size = os.fstat(self._fd).st_size
 

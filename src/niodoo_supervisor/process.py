@@ -22,6 +22,8 @@ __all__ = [
     "ProcessRecord",
     "VllmProcess",
     "alive",
+    "protected_pids",
+    "same_process",
     "session_members",
     "spawn",
     "terminate_processes",
@@ -30,11 +32,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ProcessRecord:
-    """A process as recorded in the state file. The create time guards against pid reuse."""
+    """A process as recorded in the state file. The create time guards against pid reuse;
+    the executable (resolved, as the kernel reports it) against a record naming a stranger."""
 
     pid: int
     create_time: float
     name: str = ""
+    exe: str = ""
 
     def describe(self) -> str:
         return f"{self.name or 'process'} (pid {self.pid})"
@@ -43,9 +47,16 @@ class ProcessRecord:
 def _record(process: psutil.Process) -> ProcessRecord | None:
     try:
         with process.oneshot():
-            return ProcessRecord(process.pid, process.create_time(), process.name())
+            return ProcessRecord(process.pid, process.create_time(), process.name(), _exe(process))
     except psutil.Error:
         return None
+
+
+def _exe(process: psutil.Process) -> str:
+    try:
+        return process.exe()
+    except psutil.Error:  # another user's process, or a zombie: nothing to compare with
+        return ""
 
 
 def session_members(sid: int) -> list[ProcessRecord]:
@@ -75,9 +86,36 @@ def alive(record: ProcessRecord) -> bool:
         return False
 
 
+def same_process(record: ProcessRecord, sid: int) -> bool:
+    """True only when the live process with the recorded pid has the recorded start time,
+    session and executable: all four, so a stale or planted record names nothing else."""
+    if not record.exe:
+        return False
+    try:
+        process = psutil.Process(record.pid)
+        with process.oneshot():
+            return (
+                abs(process.create_time() - record.create_time) < 0.01
+                and process.status() != psutil.STATUS_ZOMBIE
+                and os.getsid(record.pid) == sid
+                and _exe(process) == record.exe
+            )
+    except (OSError, psutil.Error):
+        return False
+
+
+def protected_pids() -> frozenset[int]:
+    """Never signalled, whatever a record says: pid 0 and 1 (0 would address our own group,
+    1 is init), this supervisor and its ancestors (systemd, a shell, a test runner)."""
+    pids = {0, 1, os.getpid()}
+    with contextlib.suppress(psutil.Error):
+        pids.update(parent.pid for parent in psutil.Process().parents())
+    return frozenset(pids)
+
+
 def _send(record: ProcessRecord, sig: signal.Signals) -> None:
     # Re-check identity right before signalling: the pid may have been reused meanwhile.
-    if alive(record):
+    if record.pid not in protected_pids() and alive(record):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(record.pid, sig)
 
@@ -90,7 +128,8 @@ async def terminate_processes(
     Returns (killed with SIGKILL, still alive afterwards). Only the recorded processes are
     touched, each checked against its start time first.
     """
-    targets = [record for record in records if alive(record)]
+    protected = protected_pids()
+    targets = [record for record in records if record.pid not in protected and alive(record)]
     for record in targets:
         _send(record, signal.SIGTERM)
     remaining = await _wait_gone(targets, grace)

@@ -55,6 +55,7 @@ class StatusBoard:
 
     def write(self, state_dir: Path) -> None:
         with contextlib.suppress(OSError):  # status is advisory; never stop supervising for it
+            # 0640: the last log lines may quote requests; operators read it through the group.
             atomic_write(
-                state_dir / STATUS_FILE, json.dumps(self.to_dict(), indent=1, default=str), 0o644
+                state_dir / STATUS_FILE, json.dumps(self.to_dict(), indent=1, default=str), 0o640
             )

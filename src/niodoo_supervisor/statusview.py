@@ -11,9 +11,12 @@ import psutil
 
 from . import exitcodes
 from .config import load_config
+from .fsutil import read_regular_file
 from .status import STATUS_FILE
 
 __all__ = ["show_status"]
+
+_MAX_STATUS_BYTES = 64 << 20
 
 
 def show_status(config_path: Path, *, as_json: bool) -> int:
@@ -23,10 +26,13 @@ def show_status(config_path: Path, *, as_json: bool) -> int:
             print(problem.format())
         return exitcodes.CONFIG
     try:
-        status: dict[str, Any] = json.loads((config.state_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
+        raw = json.loads(read_regular_file(config.state_dir / STATUS_FILE, _MAX_STATUS_BYTES))
+    except (OSError, ValueError, RecursionError):
+        raw = None
+    if not isinstance(raw, dict):
         print(f"not running: no status in {config.state_dir}")
         return exitcodes.NOT_RUNNING
+    status: dict[str, Any] = raw
     running = _alive(status.get("supervisor_pid"))
     status["supervisor_running"] = running
     if as_json:

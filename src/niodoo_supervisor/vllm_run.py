@@ -20,6 +20,7 @@ import structlog
 
 from . import statefile
 from .config import Config
+from .fsutil import atomic_write
 from .logpump import LogPump, RotatingLogFile
 from .process import VllmProcess, spawn
 from .render import Launch
@@ -153,8 +154,8 @@ def _write_logging_config(launch: Launch) -> None:
     path = launch.env.get("VLLM_LOGGING_CONFIG_PATH")
     if launch.logging_config is None or not path:
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(launch.logging_config, indent=1))
+    # Replaced by a rename, never written through: a link planted there is not followed.
+    atomic_write(Path(path), json.dumps(launch.logging_config, indent=1), 0o640)
 
 
 def _report_pump_failure(task: asyncio.Task[None]) -> None:
