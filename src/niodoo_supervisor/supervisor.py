@@ -140,8 +140,8 @@ class Supervisor:
                 self.policy.record_start(now)
             reloaded = False
             child = await self._start()
-            if child is None:
-                return self._fatal(self.status.reason, exitcodes.CONFIG)
+            if isinstance(child, LaunchError):
+                return self._fatal(str(child), child.exit_code)
             prober = self.prober_factory(self.config, self.api_key)
             try:
                 outcome = await self._watch(child, prober)
@@ -254,8 +254,8 @@ class Supervisor:
 
     # --- starting -----------------------------------------------------------------------------
 
-    async def _start(self) -> VllmRun | None:
-        """Launch vLLM; None (reason in the status) when it cannot even be executed."""
+    async def _start(self) -> VllmRun | LaunchError:
+        """Launch vLLM, or say why it cannot even be executed."""
         self.fatal_event = None
         self.run_serial += 1
         serial = self.run_serial
@@ -270,8 +270,7 @@ class Supervisor:
                 on_exit=lambda pid, code: self.incidents.put_nowait(ChildExited(pid, code)),
             )
         except LaunchError as exc:
-            self.status.reason = str(exc)
-            return None
+            return exc
         self.current = run
         self.status.starts += 1
         self.status.vllm_pid = run.pid

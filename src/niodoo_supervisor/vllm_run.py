@@ -18,9 +18,9 @@ from typing import BinaryIO
 import psutil
 import structlog
 
-from . import statefile
+from . import exitcodes, statefile
 from .config import Config
-from .fsutil import atomic_write
+from .fsutil import atomic_write, exit_code_for
 from .logpump import LogPump, RotatingLogFile
 from .process import VllmProcess, spawn
 from .render import Launch
@@ -34,7 +34,23 @@ _OWN_START = psutil.Process().create_time()
 
 
 class LaunchError(Exception):
-    """vLLM could not be started at all; the message says why."""
+    """vLLM could not be started at all; the message says why, `exit_code` whether retrying
+    may help (75: a full disk, no memory to fork) or not (78)."""
+
+    def __init__(self, message: str, exit_code: int = exitcodes.CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _launch_error(what: str, exc: OSError) -> LaunchError:
+    code = exit_code_for(exc)
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    retry = (
+        "; this may clear by itself and systemd starts the service again"
+        if code == exitcodes.TEMPFAIL
+        else ""
+    )
+    return LaunchError(f"{what}: {reason}{retry}", code)
 
 
 class VllmRun:
@@ -67,11 +83,12 @@ class VllmRun:
         try:
             _write_logging_config(launch)
         except OSError as exc:
-            raise LaunchError(f"cannot write vLLM's logging config: {exc}") from None
+            path = launch.env.get("VLLM_LOGGING_CONFIG_PATH")
+            raise _launch_error(f"cannot write vLLM's logging config {path}", exc) from None
         try:
             child = await spawn(launch.argv, launch.child_environment(environ))
         except OSError as exc:
-            raise LaunchError(f"cannot execute {launch.argv[0]}: {exc.strerror or exc}") from None
+            raise _launch_error(f"cannot execute {launch.argv[0]}", exc) from None
         try:
             pump = LogPump(
                 child.output_fd,

@@ -597,3 +597,52 @@ def test_a_state_folder_its_group_can_write_is_refused(supervise: Launcher, tmp_
     assert refused is not None and refused["problem"].endswith(f"fix: chmod go-w {state}")
     assert launched_pids(run) == [] and "Traceback" not in run.stderr()
     assert len(run.stderr().splitlines()) == 1
+
+
+# --- a full disk at the first start is temporary -------------------------------------------------
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mounts a tmpfs with the given options (root only), unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    with contextlib.suppress(OSError), (folder / "filler").open("wb") as filler:
+        while True:
+            filler.write(b"\0" * 4096)
+            filler.flush()
+
+
+@pytest.mark.parametrize("full", ["space", "inodes"])
+def test_a_full_disk_at_the_first_start_is_temporary(
+    supervise: Launcher, tiny_tmpfs: Callable[[str], Path], full: str
+) -> None:
+    if full == "space":
+        disk = tiny_tmpfs("size=64k")
+        _fill(disk)
+    else:
+        disk = tiny_tmpfs("size=1m,nr_inodes=1")  # the root folder takes the only inode
+    run = supervise("load_seconds=0.2", supervisor__state_dir=str(disk / "state"))
+    assert run.wait_exit(20) == 75
+    assert "No space left on device" in run.stderr() and "Traceback" not in run.stderr()
+    assert launched_pids(run) == []
