@@ -1,8 +1,10 @@
 """`niodoo-supervisor run`: everything between the command line and the main loop.
 
-Order matters: the config, then the state folder is checked and locked (one supervisor per
-folder), then leftovers of a previous supervisor are ended (they hold the port and GPU memory),
-then preflight refuses what cannot work, then the loop starts.
+Order matters: signal handlers first (a SIGHUP during the start must not end the daemon), then
+the config, then the state folder is checked and locked (one supervisor per folder), then
+leftovers of a previous supervisor are ended (they hold the port and GPU memory), then
+preflight refuses what cannot work, then the loop starts. A SIGTERM before the loop ends the
+start between two steps; a SIGHUP re-reads the config before vLLM's first start.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,8 +22,9 @@ from . import exitcodes, statefile
 from .config import Config, load_config
 from .incidents import ReloadResult
 from .notify import SystemdNotifier
-from .preflight import PreflightOptions, PreflightResult, preflight
+from .preflight import PreflightOptions, preflight
 from .process import terminate_processes
+from .startsignals import StartupSignals
 from .statedir import StateDirError, StateLock, prepare
 from .supervisor import Supervisor
 
@@ -46,6 +50,8 @@ def configure_logging() -> None:
 
 
 def run_daemon(config_path: Path, *, check_flags: bool = True) -> int:
+    signals = StartupSignals()
+    signals.install()
     configure_logging()
     environ = dict(os.environ)
     config, problems = load_config(config_path, environ)
@@ -63,15 +69,21 @@ def run_daemon(config_path: Path, *, check_flags: bool = True) -> int:
         log.error("state_dir_refused", problem=str(exc), exit_code=exc.exit_code)
         return exc.exit_code
     try:
-        return _run_locked(config_path, config, environ, check_flags)
+        return _run_locked(config_path, config, environ, signals, check_flags)
     finally:
         lock.release()
 
 
 def _run_locked(
-    config_path: Path, config: Config, environ: dict[str, str], check_flags: bool
+    config_path: Path,
+    config: Config,
+    environ: dict[str, str],
+    signals: StartupSignals,
+    check_flags: bool,
 ) -> int:
     asyncio.run(_end_leftovers(config))
+    if (stop := signals.stop_signal()) is not None:
+        return _stopped_before_start(stop)
     result = preflight(config, environ, PreflightOptions(check_flags=check_flags))
     for problem in result.problems:
         _log_problem(problem.format(), problem.is_error)
@@ -82,17 +94,46 @@ def _run_locked(
             hint="niodoo-supervisor check -c CONFIG shows the same",
         )
         return exitcodes.CONFIG
+    current = ReloadResult(config, result.launch, api_key=result.api_key)
+    while signals.take_reload():
+        current = _reload_before_start(current, config_path, environ, check_flags)
+    if (stop := signals.stop_signal()) is not None:
+        return _stopped_before_start(stop)
+    assert current.config is not None and current.launch is not None
+    notifier = SystemdNotifier()
     supervisor = Supervisor(
-        config,
-        result.launch,
-        api_key=result.api_key,
-        notifier=SystemdNotifier(),
+        current.config,
+        current.launch,
+        api_key=current.api_key,
+        notifier=notifier,
         environ=environ,
         reloader=lambda: _reload(config_path, environ),
         vllm_version=result.install.version_text if result.install else None,
     )
-    log.info("starting", config=str(config_path), argv=" ".join(result.launch.redacted_argv()))
-    return asyncio.run(supervisor.run())
+    log.info("starting", config=str(config_path), argv=" ".join(current.launch.redacted_argv()))
+    try:
+        return asyncio.run(supervisor.run(signals.pending))
+    finally:
+        notifier.close()
+
+
+def _stopped_before_start(signum: signal.Signals) -> int:
+    log.info("stopped_before_start", signal=signum.name, reason="asked to stop; vLLM not started")
+    return exitcodes.OK
+
+
+def _reload_before_start(
+    current: ReloadResult, config_path: Path, environ: dict[str, str], check_flags: bool
+) -> ReloadResult:
+    """A SIGHUP during the start: read the config again now rather than restart vLLM later.
+    A config with errors is refused and the one already checked is kept, as on any reload."""
+    log.info("reload_requested", when="before vLLM's first start")
+    reloaded = _load_checked(config_path, environ, PreflightOptions(check_flags=check_flags))
+    if reloaded.config is None or reloaded.launch is None:
+        for error in reloaded.errors:
+            log.error("reload_refused", problem=error)
+        return current
+    return reloaded
 
 
 def _log_problem(text: str, is_error: bool) -> None:
@@ -125,15 +166,20 @@ async def _end_leftovers(config: Config) -> None:
 
 
 async def _reload(config_path: Path, environ: dict[str, str]) -> ReloadResult:
-    def load() -> ReloadResult:
-        config, problems = load_config(config_path, environ)
-        errors = [problem.format() for problem in problems if problem.is_error]
-        if config is None:
-            return ReloadResult(None, None, errors)
-        result: PreflightResult = preflight(config, environ, PreflightOptions(check_port=False))
-        errors += [problem.format() for problem in result.problems if problem.is_error]
-        if errors or result.launch is None:
-            return ReloadResult(None, None, errors)
-        return ReloadResult(config, result.launch, api_key=result.api_key)
+    # vLLM holds the port while it runs: the port is not checked on a reload.
+    options = PreflightOptions(check_port=False)
+    return await asyncio.to_thread(_load_checked, config_path, environ, options)
 
-    return await asyncio.to_thread(load)
+
+def _load_checked(
+    config_path: Path, environ: dict[str, str], options: PreflightOptions
+) -> ReloadResult:
+    config, problems = load_config(config_path, environ)
+    errors = [problem.format() for problem in problems if problem.is_error]
+    if config is None:
+        return ReloadResult(None, None, errors)
+    result = preflight(config, environ, options)
+    errors += [problem.format() for problem in result.problems if problem.is_error]
+    if errors or result.launch is None:
+        return ReloadResult(None, None, errors)
+    return ReloadResult(config, result.launch, api_key=result.api_key)

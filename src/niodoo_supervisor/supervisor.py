@@ -15,7 +15,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import BinaryIO
 
 import structlog
@@ -109,10 +109,14 @@ class Supervisor:
 
     # --- the loop -----------------------------------------------------------------------------
 
-    async def run(self) -> int:
+    async def run(self, early_signals: Callable[[], Iterable[int]] | None = None) -> int:
+        """Supervise until stopped; `early_signals` gives what arrived before these handlers
+        were installed (it is asked after, so no signal falls between the two)."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._on_signal_received, signum)
+        for early in early_signals() if early_signals else ():
+            self._on_signal_received(early)
         try:
             return await self._supervise()
         except BaseException:

@@ -646,3 +646,52 @@ def test_a_full_disk_at_the_first_start_is_temporary(
     assert run.wait_exit(20) == 75
     assert "No space left on device" in run.stderr() and "Traceback" not in run.stderr()
     assert launched_pids(run) == []
+
+
+# --- signals before the main loop ---------------------------------------------------------------
+
+
+def _supervise_held_in_preflight(supervise: Launcher, tmp: Path) -> tuple[SupervisorRun, Path]:
+    """The supervisor with a `server.python` that, asked for vLLM's version (`-c`, preflight),
+    waits until the returned path exists (at most 30 s); otherwise it is this Python. Returns
+    once preflight is held there."""
+    wrapper, asked, release = tmp / "python-held", tmp / "asked", tmp / "release"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -c ]; then\n'
+        f"  touch '{asked}'; i=0\n"
+        f"  while [ ! -e '{release}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n"
+        "fi\n"
+        f"exec '{sys.executable}' \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    run = supervise("load_seconds=0.2", server__python=str(wrapper))
+    wait_for(asked.exists, 20, "preflight asking vLLM's interpreter")
+    return run, release
+
+
+def test_sighup_during_preflight_is_applied_before_the_first_start(
+    supervise: Launcher, tmp_path: Path
+) -> None:
+    run, release = _supervise_held_in_preflight(supervise, tmp_path)
+    run.config.write_text(run.config.read_text().replace("max_loras: 2", "max_loras: 3"))
+    run.signal(signal.SIGHUP)
+    release.touch()
+    run.wait_state("READY", 30)
+    assert run.event("reload_requested") is not None
+    assert len(launched_pids(run)) == 1  # the new config applied before the start, not after
+    argv = psutil.Process(launched_pids(run)[0]).cmdline()
+    assert argv[argv.index("--max-loras") + 1] == "3"
+    assert _stop(run) == 0
+    _assert_nothing_left(run)
+
+
+def test_sigterm_during_preflight_ends_the_start_cleanly(
+    supervise: Launcher, tmp_path: Path
+) -> None:
+    run, release = _supervise_held_in_preflight(supervise, tmp_path)
+    run.signal(signal.SIGTERM)
+    release.touch()
+    assert run.wait_exit(20) == 0
+    assert run.event("stopped_before_start", signal="SIGTERM") is not None
+    assert launched_pids(run) == []
