@@ -17,6 +17,7 @@ from typing import Any
 
 from .envexpand import ExpansionError
 from .fields import Field, Kind
+from .inputfiles import InputFileError, read_text_file
 from .problems import Problem, Severity
 from .relations import check_relations
 from .settings import SUPERVISOR_SETTINGS
@@ -41,6 +42,9 @@ SECTIONS: frozenset[str] = frozenset(
     for depth in range(1, f.key.count(".") + 1)
 )
 _ADAPTER_KEYS = ("name", "path", "base_model_name")
+# A real config is a few KB, a list of a thousand adapters about 100 KB. Parsing costs about
+# a second per MB on a slow machine, so the limit also bounds the time a bad file can take.
+MAX_CONFIG_BYTES = 256 * 1024
 _LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
 
 
@@ -111,15 +115,14 @@ def load_config(
     """Read and validate `path`. Returns the config (None when any error) and all problems."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        text = read_text_file(path, MAX_CONFIG_BYTES)
+    except InputFileError as exc:
         return None, [
             Problem(
                 Severity.ERROR,
                 "(file)",
-                f"cannot read the config: {reason}",
-                "give the path of a readable UTF-8 YAML file with -c",
+                f"cannot read the config: {exc.reason}",
+                exc.fix or "give the path of a readable UTF-8 YAML file with -c",
                 source=source,
             )
         ]
