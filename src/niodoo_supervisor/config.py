@@ -21,7 +21,15 @@ from .inputfiles import InputFileError, read_text_file
 from .problems import Problem, Severity
 from .relations import check_relations
 from .settings import SUPERVISOR_SETTINGS
-from .values import Rejection, check_kind, copy_default, expand_tree, type_name
+from .values import (
+    Rejection,
+    check_host,
+    check_kind,
+    contains_nul,
+    copy_default,
+    expand_tree,
+    type_name,
+)
 from .vllm_args import VLLM_OPTIONS
 from .yamldoc import YamlSyntaxError, parse_yaml
 
@@ -167,7 +175,7 @@ class _Validator:
         except YamlSyntaxError as exc:
             self.problems.append(
                 Problem(
-                    Severity.ERROR, "(yaml)", str(exc), "fix the YAML syntax", exc.line, self.source
+                    Severity.ERROR, exc.path or "(yaml)", str(exc), exc.fix, exc.line, self.source
                 )
             )
             return None, self.problems
@@ -227,6 +235,9 @@ class _Validator:
         value = self.expand_strings(value, path, spec.kind)
         if value is _INVALID:
             return _INVALID
+        if contains_nul(value):
+            self.problem(path, "contains a NUL character", "remove it (\\0 in a quoted string)")
+            return _INVALID
         if value is None:
             if spec.required:
                 self.problem(path, "must not be empty", f"set it: {spec.doc}")
@@ -240,6 +251,11 @@ class _Validator:
         if isinstance(checked, Rejection):
             self.problem(path, checked.message, checked.fix)
             return _INVALID
+        if spec.key == "server.host":
+            refused = check_host(checked)
+            if refused is not None:
+                self.problem(path, refused.message, refused.fix)
+                return _INVALID
         if spec.kind is Kind.PATH:
             return str(self.resolve_path(checked))
         if spec.key == "model.path" and checked.startswith(_LOCAL_PATH_PREFIXES):
