@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .inputfiles import InputFileError, is_dir, is_file, read_text_file
 from .vllm_args import LORA_RANKS
 
 __all__ = [
@@ -21,6 +22,10 @@ __all__ = [
     "same_base_model",
     "smallest_rank_at_least",
 ]
+
+
+# PEFT writes about 1 KB; a rank_pattern for every module of a large model stays far below.
+MAX_ADAPTER_CONFIG_BYTES = 1024 * 1024
 
 
 class AdapterReadError(Exception):
@@ -36,17 +41,19 @@ class AdapterInfo:
 
 
 def read_adapter(path: Path) -> AdapterInfo:
-    if not path.is_dir():
+    if not is_dir(path):
         raise AdapterReadError(f"{path} is not a directory; give the adapter's folder")
     config_file = path / "adapter_config.json"
     try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AdapterReadError(
-            f"{config_file} is missing; is this a PEFT adapter folder?"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AdapterReadError(f"cannot read {config_file}: {exc}") from None
+        raw = json.loads(read_text_file(config_file, MAX_ADAPTER_CONFIG_BYTES))
+    except InputFileError as exc:
+        if exc.missing:
+            raise AdapterReadError(
+                f"{config_file} is missing; is this a PEFT adapter folder?"
+            ) from None
+        raise AdapterReadError(f"{exc}; {exc.fix}" if exc.fix else str(exc)) from None
+    except RecursionError:
+        raise AdapterReadError(f"{config_file} is not valid JSON: nested too deeply") from None
     except ValueError as exc:
         raise AdapterReadError(f"{config_file} is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
@@ -69,7 +76,7 @@ def read_adapter(path: Path) -> AdapterInfo:
             f"{config_file}: r and rank_pattern values must be positive integers, got {ranks}"
         )
     has_weights = any(
-        (path / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")
+        is_file(path / name) for name in ("adapter_model.safetensors", "adapter_model.bin")
     )
     if not has_weights:
         raise AdapterReadError(f"{path} has no adapter_model.safetensors (or .bin)")

@@ -17,10 +17,19 @@ from typing import Any
 
 from .envexpand import ExpansionError
 from .fields import Field, Kind
+from .inputfiles import InputFileError, read_text_file
 from .problems import Problem, Severity
 from .relations import check_relations
 from .settings import SUPERVISOR_SETTINGS
-from .values import Rejection, check_kind, copy_default, expand_tree, type_name
+from .values import (
+    Rejection,
+    check_host,
+    check_kind,
+    contains_nul,
+    copy_default,
+    expand_tree,
+    type_name,
+)
 from .vllm_args import VLLM_OPTIONS
 from .yamldoc import YamlSyntaxError, parse_yaml
 
@@ -41,6 +50,9 @@ SECTIONS: frozenset[str] = frozenset(
     for depth in range(1, f.key.count(".") + 1)
 )
 _ADAPTER_KEYS = ("name", "path", "base_model_name")
+# A real config is a few KB, a list of a thousand adapters about 100 KB. Parsing costs about
+# a second per MB on a slow machine, so the limit also bounds the time a bad file can take.
+MAX_CONFIG_BYTES = 256 * 1024
 _LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
 
 
@@ -111,15 +123,14 @@ def load_config(
     """Read and validate `path`. Returns the config (None when any error) and all problems."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        text = read_text_file(path, MAX_CONFIG_BYTES)
+    except InputFileError as exc:
         return None, [
             Problem(
                 Severity.ERROR,
                 "(file)",
-                f"cannot read the config: {reason}",
-                "give the path of a readable UTF-8 YAML file with -c",
+                f"cannot read the config: {exc.reason}",
+                exc.fix or "give the path of a readable UTF-8 YAML file with -c",
                 source=source,
             )
         ]
@@ -164,7 +175,7 @@ class _Validator:
         except YamlSyntaxError as exc:
             self.problems.append(
                 Problem(
-                    Severity.ERROR, "(yaml)", str(exc), "fix the YAML syntax", exc.line, self.source
+                    Severity.ERROR, exc.path or "(yaml)", str(exc), exc.fix, exc.line, self.source
                 )
             )
             return None, self.problems
@@ -224,6 +235,9 @@ class _Validator:
         value = self.expand_strings(value, path, spec.kind)
         if value is _INVALID:
             return _INVALID
+        if contains_nul(value):
+            self.problem(path, "contains a NUL character", "remove it (\\0 in a quoted string)")
+            return _INVALID
         if value is None:
             if spec.required:
                 self.problem(path, "must not be empty", f"set it: {spec.doc}")
@@ -237,6 +251,11 @@ class _Validator:
         if isinstance(checked, Rejection):
             self.problem(path, checked.message, checked.fix)
             return _INVALID
+        if spec.key == "server.host":
+            refused = check_host(checked)
+            if refused is not None:
+                self.problem(path, refused.message, refused.fix)
+                return _INVALID
         if spec.kind is Kind.PATH:
             return str(self.resolve_path(checked))
         if spec.key == "model.path" and checked.startswith(_LOCAL_PATH_PREFIXES):

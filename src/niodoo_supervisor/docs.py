@@ -12,6 +12,7 @@ from typing import Any
 
 from .config import ALL_FIELDS
 from .fields import Field, Kind
+from .values import range_text
 
 __all__ = ["configuration_markdown", "json_schema", "write_all"]
 
@@ -152,11 +153,13 @@ def configuration_markdown() -> str:
                 + (", `auto`" if spec.allow_auto else "")
                 + "."
             )
+        bounds = range_text(spec) if spec.kind in (Kind.INT, Kind.FLOAT) else ""
+        limits = f" Range: {bounds}." if bounds else ""
         required = " **Required.**" if spec.required else ""
         versions = spec.versions_text() if spec.flag else ""
         lines.append(
             f"| `{spec.key}` | {spec.kind.value} | {_cell(spec.default)} | {f'`{spec.flag}`' if spec.flag else ''} "
-            f"| {_cell(spec.vllm_default)} | {versions} | {spec.doc}{choices}{required} |"
+            f"| {_cell(spec.vllm_default)} | {versions} | {spec.doc}{choices}{limits}{required} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -8,6 +8,7 @@ turns 503), and `/health` says nothing about adapters.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,8 +16,11 @@ from dataclasses import dataclass, field
 import httpx
 
 from .config import Config
+from .render import REDACTED
 
 __all__ = ["CheckResult", "HttpProber", "ProbeResult", "models_problems", "prober_for"]
+
+_BEARER = re.compile(r"Bearer\s+\S+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class HttpProber:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.secrets = (api_key,) if api_key else ()
         self.served = served
         self.adapters = tuple(adapters)
         # No proxies from the environment: vLLM is on this host.
@@ -101,7 +106,7 @@ class HttpProber:
             return ProbeResult(False, None, time.monotonic() - started, "timed out"), None
         except httpx.HTTPError as exc:
             return ProbeResult(
-                False, None, time.monotonic() - started, _connection_reason(exc)
+                False, None, time.monotonic() - started, _error_reason(exc, self.secrets)
             ), None
         latency = time.monotonic() - started
         if response.status_code != 200:
@@ -125,6 +130,21 @@ class HttpProber:
         if missing:
             models = ProbeResult(False, models.status, models.latency, reason)
         return CheckResult(health, models, tuple(missing))
+
+
+def _error_reason(exc: httpx.HTTPError, secrets: tuple[str, ...]) -> str:
+    """Why a probe got no answer, for the journal, status.json and systemd's STATUS=, all
+    readable by every local user. The text of a protocol error quotes the request's headers
+    (h11: "Illegal header value b'Bearer <key>'"), so it is never used; other texts are
+    searched for the secrets as a second line of defence."""
+    if isinstance(exc, httpx.LocalProtocolError):
+        return "the request could not be sent: a header value is invalid (check the API key)"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "vLLM's answer broke the HTTP protocol"
+    text = _connection_reason(exc)
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return _BEARER.sub(f"Bearer {REDACTED}", text)
 
 
 def _connection_reason(exc: httpx.HTTPError) -> str:

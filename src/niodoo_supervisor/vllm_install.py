@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .inputfiles import InputFileError, read_text_file
 from .versions import Version
 
 __all__ = ["VllmInstall", "VllmProbeError", "cache_dir", "inspect_vllm", "vllm_flags"]
@@ -43,6 +44,8 @@ if spec is not None and spec.origin:
 print(json.dumps(out))
 """
 
+# vLLM has a few hundred flags: a few KB.
+_MAX_CACHE_BYTES = 1024 * 1024
 _FLAG = re.compile(r"(?<![\w-])(--[a-z0-9][a-z0-9-]*)")
 
 
@@ -60,8 +63,12 @@ class VllmInstall:
 
 
 def inspect_vllm(python: str, env: Mapping[str, str], timeout: float = 60.0) -> VllmInstall:
-    if not Path(python).exists():
-        raise VllmProbeError(f"{python} does not exist")
+    try:
+        Path(python).stat()
+    except FileNotFoundError:
+        raise VllmProbeError(f"{python} does not exist") from None
+    except OSError as exc:
+        raise VllmProbeError(f"cannot reach {python}: {exc.strerror}") from None
     if not os.access(python, os.X_OK):
         raise VllmProbeError(f"{python} is not executable")
     result = _run([python, "-c", _VERSION_SNIPPET], env, timeout)
@@ -119,8 +126,8 @@ def vllm_flags(
     ).hexdigest()[:16]
     cache_file = cache / f"vllm-flags-{key}.json"
     try:
-        return frozenset(json.loads(cache_file.read_text()))
-    except (OSError, ValueError):
+        return frozenset(json.loads(read_text_file(cache_file, _MAX_CACHE_BYTES)))
+    except (InputFileError, ValueError, TypeError, RecursionError):
         pass
     result = _run(
         [install.python, "-m", "vllm.entrypoints.openai.api_server", "--help"], env, timeout

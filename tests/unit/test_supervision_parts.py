@@ -234,6 +234,21 @@ async def test_connection_refused_is_a_reason_not_an_exception() -> None:
     assert not ok and reason == "/health: connection refused"
 
 
+async def test_a_key_quoted_by_an_error_is_redacted_from_the_reason() -> None:
+    key = "sk-reason-test-quoted"
+
+    def proxy(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(
+            f"proxy said: Authorization: Bearer {key} rejected", request=request
+        )
+
+    ok, reason, _, _ = await _check(proxy, api_key=key)
+    assert not ok and key not in reason
+    assert (
+        reason == "/health: cannot connect: proxy said: Authorization: Bearer <redacted> rejected"
+    )
+
+
 async def test_timeout_is_a_reason_not_an_exception() -> None:
     def slow(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("timed out", request=request)
