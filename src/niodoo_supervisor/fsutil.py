@@ -2,9 +2,9 @@
 sorted into "may clear by itself" and "wrong until someone acts".
 
 Nothing here follows a symbolic link at the final path: a link planted at `status.json` or
-`vllm-processes.json` is replaced by the rename (never written through), and a read refuses it
-(`ELOOP`). Reads also refuse anything but a regular file (a FIFO would block, a device never
-end) and cap the size.
+`vllm-processes.json` is replaced by the rename (never written through); reads go through
+`inputfiles.read_regular_file(..., follow_links=False)`, which refuses a link, anything but a
+regular file and a file over its size limit.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 import tempfile
 from pathlib import Path
 
 from . import exitcodes
 
-__all__ = ["TRANSIENT_ERRNOS", "atomic_write", "exit_code_for", "read_regular_file"]
+__all__ = ["TRANSIENT_ERRNOS", "atomic_write", "exit_code_for"]
 
 # Conditions that may clear without anyone changing the config: a full disk or quota, memory
 # or the system's file table exhausted, a resource busy for now. systemd retries these (75).
@@ -44,26 +43,3 @@ def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             Path(temp).unlink()
         raise
-
-
-def read_regular_file(path: Path, limit: int) -> bytes:
-    """The content of `path`, which must be a regular file (not a link) of at most `limit`
-    bytes. Raises OSError: ELOOP for a link, EINVAL for anything but a regular file, EFBIG
-    when it is larger."""
-    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    fd = os.open(path, flags)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        chunks = []
-        size = 0
-        while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
-        return b"".join(chunks)
-    finally:
-        os.close(fd)

@@ -52,16 +52,25 @@ class AccessProblem:
     fix: str
 
 
-def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
-    """The whole content of a regular file of at most `limit` bytes."""
+def read_regular_file(
+    path: str | os.PathLike[str], limit: int, *, follow_links: bool = True
+) -> bytes:
+    """The whole content of a regular file of at most `limit` bytes. `follow_links=False`
+    refuses a symbolic link at the final path (files in the state folder, where a planted link
+    would point the supervisor at someone else's file)."""
     name = os.fspath(path)
     try:
-        before = Path(name).stat()
+        before = Path(name).stat() if follow_links else Path(name).lstat()
     except OSError as exc:
         raise _open_error(Path(name), exc) from None
+    if not follow_links and stat.S_ISLNK(before.st_mode):
+        raise InputFileError(name, "it is a symbolic link", "remove it")
     _require_regular(name, before, limit)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    if not follow_links:
+        flags |= os.O_NOFOLLOW
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(name, flags)
     except OSError as exc:
         raise _open_error(Path(name), exc) from None
     try:

@@ -23,7 +23,8 @@ from pathlib import Path
 import psutil
 import structlog
 
-from .fsutil import atomic_write, read_regular_file
+from .fsutil import atomic_write
+from .inputfiles import InputFileError, read_regular_file
 from .process import ProcessRecord, protected_pids, same_process, session_members
 
 __all__ = ["RunRecord", "clear", "from_this_boot", "leftover_processes", "read", "write"]
@@ -55,11 +56,11 @@ def read(state_dir: Path) -> RunRecord | None:
     names the file; the caller's next write replaces it)."""
     path = state_dir / FILE_NAME
     try:
-        return _parse(json.loads(read_regular_file(path, _MAX_BYTES)))
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        return _parse(json.loads(read_regular_file(path, _MAX_BYTES, follow_links=False)))
+    except InputFileError as exc:
+        if exc.missing:
+            return None
+        reason = exc.reason
     except (ValueError, RecursionError, OverflowError) as exc:  # JSON, UTF-8 and type errors
         reason = str(exc) or type(exc).__name__
     log.warning(

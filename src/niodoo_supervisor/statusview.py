@@ -11,7 +11,7 @@ import psutil
 
 from . import exitcodes
 from .config import load_config
-from .fsutil import read_regular_file
+from .inputfiles import InputFileError, read_regular_file
 from .status import STATUS_FILE
 
 __all__ = ["show_status"]
@@ -26,8 +26,11 @@ def show_status(config_path: Path, *, as_json: bool) -> int:
             print(problem.format())
         return exitcodes.CONFIG
     try:
-        raw = json.loads(read_regular_file(config.state_dir / STATUS_FILE, _MAX_STATUS_BYTES))
-    except (OSError, ValueError, RecursionError):
+        data = read_regular_file(
+            config.state_dir / STATUS_FILE, _MAX_STATUS_BYTES, follow_links=False
+        )
+        raw = json.loads(data)
+    except (InputFileError, ValueError, RecursionError):
         raw = None
     if not isinstance(raw, dict):
         print(f"not running: no status in {config.state_dir}")

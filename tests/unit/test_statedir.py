@@ -180,8 +180,8 @@ def test_a_state_file_that_is_a_link_or_a_fifo_is_ignored(tmp_path: Path) -> Non
         assert statefile.read(tmp_path / "a") is None
         assert statefile.read(tmp_path / "b") is None
     assert [entry["reason"] for entry in logs] == [
-        "Too many levels of symbolic links",
-        "Invalid argument",
+        "it is a symbolic link",
+        "it is a FIFO, not a regular file",
     ]
 
 
