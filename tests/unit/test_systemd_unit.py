@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -104,3 +105,39 @@ def test_unit_has_what_the_daemon_relies_on(repo: Path) -> None:
     exec_start = service["ExecStart"]
     assert exec_start == [f"{INSTALLED_EXEC} run -c /etc/niodoo-supervisor/niodoo.yaml"]
     assert service["User"] == ["niodoo"] and service["Group"] == ["niodoo"]
+
+
+def test_security_exposure_is_at_most_2(repo: Path, tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (package systemd); cannot score the unit")
+    result = subprocess.run(
+        [analyze, "security", "--offline=yes", str(_local_copy(repo, tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if "--offline" in result.stderr and "unrecognized option" in result.stderr:
+        pytest.skip("systemd-analyze older than 252 has no --offline; cannot score the unit")
+    score = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    assert score is not None, result.stdout + result.stderr
+    failing = [line for line in result.stdout.splitlines() if line.startswith("✗")]
+    assert float(score.group(1)) <= 2.0, f"exposure {score.group(1)}:\n" + "\n".join(failing)
+
+
+def test_devices_are_closed_but_nvidia_by_name_and_by_path(repo: Path) -> None:
+    service = _service(repo)
+    assert service["DevicePolicy"] == ["closed"]
+    allowed = service["DeviceAllow"]
+    assert "char-nvidia* rw" in allowed
+    for node in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/char/195:0"):
+        assert f"{node} rw" in allowed
+    # systemd takes globs in device group names only; a path with one matches nothing.
+    paths = [entry.split()[0] for entry in allowed if entry.startswith("/")]
+    assert not [path for path in paths if set(path) & set("*?[")]
+
+
+def test_unit_names_no_group_a_host_may_lack(repo: Path) -> None:
+    # A missing group fails the unit (216/GROUP) before the supervisor runs.
+    assert _service(repo).get("SupplementaryGroups", []) in ([], [""])
