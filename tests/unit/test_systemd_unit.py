@@ -141,3 +141,13 @@ def test_devices_are_closed_but_nvidia_by_name_and_by_path(repo: Path) -> None:
 def test_unit_names_no_group_a_host_may_lack(repo: Path) -> None:
     # A missing group fails the unit (216/GROUP) before the supervisor runs.
     assert _service(repo).get("SupplementaryGroups", []) in ([], [""])
+
+
+def test_readme_installs_with_the_script_the_systemd_tier_runs(repo: Path) -> None:
+    # tests/systemd installs with scripts/install-service.sh and checks what it installed, so
+    # the README must show that script, not steps of its own that could drift from it.
+    readme = (repo / "README.md").read_text()
+    section = readme.split("## Installing the service", 1)[1].split("\n## ", 1)[0]
+    assert "scripts/install-service.sh" in section
+    assert "niodoo-supervisor-check" in section
+    assert "pip install" not in section
