@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR := var/demo-model
 
-.PHONY: venv vllm-env demo-model demo lint typecheck test test-fast test-e2e bench clean
+.PHONY: venv vllm-env systemd-env demo-model demo lint typecheck test test-fast test-e2e test-systemd bench clean
 
 $(BIN)/niodoo-supervisor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ venv: $(BIN)/niodoo-supervisor
 # The vLLM CPU build lives in its own venv outside the checkout (reused across clones).
 vllm-env:
 	bash scripts/setup-vllm-env.sh > /dev/null
+
+# The real-systemd tier's container roots, cached outside the checkout (reused across clones).
+# Needs root; elsewhere the tier skips itself, saying why.
+systemd-env:
+	if [ "$$(id -u)" = 0 ]; then bash scripts/setup-systemd-env.sh > /dev/null; fi
 
 demo-model: venv
 	$(BIN)/niodoo-supervisor demo-model $(DEMO_DIR)
@@ -38,15 +43,18 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-# Everything but the real-vLLM tier: seconds.
+# Everything but the real-vLLM and real-systemd tiers: seconds.
 test-fast: lint typecheck
-	$(BIN)/pytest -q -m "not e2e"
+	$(BIN)/pytest -q -m "not e2e and not systemd"
 
 test-e2e: venv vllm-env demo-model
 	export NIODOO_VLLM_PYTHON="$$(bash scripts/setup-vllm-env.sh)"
 	$(BIN)/pytest -q -m e2e -s
 
-test: lint typecheck vllm-env demo-model
+test-systemd: venv systemd-env
+	$(BIN)/pytest -q -m systemd -rs
+
+test: lint typecheck vllm-env systemd-env demo-model
 	export NIODOO_VLLM_PYTHON="$$(bash scripts/setup-vllm-env.sh)"
 	$(BIN)/pytest -q -rs
 
