@@ -95,7 +95,7 @@ def _pids_in(path: Path) -> list[int]:
 
 
 class Container:
-    """One booted container. Use `boot()` as a context manager."""
+    """One container: `with Container(...).running() as container:` boots it."""
 
     def __init__(
         self,
@@ -115,24 +115,14 @@ class Container:
         self.process: subprocess.Popen[bytes] | None = None
         self.pid1 = 0
 
-    @classmethod
     @contextlib.contextmanager
-    def boot(
-        cls,
-        root: Path,
-        name: str,
-        workdir: Path,
-        *,
-        bind: Sequence[tuple[Path, str]] = (),
-        bind_ro: Sequence[tuple[Path, str]] = (),
-        timeout: float = 60,
-    ) -> Iterator[Container]:
-        container = cls(root, name, workdir, bind=bind, bind_ro=bind_ro)
+    def running(self, timeout: float = 60) -> Iterator[Container]:
+        """Boot; on leaving, power off and clean up, whatever happened inside."""
         try:
-            container._start(timeout)
-            yield container
+            self._start(timeout)
+            yield self
         finally:
-            container.close()
+            self.close()
 
     def _start(self, timeout: float) -> None:
         for cgroup in self.cgroups:

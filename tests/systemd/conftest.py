@@ -51,13 +51,10 @@ def installed(roots: Roots, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     work = tmp_path_factory.mktemp("systemd")
     source = checkout_copy(work / "source")
     name = f"niodoo-test-{os.getpid()}"
-    with Container.boot(
-        roots.bookworm,
-        name,
-        work,
-        bind=[(source, SOURCE)],
-        bind_ro=[(roots.wheels, WHEELS)],
-    ) as container:
+    bookworm = Container(
+        roots.bookworm, name, work, bind=[(source, SOURCE)], bind_ro=[(roots.wheels, WHEELS)]
+    )
+    with bookworm.running() as container:
         # A host with no render or video group (a minbase root has neither anyway): the unit
         # must not depend on them.
         for group in ("render", "video"):

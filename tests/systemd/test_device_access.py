@@ -71,21 +71,16 @@ def open_as_service(container: Container) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def bullseye(roots: Roots, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     work = tmp_path_factory.mktemp("bullseye")
-    with Container.boot(roots.bullseye, f"niodoo-test-247-{os.getpid()}", work) as container:
+    with Container(roots.bullseye, f"niodoo-test-247-{os.getpid()}", work).running() as container:
         yield container
 
 
-def test_systemd_247_service_user_opens_nvidia_nodes_and_nothing_else(
-    bullseye: Container,
+@pytest.mark.parametrize(
+    ("container_fixture", "systemd_version"), [("bullseye", "247"), ("installed", "252")]
+)
+def test_service_user_opens_nvidia_nodes_and_nothing_else(
+    request: pytest.FixtureRequest, container_fixture: str, systemd_version: str
 ) -> None:
-    version = bullseye.run("systemctl", "--version").stdout.split()[1]
-    assert version == "247"
-    assert open_as_service(bullseye) == EXPECTED
-
-
-def test_systemd_252_service_user_opens_nvidia_nodes_and_nothing_else(
-    installed: Container,
-) -> None:
-    version = installed.run("systemctl", "--version").stdout.split()[1]
-    assert version == "252"
-    assert open_as_service(installed) == EXPECTED
+    container: Container = request.getfixturevalue(container_fixture)
+    assert container.run("systemctl", "--version").stdout.split()[1] == systemd_version
+    assert open_as_service(container) == EXPECTED
