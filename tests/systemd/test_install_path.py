@@ -13,6 +13,7 @@ from installed_service import (
     service_config,
     write_fake_model,
 )
+from niodoo_supervisor import exitcodes
 from nspawn import Container
 
 # A model in a home folder the service user cannot enter (root can).
@@ -58,6 +59,10 @@ def test_check_as_the_service_fails_on_a_folder_the_service_user_cannot_enter(
     # ...and only the check run as the service finds what the service would.
     as_service = service.run("niodoo-supervisor-check", check=False, timeout=120)
     output = as_service.stdout + as_service.stderr
-    assert as_service.returncode != 0, output
-    assert PRIVATE_MODEL in output or PRIVATE_HOME in output, output
-    print(f"niodoo-supervisor-check exit {as_service.returncode}: {output.strip()}")
+    assert as_service.returncode == exitcodes.CONFIG, output
+    assert f"cannot enter {PRIVATE_HOME}" in output, output
+    # The service itself says the same and stays down (78 is not restarted).
+    assert service.run("systemctl", "start", UNIT, check=False).returncode != 0
+    state = service.show(UNIT, "ExecMainStatus", "SubState")
+    assert state == {"ExecMainStatus": str(exitcodes.CONFIG), "SubState": "failed"}, state
+    assert f"cannot enter {PRIVATE_HOME}" in service.journal(UNIT)
