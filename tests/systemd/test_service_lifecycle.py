@@ -4,7 +4,6 @@ supervisor. The supervisor runs the fake vLLM (tests/fakevllm) with the containe
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 
@@ -51,13 +50,7 @@ def test_start_returns_once_ready_and_status_shows_the_phases(service: Container
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        started = subprocess.run(
-            ["nsenter", "-t", str(service.pid1), "-a", "systemctl", "start", UNIT],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
-        )
+        started = service.run("systemctl", "start", UNIT, check=False, timeout=90)
         # `systemctl start` of a Type=notify unit returns at READY=1: vLLM serves by then.
         models = served_models(service)
     finally:
