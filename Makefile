@@ -60,6 +60,7 @@ test: lint typecheck vllm-env systemd-env demo-model
 
 bench: venv
 	$(BIN)/python benchmarks/logpump_bench.py
+	$(BIN)/python benchmarks/config_bench.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
