@@ -32,19 +32,25 @@ __all__ = [
     "ParsedLine",
     "continuation",
     "continues",
+    "headed",
     "parse_line",
     "split_line",
 ]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-# Ray adds ", ip=..." to the same prefix; a cyan colour code may wrap it (0.10.2-0.30).
-_PREFIX = re.compile(r"\((?P<proc>[A-Za-z_][\w.:-]*) pid=(?P<pid>[0-9]{1,10})(?:, ip=[^)]*)?\) ?")
 _LEVELS = "DEBUG|INFO|WARNING|ERROR|CRITICAL"
-_VLLM = re.compile(
-    rf"(?P<level>{_LEVELS}) (?P<ts>[0-9]{{2}}-[0-9]{{2}} [0-9:]{{8}}(?:\.[0-9]+)?) "
+# One match takes a line's headers apart (the hot path of the scanner, run on every line
+# around a hit): the process prefix (Ray adds ", ip=..."; a cyan colour code may wrap it,
+# 0.10.2-0.30), then vLLM's header or uvicorn's level. Groups in order: proc, pid, level, ts,
+# src (vLLM), ulevel (uvicorn).
+_HEADERS = re.compile(
+    r"(?:\((?P<proc>[A-Za-z_][\w.:-]*) pid=(?P<pid>[0-9]{1,10})(?:, ip=[^)]*)?\) ?)?"
+    rf"(?:(?P<level>{_LEVELS}) (?P<ts>[0-9]{{2}}-[0-9]{{2}} [0-9:]{{8}}(?:\.[0-9]+)?) "
     r"\[?(?P<src>[^\s\[\]]+:[0-9]+)\] ?"
+    rf"|(?P<ulevel>{_LEVELS}|TRACE): +)?"
 )
-_UVICORN = re.compile(rf"(?P<level>{_LEVELS}|TRACE): +")
+# The same on raw bytes, to tell a new record's start without decoding the line (`headed`).
+_HEADERS_BYTES = re.compile(_HEADERS.pattern.encode())
 _TRACEBACK = "Traceback (most recent call last):"
 _CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
 
@@ -67,7 +73,8 @@ class LogRecord:
 
 
 class ParsedLine(NamedTuple):
-    """A line taken apart; `header` is set only for vLLM-formatted lines."""
+    """A line taken apart; `header` is set only for vLLM-formatted lines. `cut` is the
+    length in bytes of a line cut short before parsing (`raw` is its first part), else 0."""
 
     process: str | None
     pid: int | None
@@ -78,6 +85,7 @@ class ParsedLine(NamedTuple):
     message: str
     cr: bool
     raw: str
+    cut: int = 0
 
 
 def split_line(line: str) -> ParsedLine:
@@ -87,21 +95,27 @@ def split_line(line: str) -> ParsedLine:
     if cr:
         raw = raw[:-1]
     text = _ANSI.sub("", raw) if "\x1b" in raw else raw
-    process: str | None = None
-    pid: int | None = None
-    pos = 0
-    m = _PREFIX.match(text)
-    if m is not None:
-        process, pid, pos = m["proc"], int(m["pid"]), m.end()
-    v = _VLLM.match(text, pos)
-    if v is not None:
-        return ParsedLine(
-            process, pid, v["level"], v["ts"], v["src"], text[: v.end()], text[v.end() :], cr, raw
-        )
-    u = _UVICORN.match(text, pos)
-    if u is not None:
-        return ParsedLine(process, pid, u["level"], None, None, None, text[u.end() :], cr, raw)
-    return ParsedLine(process, pid, None, None, None, None, text[pos:], cr, raw)
+    m = _HEADERS.match(text)
+    assert m is not None  # every part is optional
+    process, pid, level, ts, src, ulevel = m.groups()
+    end = m.end()
+    number = int(pid) if pid is not None else None
+    if level is not None:
+        return ParsedLine(process, number, level, ts, src, text[:end], text[end:], cr, raw)
+    return ParsedLine(process, number, ulevel, None, None, None, text[end:], cr, raw)
+
+
+def headed(buf: bytes, off: int) -> bool:
+    """Whether the line at `off` surely has a vLLM header or a uvicorn level, as `split_line`
+    would find, decided on the bytes. Such a line continues no record unless the line before
+    it ended with ``\\r``. False when unsure (non-ASCII or colour codes in the headers)."""
+    m = _HEADERS_BYTES.match(buf, off)
+    if m is None or (m.group(3) is None and m.group(6) is None):
+        return False
+    # On ASCII text the str pattern decides alike; its quantifiers stop at delimiters inside
+    # the match, so no character after the match is judged differently.
+    span = buf[off : m.end()]
+    return span.isascii() and b"\x1b" not in span
 
 
 def parse_line(line: str) -> LogRecord:

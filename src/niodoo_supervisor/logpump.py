@@ -32,6 +32,8 @@ __all__ = ["LogPump", "PumpStats", "RotatingLogFile", "SinkStats"]
 
 log = structlog.get_logger(__name__)
 
+TAIL_LINE = 2000  # characters kept of each line of `LogPump.tail`
+
 
 @dataclass(frozen=True, slots=True)
 class PumpStats:
@@ -46,6 +48,7 @@ class PumpStats:
     lost_bytes: int
     last_output_monotonic: float | None
     sinks: tuple[SinkStats, ...] = ()
+    cut_lines: int = 0  # lines longer than the rules' limit, cut before matching
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,15 +114,17 @@ class LogPump:
             sum(s.lost_bytes for s in sinks),
             self.last_output_monotonic,
             sinks,
+            self._scanner.cut_lines,
         )
 
     def tail(self) -> list[str]:
-        """The last `tail_lines` lines read (the unfinished last line included)."""
+        """The last `tail_lines` lines read (the unfinished last line included), each cut
+        to TAIL_LINE characters: they go to crash reports in the status file."""
         text = b"".join(chunk for chunk, _ in self._tail).decode("utf-8", "replace")
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
-        return [line.rstrip("\r") for line in lines[-self._tail_lines :]]
+        return [_clip(line.rstrip("\r")) for line in lines[-self._tail_lines :]]
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -222,6 +227,12 @@ class LogPump:
             self._tail.popleft()
             self._tail_newlines -= count
             self._tail_bytes -= len(oldest)
+
+
+def _clip(line: str) -> str:
+    if len(line) <= TAIL_LINE:
+        return line
+    return f"{line[:TAIL_LINE]} [niodoo-supervisor: {len(line) - TAIL_LINE} characters cut]"
 
 
 def _grow_pipe(fd: int) -> None:

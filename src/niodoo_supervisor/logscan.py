@@ -5,10 +5,10 @@ hits (`ChunkScanner`, which reports each as a `HitRecord`). Records are grouped 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
-from functools import partial
+from collections.abc import Iterable
 from typing import NamedTuple
+
+from ahocorasick_rs import BytesAhoCorasick, MatchKind
 
 from niodoo_supervisor.logline import (
     LogRecord,
@@ -19,10 +19,19 @@ from niodoo_supervisor.logline import (
     _starts_traceback,
     continuation,
     continues,
+    headed,
     split_line,
 )
 
-__all__ = ["ChunkScanner", "HitRecord"]
+__all__ = ["MAX_LINE", "ChunkScanner", "HitRecord"]
+
+# Longer lines are cut to this many bytes before they are parsed and matched: a client can
+# make vLLM write a line of any length (the names of the request fields it ignored).
+MAX_LINE = 16 << 10
+# Parsed lines are remembered by their bytes (a client sending lora_name on every request
+# makes the same line many times a second); only short lines, and only so many.
+_REMEMBER_LINE = 1024
+_REMEMBER_LINES = 2048
 
 
 class HitRecord(NamedTuple):
@@ -40,52 +49,42 @@ class HitRecord(NamedTuple):
     complete: bool
 
 
-def _searches(anchors: Iterable[bytes]) -> list[Callable[[bytes, int, int], int]]:
-    """One search per first byte: ``find(buf, start, end) -> position or -1``.
-
-    Each search is one pass over the chunk in C, and a pass costs about the same whether it
-    looks for one literal or for several that share a first byte (`re` scans for the byte,
-    then tries the rest). So anchors sharing a first byte share a pass.
-    """
-    groups: dict[bytes, list[bytes]] = {}
-    for anchor in sorted(set(anchors), key=len, reverse=True):
-        if anchor:
-            groups.setdefault(anchor[:1], []).append(anchor)
-    out: list[Callable[[bytes, int, int], int]] = []
-    for first, group in groups.items():
-        if len(group) == 1:
-            out.append(partial(_find, group[0]))
-        else:
-            rests = b"|".join(re.escape(a[1:]) for a in group)
-            out.append(partial(_search, re.compile(re.escape(first) + b"(?:" + rests + b")")))
-    return out
-
-
-def _find(anchor: bytes, buf: bytes, start: int, end: int) -> int:
-    return buf.find(anchor, start, end)
-
-
-def _search(pattern: re.Pattern[bytes], buf: bytes, start: int, end: int) -> int:
-    m = pattern.search(buf, start, end)
-    return -1 if m is None else m.start()
-
-
 class ChunkScanner:
     """Find the records that contain any of `anchors` in a stream of byte chunks.
 
-    Hot path: one search in C over each chunk per group of anchors (see `_searches`);
-    lines without a hit are never decoded or parsed. Only around a hit are lines parsed, walking back to the
-    record's first line and forward to its end. The carried buffer always starts at a
+    Hot path: one pass over each chunk in native code for all anchors at once (an
+    Aho-Corasick automaton with a SIMD prefilter); lines without a hit are never decoded or
+    parsed. Only around a hit are lines parsed, walking back to the record's first line and
+    forward to its end; a line longer than `max_line` bytes is cut to that before parsing
+    (counted in `cut_lines` when it holds a hit). The carried buffer always starts at a
     record start, so the backward walk never needs earlier data. A record is reported when
     the line after it arrives (or on `flush`), so chunk boundaries do not change results.
     """
 
     def __init__(
-        self, anchors: Iterable[bytes], *, max_carry: int = 1 << 20, max_walk: int = 2000
+        self,
+        anchors: Iterable[bytes],
+        *,
+        max_carry: int = 1 << 20,
+        max_walk: int = 2000,
+        max_line: int = MAX_LINE,
+        window: int = 1 << 16,
     ) -> None:
-        self._searches = _searches(anchors)
+        wanted = sorted({a for a in anchors if a})
+        if any(b"\n" in a for a in wanted):
+            raise ValueError("an anchor cannot hold a newline")
+        # Leftmost-first: the automaton may use its SIMD prefilter, and every line holding an
+        # anchor still yields at least one match (anchors never span a newline).
+        self._automaton = (
+            BytesAhoCorasick(wanted, matchkind=MatchKind.LeftmostFirst) if wanted else None
+        )
+        self._overlap = max((len(a) for a in wanted), default=1) - 1
+        self._window = max(window, 2 * self._overlap + 1)
         self._max_carry = max_carry
         self._max_walk = max_walk
+        self._max_line = max_line
+        self.cut_lines = 0  # lines with a hit that were longer than max_line
+        self._parsed: dict[bytes, ParsedLine] = {}
         self._buf = b""
         self._scanned = 0  # bytes of _buf already searched for anchors
         self._hits: list[int] = []  # line offsets in _buf of hits not reported complete
@@ -123,13 +122,37 @@ class ChunkScanner:
         return self._open_record(complete=False)
 
     def _find_hits(self, buf: bytes, end: int) -> None:
-        found = set(self._hits)
-        for search in self._searches:
-            i = search(buf, self._scanned, end)
-            while i >= 0:
-                found.add(buf.rfind(b"\n", 0, i) + 1)
-                i = search(buf, buf.find(b"\n", i, end) + 1, end)
-        self._hits = sorted(found)
+        """Add the offsets of the lines in buf[_scanned:end] that hold an anchor.
+
+        The automaton runs over windows of the buffer, so a line full of anchors costs one
+        window of matches, not one match per anchor: after a hit the search goes on at the
+        next line. A window that ends inside a line without a hit is followed by one that
+        starts `_overlap` bytes earlier, so an anchor across the border is still found.
+        """
+        automaton, pos = self._automaton, self._scanned
+        if automaton is None:
+            return
+        view = memoryview(buf)
+        skip = pos  # the end of the last line with a hit
+        hits = self._hits
+        while pos < end:
+            stop = min(pos + self._window, end)
+            for _, found, _ in automaton.find_matches_as_indexes(view[pos:stop]):
+                at = pos + found
+                if at < skip:
+                    continue
+                line = buf.rfind(b"\n", self._scanned, at) + 1 or self._scanned
+                newline = buf.find(b"\n", at, end)
+                hits.append(line)
+                if newline - line > self._max_line:
+                    self.cut_lines += 1
+                skip = newline + 1
+            if skip >= stop:
+                pos = skip
+            elif stop < end:
+                pos = stop - self._overlap
+            else:
+                break
 
     def _records(self, buf: bytes, end: int, out: list[HitRecord]) -> int:
         """Report complete records with hits; return the offset the carry starts at."""
@@ -146,7 +169,7 @@ class ChunkScanner:
             first = k
             while k < len(hits) and hits[k] < stop:
                 k += 1
-            out.append(self._report(buf, offsets, hits[first:k], cache))
+            out.append(self._report(offsets, hits[first:k], cache))
             self._open_serial = None
             done = stop
         self._hits = []
@@ -155,16 +178,20 @@ class ChunkScanner:
         return self._walk_back(buf, buf.rfind(b"\n", 0, end - 1) + 1, done, cache)
 
     def _report(
-        self, buf: bytes, offsets: list[int], hits: list[int], cache: dict[int, ParsedLine]
+        self, offsets: list[int], hits: list[int], cache: dict[int, ParsedLine]
     ) -> HitRecord:
-        """The record of `offsets` (from the carry's start if offsets[0] is 0)."""
-        index = {off: i for i, off in enumerate(offsets)}
-        lines = [self._line(buf, off, cache)[0] for off in offsets]
+        """The record of `offsets` (from the carry's start if offsets[0] is 0); the walks
+        have parsed each of its lines into `cache`."""
+        lines = [cache[off] for off in offsets]
         serial = self._open_serial if offsets[0] == 0 else None
         if serial is None:
             self._serial += 1
             serial = self._serial
-        hit_lines = tuple(index[h] for h in hits)
+        if len(offsets) == 1:  # most records: one line
+            hit_lines: tuple[int, ...] = (0,)
+        else:
+            index = {off: i for i, off in enumerate(offsets)}
+            hit_lines = tuple(index[h] for h in hits)
         parsed = tuple(lines[i] for i in hit_lines)
         return HitRecord(_record(lines), hit_lines, parsed, serial, True)
 
@@ -175,7 +202,7 @@ class ChunkScanner:
         end = buf.rfind(b"\n") + 1
         cache: dict[int, ParsedLine] = {}
         offsets, _, _ = self._walk_forward(buf, 0, end, cache)
-        found = self._report(buf, offsets, self._hits, cache)
+        found = self._report(offsets, self._hits, cache)
         self._open_serial = None if complete else found.serial
         return [found._replace(complete=complete)]
 
@@ -189,14 +216,27 @@ class ChunkScanner:
         self._scanned, self._hits, self._open_serial = 0, [], None
         return out
 
-    @staticmethod
-    def _line(buf: bytes, off: int, cache: dict[int, ParsedLine]) -> tuple[ParsedLine, int]:
+    def _line(self, buf: bytes, off: int, cache: dict[int, ParsedLine]) -> tuple[ParsedLine, int]:
         nl = buf.find(b"\n", off)
         parsed = cache.get(off)
         if parsed is None:
-            parsed = split_line(buf[off:nl].decode("utf-8", "replace"))
-            cache[off] = parsed
+            parsed = cache[off] = self._parse(buf, off, nl)
         return parsed, nl + 1
+
+    def _parse(self, buf: bytes, off: int, nl: int) -> ParsedLine:
+        if nl - off > self._max_line:
+            text = buf[off : off + self._max_line].decode("utf-8", "ignore")
+            cr = buf[nl - 1 : nl] == b"\r"
+            return split_line(text)._replace(cr=cr, cut=nl - off)
+        if nl - off > _REMEMBER_LINE:
+            return split_line(buf[off:nl].decode("utf-8", "replace"))
+        line = buf[off:nl]
+        parsed = self._parsed.get(line)
+        if parsed is None:
+            if len(self._parsed) >= _REMEMBER_LINES:
+                self._parsed.clear()
+            parsed = self._parsed[line] = split_line(line.decode("utf-8", "replace"))
+        return parsed
 
     def _continued(self, buf: bytes, off: int, lo: int, cache: dict[int, ParsedLine]) -> int:
         """The previous line's offset if the line at `off` continues it, else -1."""
@@ -240,6 +280,8 @@ class ChunkScanner:
         offsets = [start]
         prev, in_tb = first, _in_traceback_after(first, False, False)
         while off < end:
+            if not prev.cr and headed(buf, off):
+                return offsets, off, True  # a new record starts: no need to parse it
             cur, nxt = self._line(buf, off, cache)
             if not continues(prev, cur, in_tb) or len(offsets) >= self._max_walk:
                 return offsets, off, True

@@ -1,16 +1,18 @@
 """The built-in rule table: known vLLM log lines (`BUILTIN_RULES`) and the startup phases
 in the order a healthy start logs them (`PHASES`). Data only; `rules` turns it into events.
 
-Every rule has literal `anchors`, one of which any line it matches contains, so the
-scanner looks for anchors with `bytes.find` over whole chunks and runs a rule's regex only
-on the rare lines that hold one.
+Patterns are RE2 syntax (linear time, see `rules`) and match at the start of vLLM's message
+or right after a leading exception type (`linetrust.trusted_starts`), never further into a
+line, where vLLM may quote a client. Every rule has literal `anchors`, one of which any line
+it matches contains: the scanner finds them all in one pass over each chunk and runs a
+rule's regex only on the rare lines that hold one.
 """
 
 from __future__ import annotations
 
 from niodoo_supervisor.ruletypes import Action, Rule, Severity
 
-__all__ = ["BUILTIN_RULES", "PHASES"]
+__all__ = ["BUILTIN_RULES", "IGNORED_FIELDS_RULE", "LINE_CUT_RULE", "PHASES", "SERVING_PHASES"]
 
 
 S, A = Severity, Action
@@ -27,13 +29,15 @@ _PATH_HINT = (
     "model/adapters paths in the config (no hub download happens when HF_HUB_OFFLINE=1)."
 )
 
-# Anchors are chosen to share first bytes: the scanner makes one pass over each chunk per
-# distinct first byte (16 passes for these 42 anchors), so a new anchor should start with one
-# of E L S A R W C I N T m n e v K ":" if it can.
 # fmt: off
 # Phases in the order a healthy start logs them (for STATUS= and tests).
 PHASES = ("starting", "engine_init", "loading_weights", "weights_loaded", "kv_cache",
           "engine_ready", "adapter_loaded", "listening", "routes", "startup_complete")
+# vLLM logs one of these before its HTTP server takes the first request (the static
+# adapters are loaded before): from then on a client can make vLLM write text.
+SERVING_PHASES = frozenset(("listening", "routes", "startup_complete"))
+IGNORED_FIELDS_RULE = "ignored_request_fields"
+LINE_CUT_RULE = "line_cut"  # the event of a line cut before matching (`rules`)
 
 BUILTIN_RULES: tuple[Rule, ...] = (
     # --- requests ---------------------------------------------------------------------
@@ -48,10 +52,11 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # --- engine death -------------------------------------------------------------------
     Rule("engine_fatal_error", r"EngineCore encountered a fatal error", S.CRITICAL,
          A.CHECK_NOW, _ENGINE_DEAD_HINT, ("EngineCore encountered a fatal error",)),
-    Rule("engine_dead", r"\bEngineDeadError\b", S.CRITICAL, A.CHECK_NOW, _ENGINE_DEAD_HINT,
+    Rule("engine_dead", r"(?:\w+\.)*EngineDeadError\b", S.CRITICAL, A.CHECK_NOW, _ENGINE_DEAD_HINT,
          ("EngineDeadError",)),
     Rule("engine_core_died",  # 0.10.2-0.26 and 0.27+ wording
-         r"Engine core proc (?P<engine>\S+) died unexpectedly|engine core exited unexpectedly",
+         r"Engine core proc (?P<engine>\S+) died unexpectedly"
+         r"|(?:\[shutdown\] )?(?:MPClient: )?engine core exited unexpectedly",
          S.CRITICAL, A.CHECK_NOW, _ENGINE_DEAD_HINT,
          ("Engine core proc ", "engine core exited unexpectedly")),
     Rule("worker_died",
@@ -75,13 +80,15 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          ("CPU attention configuration",)),
     # --- start failures retrying cannot fix -----------------------------------------------
     Rule("cli_argument_error",
-         r"^(?P<prog>[^:]+): error: (?P<reason>(?:unrecognized arguments|argument |the "
+         r"(?P<prog>[^:]+): error: (?P<reason>(?:unrecognized arguments|argument |the "
          r"following arguments are required|invalid choice).*)",
          S.CRITICAL, A.FATAL,
          "vLLM refused its command line (exit code 2): a flag is unknown to this vLLM "
          "version or has a bad value. Fix the config or install the vLLM it was written for.",
          (": error: ",)),
     Rule("lora_rank_too_big",
+         # vLLM's own wrappers of the worker's error (05-rank-too-big.log) name it too.
+         r"(?:Call to add_lora method failed: )?(?:Worker failed with error ')?"
          r"LoRA rank (?P<rank>\d+) is greater than max_lora_rank (?P<max_lora_rank>\d+)",
          S.CRITICAL, A.FATAL,
          "An adapter's rank (`r` in adapter_config.json) exceeds --max-lora-rank: raise "
@@ -105,7 +112,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          ("Invalid repository ID", "not a local folder", "not appear to have a file named",
           "Repo id must", "Repository Not Found")),
     Rule("file_not_found",
-         r"^(?:\w+\.)*(?:FileNotFoundError|OSError|ValueError): \[Errno 2\] No such file or "
+         r"(?:\w+\.)*(?:FileNotFoundError|OSError|ValueError): \[Errno 2\] No such file or "
          r"directory: '(?P<path>[^']*)'",
          S.CRITICAL, A.FATAL, _PATH_HINT, ("No such file or directory",)),
     Rule("adapter_not_found",
@@ -126,7 +133,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          "smaller or quantized model, or more GPUs (tensor parallel).",
          ("No available memory for the cache blocks",)),
     Rule("kv_cache_too_small",
-         r"max seq len \((?P<max_model_len>\d+)\).*?(?:larger than the available KV cache "
+         r"(?:To serve at least one request with the model's|The model's) max seq len "
+         r"\((?P<max_model_len>\d+)\).*?(?:larger than the available KV cache "
          r"memory|larger than the maximum number of tokens that can be stored in KV cache)"
          r"(?:.*?estimated maximum model length is (?P<estimated_max_model_len>\d+))?",
          S.CRITICAL, A.FATAL,
@@ -155,7 +163,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          "vLLM could not load a LoRA adapter; the reason follows in the same record.",
          ("Invocation of add_lora method failed", "Call to add_lora method failed")),
     # --- startup phases -----------------------------------------------------------------
-    Rule("version", r"(?:^|\s)version (?P<version>\d+\.\d+[\w.+-]*)"
+    # the banner's last line: " ▄▄ ▄█ █     █     █ ▀▄▀ █  version 0.32.0"
+    Rule("version", r"[ ▀▄█]*version (?P<version>\d+\.\d+[\w.+-]*)"
          r"|vLLM (?:API )?server version (?P<version2>\d+\.\d+[\w.+-]*)",
          S.INFO, A.PHASE, "", ("version ",), "starting"),
     Rule("engine_init", r"Initializing an? (?:V1 )?LLM engine \(v(?P<version>[^)]+)\)",
@@ -171,9 +180,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          "engine_ready"),
     Rule("listening", r"Starting vLLM (?:API )?server(?: \d+)? on (?P<address>\S+)", S.INFO,
          A.PHASE, "", ("Starting vLLM server on", "Starting vLLM API server"), "listening"),
-    Rule("routes", r"^Available routes are:", S.INFO, A.PHASE, "",
+    Rule("routes", r"Available routes are:", S.INFO, A.PHASE, "",
          ("Available routes are:",), "routes"),
-    Rule("startup_complete", r"^Application startup complete\.", S.INFO, A.PHASE, "",
+    Rule("startup_complete", r"Application startup complete\.", S.INFO, A.PHASE, "",
          ("Application startup complete",), "startup_complete"),
 )
 # fmt: on

@@ -1,5 +1,5 @@
 """The rule types the rule table, operator rules and the rule machinery share: `Rule`,
-`Severity`, `Action` (a leaf module, so each of them can import it without a cycle).
+`Severity`, `Action`, `Event` (a leaf module, so each of them can import it without a cycle).
 
 Actions, as the supervisor applies them:
 
@@ -12,10 +12,11 @@ Actions, as the supervisor applies them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import Any
 
-__all__ = ["Action", "Rule", "Severity"]
+__all__ = ["Action", "Event", "Rule", "Severity"]
 
 
 class Severity(str, Enum):
@@ -34,7 +35,12 @@ class Action(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One known line. `pattern` runs on the message (the line without its header)."""
+    """One known line. `pattern` runs on the message (the line without its header).
+
+    It must match at the start of the message, or right after an exception type such as
+    ``ValueError: `` (`linetrust.trusted_starts`): text further into a line may quote a
+    client. Only `anywhere` rules (operator log and phase rules) are searched for anywhere.
+    """
 
     name: str
     pattern: str
@@ -43,3 +49,27 @@ class Rule:
     hint: str
     anchors: tuple[str, ...] = ()  # empty: derived from `pattern`
     phase: str | None = None
+    anywhere: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A rule hit. `lines` are the raw lines of the whole record (a traceback: all), each
+    cut to a bounded length, as `message` is."""
+
+    rule: str
+    severity: Severity
+    action: Action
+    hint: str
+    message: str
+    process: str | None
+    pid: int | None
+    timestamp: str | None
+    lines: tuple[str, ...]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (enums as their values)."""
+        plain = asdict(self)
+        return {**plain, "severity": self.severity.value, "action": self.action.value,
+                "lines": list(self.lines)}  # fmt: skip

@@ -229,7 +229,11 @@ SUPERVISOR_SETTINGS: tuple[Field, ...] = (
         "rules",
         Kind.RULES,
         "Operator log rules added to the built-in table: a list of {name, pattern, severity, "
-        "action, hint}.",
+        "action, hint}. Patterns are RE2 syntax (linear time; no look-around or "
+        "back-references). A fatal or check_now pattern matches only at the start of vLLM's "
+        "message or right after a leading exception type (`ValueError: `); log and phase "
+        "patterns match anywhere in a line vLLM wrote. No rule sees lines that quote a "
+        "request (ignored field names, access and request-log lines).",
         default=[],
     ),
 )

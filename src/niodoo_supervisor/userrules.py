@@ -1,5 +1,13 @@
 """Operator rules: compiled from the config's YAML list (`compile_user_rules`), with anchor
 texts derived from each rule's regex (`required_literals`) unless the rule lists them.
+
+Every rule's pattern runs on RE2 (`compile_linear`): its time is linear in the text whatever
+the pattern, which no review of an operator's regex could promise with Python's
+backtracking `re` (vLLM's lines can hold text of any length that a client chose). RE2 has
+no look-around and no back-references; a pattern that needs them is refused with that
+reason. A fatal or check_now rule matches only at the start of vLLM's message or right
+after a leading exception type (``ValueError: ``), where no client text stands; log and
+phase rules match anywhere in a line vLLM wrote (never in one that quotes a request).
 """
 
 from __future__ import annotations
@@ -10,10 +18,20 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from niodoo_supervisor.rule_table import BUILTIN_RULES
+import re2
+
+from niodoo_supervisor.rule_table import BUILTIN_RULES, LINE_CUT_RULE
 from niodoo_supervisor.ruletypes import Action, Rule, Severity
 
-__all__ = ["compile_user_rules", "required_literals"]
+__all__ = ["compile_linear", "compile_user_rules", "required_literals"]
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # errors are reported as config problems, not on stderr
+
+
+def compile_linear(pattern: str) -> Any:
+    """`pattern` compiled by RE2 (the `re` API: search, match, groupdict); raises re2.error."""
+    return re2.compile(pattern, _RE2_OPTIONS)
 
 
 _MIN_ANCHOR = 3
@@ -89,6 +107,7 @@ def compile_user_rules(items: object, path: str = "rules") -> tuple[list[Rule], 
     rules: list[Rule] = []
     errors: list[str] = []
     seen = {r.name: "a built-in rule" for r in BUILTIN_RULES}
+    seen[LINE_CUT_RULE] = "a built-in event"
     for i, item in enumerate(items):
         where = f"{path}[{i}]"
         rule = _user_rule(item, where, errors)
@@ -126,8 +145,15 @@ def _user_rule(item: object, where: str, errors: list[str]) -> Rule | None:
     else:
         try:
             re.compile(pattern)
+            compile_linear(pattern)
         except re.error as exc:
             errors.append(f"{where}.pattern: invalid regex: {exc}; fix the pattern")
+        except re2.error as exc:
+            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+            errors.append(
+                f"{where}.pattern: {reason}: rules run on RE2 (linear time), which has no "
+                "look-around or back-references; rewrite the pattern without them"
+            )
         else:
             anchors = _user_anchors(item.get("anchors"), pattern, where, errors)
     if len(errors) > n_errors or anchors is None:
@@ -137,8 +163,9 @@ def _user_rule(item: object, where: str, errors: list[str]) -> Rule | None:
     if action is Action.PHASE and phase is None:
         phase = name
     return Rule(
-        name, pattern, severity, action, hint, anchors, phase if isinstance(phase, str) else None
-    )
+        name, pattern, severity, action, hint, anchors, phase if isinstance(phase, str) else None,
+        anywhere=action in (Action.LOG, Action.PHASE),
+    )  # fmt: skip
 
 
 def _enum(kind: type[Severity] | type[Action], value: object, where: str, errors: list[str]) -> Any:

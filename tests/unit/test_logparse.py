@@ -238,15 +238,19 @@ _LINE_KINDS = [
     st.lists(st.sampled_from(_LINE_KINDS), max_size=60),
     st.lists(st.integers(min_value=1, max_value=200), max_size=30),
     st.booleans(),
+    st.integers(min_value=1, max_value=64),
 )
-def test_scanner_records_match_assembler(kinds: list[str], cuts: list[int], tail: bool) -> None:
+def test_scanner_records_match_assembler(
+    kinds: list[str], cuts: list[int], tail: bool, window: int
+) -> None:
     text = "".join(kinds) + ("partial HIT" if tail else "")
     expected = [r for r in assemble(text.split("\n")) if "HIT" in r.message]
     if not tail and expected and text.endswith("\n"):
         # split() leaves a final "" that the assembler takes for a blank continuation line
         expected = [r for r in assemble(text.split("\n")[:-1]) if "HIT" in r.message]
     data = text.encode()
-    scanner = ChunkScanner([b"HIT"])
+    # small windows of the anchor search: anchors across window borders are still found
+    scanner = ChunkScanner([b"HIT", b"HIT here"], window=window)
     found = []
     pos = 0
     for size in cuts:
@@ -270,6 +274,23 @@ def test_scanner_reports_open_record_once_flushed_then_completed() -> None:
     [late] = scanner.feed(f"{_H}more\nINFO:     next\n".encode())
     assert late.complete and late.serial == early.serial and len(late.record.lines) == 3
     assert not scanner.pending
+
+
+def test_scanner_cuts_long_lines_before_parsing_and_counts_them() -> None:
+    scanner = ChunkScanner([b"HIT"], max_line=100)
+    long_line = f"{_H}HIT " + "x" * 10_000 + " HIT"
+    data = (long_line + "\n" + "INFO:     next\n").encode()
+    [hit] = scanner.feed(data[:5000]) + scanner.feed(data[5000:])
+    [parsed] = hit.hits
+    assert parsed.cut == len(long_line) and len(parsed.raw) == 100
+    assert parsed.message.startswith("HIT x") and hit.record.lines == (parsed.raw,)
+    assert scanner.cut_lines == 1
+
+
+def test_a_line_full_of_anchors_is_one_hit() -> None:
+    scanner = ChunkScanner([b"HIT"], window=1000)
+    [hit] = scanner.feed(b"HIT" * 300_000 + b"\nINFO:     next\n")
+    assert hit.hit_lines == (0,) and hit.hits[0].cut == 900_000
 
 
 # --- the logging config we give vLLM ------------------------------------------------------

@@ -277,3 +277,23 @@ async def test_echo_gets_everything_when_fast(tmp_path: Path, size: int) -> None
     with child_writing(tmp_path, data) as (fd, _):
         await LogPump(fd, ruleset=RULES, on_event=lambda e: None, log_file=None, echo=echo).run()
     assert echo.getvalue() == data
+
+
+async def test_long_lines_are_cut_for_the_rules_and_the_tail_but_not_the_file(
+    tmp_path: Path,
+) -> None:
+    line = (
+        "(APIServer pid=1) DEBUG 11-24 00:00:00 [protocol.py:72] The following fields were "
+        "present in the request but ignored: {'" + "z" * 200_000 + "'}\n"
+    ).encode()
+    events: list[Event] = []
+    log_file = RotatingLogFile(tmp_path / "vllm.log", 1 << 30, 1)
+    with child_writing(tmp_path, line * 3) as (r, _):
+        pump = LogPump(r, ruleset=RULES, on_event=events.append, log_file=log_file, echo=None)
+        await pump.run()
+    log_file.close()
+    assert (tmp_path / "vllm.log").read_bytes() == line * 3  # the file has every byte
+    assert [e.rule for e in events] == ["ignored_request_fields", "line_cut"] * 3
+    assert pump.stats.cut_lines == 3
+    tail = pump.tail()  # crash reports: bounded lines
+    assert len(tail) == 3 and all(len(text) < 2100 and text.endswith(" cut]") for text in tail)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from niodoo_supervisor.logparse import assemble
+from niodoo_supervisor import rules
+from niodoo_supervisor.logparse import assemble, split_line
 from niodoo_supervisor.rules import (
     BUILTIN_RULES,
     PHASES,
@@ -23,6 +24,7 @@ from niodoo_supervisor.rules import (
     compile_user_rules,
     required_literals,
 )
+from rulesamples import SAMPLES, SPOOFS, E, H
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-logs"
 RULES = RuleSet()
@@ -115,111 +117,24 @@ def test_lora_name_field_is_reported_with_the_model_hint() -> None:
     assert "`model`" in ignored.hint and "lora_name" in ignored.hint
 
 
+def _heads(lines: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(line[: rules.MAX_TEXT] for line in lines)  # events cut long lines
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in LOGS.glob("*.log")))
 def test_scanner_agrees_with_brute_force(name: str) -> None:
-    """Anchors never hide a match: every rule regex run on every record gives the same."""
+    """Anchors never hide a match: every rule tried on every line gives the same."""
     data = fixture(name)
     records = assemble(data.decode().split("\n")[:-1])
     brute = []
     for record in records:
-        for rule in RULES.rules:
-            if any(re.search(rule.pattern, m) for m in record.message.split("\n")):
-                brute.append((rule.name, record.lines))
-    got = [(e.rule, e.lines) for e in scan(data)]
+        names = [n for line in record.lines for n in RULES.matches(split_line(line))]
+        brute += [(n, _heads(record.lines)) for n in dict.fromkeys(names)]
+    got = [(e.rule, _heads(e.lines)) for e in scan(data)]
     assert sorted(got, key=str) == sorted(brute, key=str)
 
 
 # --- every rule against its real wording ------------------------------------------------
-
-H = "(APIServer pid=1) INFO 11-24 00:00:00 [x.py:1] "
-E = "(EngineCore_DP0 pid=7) ERROR 08-01 10:00:00 [core.py:1] "
-SAMPLES: list[tuple[str, str, dict[str, Any]]] = [
-    (H + "The following fields were present in the request but ignored: {'lora_name', 'x'}",
-     "ignored_request_fields", {"fields": ["lora_name", "x"]}),
-    (H + "Request contains the removed guided-decoding field(s) ['guided_json'], which are "
-     "ignored; output will NOT be constrained. Use `structured_outputs` (or `response_format`) "
-     "instead; see docs/features/structured_outputs.md.",
-     "removed_guided_fields", {"fields": ["guided_json"]}),
-    (E + "EngineCore encountered a fatal error.", "engine_fatal_error", {}),
-    ("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.",
-     "engine_dead", {}),
-    (H + "Engine core proc EngineCore_DP0 died unexpectedly, shutting down client.",
-     "engine_core_died", {"engine": "EngineCore_DP0"}),
-    (E + "Worker proc VllmWorker-0 died unexpectedly (exit code: -9), shutting down executor.",
-     "worker_died", {"worker": "VllmWorker-0", "exit_code": -9}),
-    (E + "EngineCore failed to start.", "engine_start_failed", {}),
-    ("RuntimeError: Engine core initialization failed. See root cause above. Failed core "
-     "proc(s): {'EngineCore_DP0': 1}", "engine_start_failed", {}),
-    ("RuntimeError: Unsupported CPU attention configuration: head_dim=16",
-     "cpu_attention_unsupported", {"config": "head_dim=16"}),
-    ("vllm serve: error: argument --max-lora-rank: invalid choice: 7 (choose from 1, 8, 16)",
-     "cli_argument_error",
-     {"prog": "vllm serve", "reason": "argument --max-lora-rank: invalid choice: 7 (choose "
-      "from 1, 8, 16)"}),
-    ("ValueError: LoRA rank 32 is greater than max_lora_rank 16.", "lora_rank_too_big",
-     {"rank": 32, "max_lora_rank": 16}),
-    ("ValueError: max_cpu_loras (1) must be >= max_loras (2).", "lora_config_invalid",
-     {"max_cpu_loras": 1, "max_loras": 2}),
-    ("OSError: [Errno 98] Address already in use", "address_in_use", {"errno": 98}),
-    ("ERROR:    [Errno 98] error while attempting to bind on address ('0.0.0.0', 8000): "
-     "address already in use", "address_in_use", {"errno": 98}),
-    ("ValueError: Invalid repository ID or local directory specified: 'models/nope'.",
-     "model_path_invalid", {"path": "models/nope"}),
-    ("OSError: models/x does not appear to have a file named config.json. Checkout "
-     "'https://huggingface.co/models/x/tree/None' for available files.",
-     "model_path_invalid", {"path": "models/x", "file": "config.json"}),
-    ("OSError: nope is not a local folder and is not a valid model identifier listed on "
-     "'https://huggingface.co/models'", "model_path_invalid", {"path": "nope"}),
-    ("FileNotFoundError: [Errno 2] No such file or directory: 'models/a/adapter_config.json'",
-     "file_not_found", {"path": "models/a/adapter_config.json"}),
-    ("vllm.exceptions.LoRAAdapterNotFoundError: Loading lora a failed: No adapter found for "
-     "/srv/a", "adapter_not_found", {"adapter": "a", "path": "/srv/a"}),
-    ("ValueError: Quantization method specified in the model config (awq) does not match the "
-     "quantization method specified in the `quantization` argument (gptq).",
-     "quantization_mismatch", {"checkpoint": "awq", "argument": "gptq"}),
-    ("ValueError: No available memory for the cache blocks. Try increasing "
-     "`gpu_memory_utilization` when initializing the engine.", "no_kv_cache_memory", {}),
-    ("ValueError: To serve at least one request with the model's max seq len (32768), (1.75 "
-     "GiB KV cache is needed, which is larger than the available KV cache memory (0.86 GiB). "
-     "Based on the available memory, the estimated maximum model length is 16000. Try "
-     "increasing `gpu_memory_utilization`", "kv_cache_too_small",
-     {"max_model_len": 32768, "estimated_max_model_len": 16000}),
-    ("ValueError: The model's max seq len (4096) is larger than the maximum number of tokens "
-     "that can be stored in KV cache (2000). Try increasing `gpu_memory_utilization` or "
-     "decreasing `max_model_len` when initializing the engine.", "kv_cache_too_small",
-     {"max_model_len": 4096}),
-    ("ValueError: Free memory on device cuda:0 (10.5/79.19 GiB) on startup is less than "
-     "desired GPU memory utilization (0.9, 71.27 GiB). Decrease GPU memory utilization or "
-     "reduce GPU memory used by other processes.", "gpu_memory_busy",
-     {"device": "cuda:0", "free": 10.5, "total": 79.19}),
-    ("ValueError: Free memory on device (10.5/79.19 GiB) on startup is less than desired GPU "
-     "memory utilization (0.9, 71.27 GiB).", "gpu_memory_busy", {"free": 10.5, "total": 79.19}),
-    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
-     "cuda_out_of_memory", {}),
-    (H + "Loaded new LoRA adapter: name 'a', path '/srv/a'", "lora_loaded",
-     {"adapter": "a", "path": "/srv/a", "phase": "adapter_loaded"}),
-    (H + "Removed LoRA adapter: name '7'", "lora_removed", {"adapter": "7"}),
-    (E + "Invocation of add_lora method failed", "lora_load_failed", {}),
-    ("INFO 07-24 22:45:01 [api_server.py:1] vLLM API server version 0.10.0", "version",
-     {"version": "0.10.0", "phase": "starting"}),
-    (H + "vLLM server version 0.32.0, serving model tiny", "version",
-     {"version": "0.32.0", "phase": "starting"}),
-    (E + "Initializing a V1 LLM engine (v0.10.2) with config: model='m'", "engine_init",
-     {"version": "0.10.2", "phase": "engine_init"}),
-    ("(Worker_TP0 pid=9) INFO 11-24 00:00:00 [gpu_model_runner.py:1] Starting to load model "
-     "Qwen/Qwen2.5-7B-Instruct-AWQ...", "weights_loading",
-     {"model": "Qwen/Qwen2.5-7B-Instruct-AWQ", "phase": "loading_weights"}),
-    ("(Worker_TP0 pid=9) INFO 11-24 00:00:00 [default_loader.py:1] Loading weights took 12.35 "
-     "seconds", "weights_loaded", {"seconds": 12.35, "phase": "weights_loaded"}),
-    (E + "GPU KV cache size: 123,456 tokens", "kv_cache_sized",
-     {"device": "GPU", "tokens": 123456, "phase": "kv_cache"}),
-    (E + "init engine (profile, create kv cache, warmup model) took 41.20 seconds",
-     "engine_ready", {"seconds": 41.2, "phase": "engine_ready"}),
-    ("INFO 07-24 22:45:01 [api_server.py:1] Starting vLLM API server 0 on http://0.0.0.0:8000",
-     "listening", {"address": "http://0.0.0.0:8000", "phase": "listening"}),
-    (H + "Available routes are:", "routes", {"phase": "routes"}),
-    ("INFO:     Application startup complete.", "startup_complete", {"phase": "startup_complete"}),
-]  # fmt: skip
 
 
 @pytest.mark.parametrize(("line", "rule", "details"), SAMPLES)
@@ -287,6 +202,113 @@ def test_old_prefixed_traceback_gives_one_death_event() -> None:
         ("engine_dead", 4),
     ]
     assert {e.process for e in events} == {"EngineCore_DP0"}
+
+
+# --- hostile input: client-controlled text ---------------------------------------------
+
+IGNORED = H + "The following fields were present in the request but ignored: "
+LISTENING = H + "Starting vLLM server on http://127.0.0.1:8000"
+
+
+def ignored_line(*names: str) -> bytes:
+    return (IGNORED + "{" + ", ".join(map(repr, names)) + "}\n").encode()
+
+
+@pytest.mark.parametrize("spoof", SPOOFS)
+def test_a_field_name_feeds_only_the_ignored_fields_rule(spoof: str) -> None:
+    [event] = scan(ignored_line(spoof))
+    assert event.rule == "ignored_request_fields" and event.action is Action.LOG
+    assert event.details["fields"] == [spoof[:64] + ("…" if len(spoof) > 64 else "")]
+
+
+@pytest.mark.parametrize("spoof", SPOOFS)
+def test_client_text_quoted_inside_a_vllm_line_acts_on_nothing(spoof: str) -> None:
+    lines = [
+        H + f"Error with model 'x': {spoof}",  # vLLM's wording first, the client's after
+        H + f"Aborted request {spoof}.",  # a request id the client chose (X-Request-Id)
+        H + f"Received request chatcmpl-1: prompt: {spoof!r}, params: x",
+        f'INFO:     10.0.0.7:4242 - "GET /{spoof} HTTP/1.1" 404 Not Found',
+    ]
+    assert scan("\n".join(lines).encode() + b"\n") == []
+
+
+def test_fatal_lines_act_only_before_vllm_serves_requests() -> None:
+    rank = b"ValueError: LoRA rank 32 is greater than max_lora_rank 16.\n"
+    [before] = scan(rank)
+    assert before.action is Action.FATAL
+    events = scan(
+        LISTENING.encode() + b"\n" + rank + (E + "EngineCore encountered a fatal error.\n").encode()
+    )
+    [after] = by_rule(events, "lora_rank_too_big")
+    # once vLLM serves requests a client may have caused the line: reported, not acted on
+    assert after.action is Action.LOG and after.severity is Severity.CRITICAL
+    assert after.details["not_acted_on"] == "fatal" and "not acted on" in after.hint
+    # an engine's death is still acted on
+    assert [e.action for e in by_rule(events, "engine_fatal_error")] == [Action.CHECK_NOW]
+
+
+def test_every_rule_runs_on_a_linear_time_engine() -> None:
+    # RE2 guarantees time linear in the text for any pattern (no backtracking); the built-in
+    # patterns and every operator pattern are compiled with it.
+    from niodoo_supervisor.userrules import compile_linear
+
+    for rule in BUILTIN_RULES:
+        assert type(compile_linear(rule.pattern)).__module__ == "re2", rule.name
+    _, errors = compile_user_rules([rule_item(pattern=r"(?<=x)Killed process (\d+)")])
+    assert errors == [
+        "rules[0].pattern: invalid perl operator: (?<=: rules run on RE2 (linear time), "
+        "which has no look-around or back-references; rewrite the pattern without them"
+    ]
+
+
+def test_a_huge_field_name_is_cut_before_matching_and_counted() -> None:
+    line = ignored_line("x" * 100_000 + " is not a local folder", "lora_name")
+    scanner = RULES.scanner()
+    events = scanner.feed(line[:70_000]) + scanner.feed(line[70_000:])
+    events += scanner.flush(final=True)
+    assert [e.rule for e in events] == ["ignored_request_fields", "line_cut"]
+    ignored, cut = events
+    # the names in the first 16 KiB of the line; cut short, with a marker
+    assert ignored.details["fields"] == ["x" * 64 + "…"]
+    assert cut.details == {"bytes": len(line) - 1} and cut.severity is Severity.WARNING
+    assert scanner.cut_lines == 1
+    for event in events:
+        assert len(event.message) < rules.MAX_TEXT + 60
+        assert all(len(text) < rules.MAX_TEXT + 60 for text in event.lines)
+
+
+def test_many_names_and_huge_names_keep_events_counters_and_status_small() -> None:
+    counters = EventCounters()
+    scanner = RULES.scanner()
+    [event] = scan(ignored_line(*(f"f{i}" for i in range(1000))))
+    assert len(event.details["fields"]) == 32 and event.details["more_fields"] == 968
+    counters.add(event)
+    events = []
+    for i in range(400):  # 400 requests, each with a distinct 64 KiB field name
+        events += scanner.feed(ignored_line(f"{i:04d}" + "y" * (64 << 10)))
+    events += scanner.flush(final=True)
+    assert len(events) == 800  # ignored_request_fields and line_cut, each time
+    for found in events:
+        counters.add(found)
+        assert len(json.dumps(found.as_dict())) < 8 << 10
+    status = counters.as_dict()
+    assert len(status["ignored_fields"]) <= 201 and "(other)" in status["ignored_fields"]
+    assert max(map(len, status["ignored_fields"])) <= 65
+    assert len(json.dumps(status)) < 32 << 10
+    assert sum(status["ignored_fields"].values()) == 1000 + 400
+
+
+def test_operator_rules_fatal_at_message_start_log_anywhere() -> None:
+    ruleset, errors = RuleSet.from_config(
+        [rule_item(), rule_item(name="oom_seen", action="log", pattern="Killed process")]
+    )
+    assert errors == []
+    assert [e.rule for e in scan(b"Killed process 1 (python)\n", ruleset)] == [
+        "oom_kill", "oom_seen"]  # fmt: skip
+    mid_line = (H + "note: Killed process 1\n").encode()
+    assert [e.rule for e in scan(mid_line, ruleset)] == ["oom_seen"]
+    assert [e.rule for e in scan(ignored_line("Killed process 1"), ruleset)] == [
+        "ignored_request_fields"]  # fmt: skip
 
 
 # --- chunk boundaries ---------------------------------------------------------------------
@@ -366,7 +388,16 @@ def test_user_rule_defaults_and_phase() -> None:
     )
     assert errors == []
     assert rules == [
-        Rule("warm", "warmup done", Severity.WARNING, Action.PHASE, "", ("warmup done",), "warm")
+        Rule(
+            "warm",
+            "warmup done",
+            Severity.WARNING,
+            Action.PHASE,
+            "",
+            ("warmup done",),
+            "warm",
+            anywhere=True,
+        )
     ]
 
 
@@ -437,8 +468,6 @@ def test_required_literals(pattern: str, literals: tuple[str, ...] | None) -> No
 def test_builtin_anchors_are_required_by_their_patterns() -> None:
     for rule in BUILTIN_RULES:
         assert rule.anchors and all(len(a) >= 7 for a in rule.anchors), rule.name
-    # each pass over a chunk costs the same: keep the number of distinct first bytes small
-    assert len({a[:1] for a in RULES.anchors}) <= 16
     for line, rule_name, _ in SAMPLES:
         rule = next(r for r in BUILTIN_RULES if r.name == rule_name)
         assert any(a in line for a in rule.anchors), rule_name
