@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import yaml
@@ -695,3 +696,39 @@ def test_sigterm_during_preflight_ends_the_start_cleanly(
     assert run.wait_exit(20) == 0
     assert run.event("stopped_before_start", signal="SIGTERM") is not None
     assert launched_pids(run) == []
+
+
+def test_a_field_name_spoofing_a_fatal_line_while_starting_is_only_counted(
+    supervise: Launcher,
+) -> None:
+    # The server answers requests while the supervisor still waits for the adapters to be
+    # listed: the window in which a spoofed fatal line used to end the service (exit 78).
+    run = supervise("load_seconds=0.2,adapters_late=4")
+    port = int(yaml.safe_load(run.config.read_text())["server"]["port"])
+    base = f"http://127.0.0.1:{port}"
+
+    def serving() -> bool:
+        try:
+            return httpx.get(f"{base}/health", timeout=1, trust_env=False).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(serving, 20, "the fake vLLM to serve requests")
+    assert "READY" not in run.states()
+    spoof = "LoRA rank 99 is greater than max_lora_rank 16"
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], spoof: 1}
+    response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=10, trust_env=False)
+    assert response.status_code == 200
+    event = wait_for(
+        lambda: run.event("vllm_event", rule="ignored_request_fields"), 10, "the ignored field"
+    )
+    assert event is not None
+    run.wait_state("READY", 20)
+    records, ready = run.events(), run.event("state_changed", new="READY")
+    assert ready is not None and records.index(event) < records.index(ready)
+    assert run.states() == ["STARTING", "READY"]  # no FATAL, no restart
+    assert not [r for r in records if r.get("event") == "vllm_event" and "lora_rank" in r["rule"]]
+    fields = wait_for(lambda: run.status().get("events", {}).get("ignored_fields"), 10, "counts")
+    assert fields == {spoof: 1}
+    assert _stop(run) == 0
+    _assert_nothing_left(run)
