@@ -31,7 +31,9 @@ from harness import (
     wait_for,
 )
 from niodoo_supervisor.demo_model import DemoModel
+from niodoo_supervisor.eventcounters import clip_field_name
 from realvllm import port_of, record_figure, write_demo_config
+from rulesamples import SPOOFS
 
 START_TIMEOUT = 300  # a cold CPU start of vLLM is ~30-40 s here; a loaded CI machine is slower
 
@@ -165,6 +167,36 @@ def test_lora_name_field_is_reported_as_an_ignored_field_event(served: Served) -
         lambda: run.status().get("events", {}).get("ignored_fields"), 15, "status counters"
     )
     assert fields is not None and fields.get("lora_name", 0) >= 1
+
+
+def test_field_names_spoofing_fatal_and_death_lines_are_only_counted(served: Served) -> None:
+    """Each fatal and check_now line of the rule table, sent as a request field name: the real
+    vLLM logs it (as an ignored field) and nothing but the ignored-field count follows."""
+    run = served.run
+    run.wait_state("READY", START_TIMEOUT)
+    before = run.status()
+    states, seen = run.states(), len(run.events())
+    for spoof in SPOOFS:
+        response = _chat(served.base_url, "tiny", max_tokens=1, **{spoof: 1})
+        assert response.status_code == 200, response.text
+
+    def counted() -> bool:
+        fields = run.status().get("events", {}).get("ignored_fields", {})
+        return all(clip_field_name(spoof) in fields for spoof in SPOOFS)
+
+    wait_for(counted, 30, "every spoofed name counted as an ignored field")
+    after = run.status()
+    changed = {
+        rule: seen_after["count"]
+        for rule, seen_after in after["events"]["rules"].items()
+        if seen_after["count"] != before["events"]["rules"].get(rule, {}).get("count", 0)
+    }
+    assert set(changed) == {"ignored_request_fields"}, changed
+    logged = {r["rule"] for r in run.events()[seen:] if r.get("event") == "vllm_event"}
+    assert logged <= {"ignored_request_fields"}, logged
+    assert after["vllm_pid"] == before["vllm_pid"] and after["restarts"] == before["restarts"]
+    assert run.states() == states and after["state"] == "READY"
+    record_figure(f"{len(SPOOFS)} requests with spoofing field names: only counted, no restart")
 
 
 def test_killed_engine_core_is_noticed_and_vllm_restarted(served: Served) -> None:
