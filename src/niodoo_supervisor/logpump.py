@@ -126,6 +126,12 @@ class LogPump:
             lines.pop()
         return [_clip(line.rstrip("\r")) for line in lines[-self._tail_lines :]]
 
+    def mark_serving(self) -> None:
+        """vLLM answered an HTTP request: from now on its lines may quote clients, so fatal
+        lines are reported, not acted on (`EventScanner.serving`). A probe's answer says so
+        even when an operator's logging config hides vLLM's own "server started" line."""
+        self._scanner.serving = True
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()

@@ -377,6 +377,9 @@ class Supervisor:
             child.record_processes()
 
     def _note_check(self, result: CheckResult) -> None:
+        if result.health.status is not None and self.current is not None:
+            # vLLM answers HTTP, so clients can reach it: its later fatal lines may be theirs.
+            self.current.pump.mark_serving()
         self.status.last_check = {
             "at": time.time(),
             "ok": result.ok,
@@ -435,7 +438,9 @@ class Supervisor:
             self.notifier.send(*notify.WATCHDOG)
             self.status.write(self.config.state_dir)
             return None
-        if engine_death is not None and not result.health.ok:
+        # An engine-death line may be forged by a client (a request id with a newline in it),
+        # so it only skips the threshold when vLLM itself confirms: /health answers 503.
+        if engine_death is not None and result.health.status == 503:
             return Outcome(
                 "failed",
                 f"engine died ({engine_death.message.strip()}); {result.reason}",
