@@ -67,7 +67,15 @@ def prepare(state_dir: Path, log_path: Path) -> None:
             f"{state_dir} is writable by {who} (mode {stat.S_IMODE(info.st_mode):04o}), who "
             f"could steer what the supervisor ends and what vLLM runs; fix: chmod go-w {state_dir}"
         )
-    if log_path.is_symlink():
+    try:
+        is_link = stat.S_ISLNK(log_path.lstat().st_mode)
+    except FileNotFoundError:
+        is_link = False
+    except OSError as exc:  # a folder on the way the service user cannot enter
+        raise _error(
+            f"cannot reach supervisor.log.path {log_path}", exc, "let the service user enter it"
+        ) from None
+    if is_link:
         raise StateDirError(
             f"supervisor.log.path: {log_path} is a symbolic link and the supervisor does not "
             "write through links; fix: remove it (or name the real file in supervisor.log.path)",

@@ -175,3 +175,21 @@ def test_paths_under_home_mention_protect_home() -> None:
     hint = protect_home_hint(Path("/home/beelink/models/m"))
     assert "ProtectHome=read-only" in hint
     assert protect_home_hint(Path("/srv/models/m")) == ""
+
+
+def test_run_names_a_log_folder_the_service_user_cannot_enter(world: Path) -> None:
+    nobody = _nobody()
+    python = _interpreter(nobody)
+    config = _production_config(world, nobody, python)
+    (world / "home/beelink").chmod(0o755)  # the model is readable: only the log path is not
+    secret = world / "secret"
+    secret.mkdir(mode=0o700)
+    document = yaml.safe_load(config.read_text())
+    document["supervisor"]["log"]["path"] = str(secret / "vllm.log")
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    run = _as(nobody, python, world, "run", "-c", str(config))
+    assert run.returncode == exitcodes.CONFIG, run.stdout + run.stderr
+    assert "internal error" not in run.stderr and "Traceback" not in run.stderr
+    assert f"supervisor.log.path {secret / 'vllm.log'}" in run.stderr
+    assert "Permission denied" in run.stderr
