@@ -23,7 +23,7 @@ from .config import Config, load_config
 from .incidents import ReloadResult
 from .notify import SystemdNotifier
 from .preflight import PreflightOptions, preflight
-from .process import terminate_processes
+from .process import alive, terminate_processes
 from .startsignals import StartupSignals
 from .statedir import StateDirError, StateLock, prepare
 from .supervisor import Supervisor
@@ -162,6 +162,15 @@ async def _end_leftovers(config: Config) -> None:
             log.error("leftovers_survive", processes=[p.describe() for p in survivors])
         else:
             log.info("leftovers_ended", processes=len(leftovers), sigkilled=len(killed))
+    ended = {p.pid for p in leftovers}
+    skipped = [p for p in (record.leader, *record.members) if p.pid not in ended and alive(p)]
+    if skipped:
+        log.warning(
+            "leftovers_skipped",
+            processes=[p.describe() for p in skipped],
+            reason="recorded processes still run but do not match what this supervisor launches "
+            "(session, executable): not ended; if one holds the port, preflight names it",
+        )
     statefile.clear(config.state_dir)
 
 

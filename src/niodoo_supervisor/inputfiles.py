@@ -22,6 +22,7 @@ __all__ = [
     "access_problem",
     "is_dir",
     "is_file",
+    "is_script",
     "protect_home_hint",
     "read_regular_file",
     "read_text_file",
@@ -199,6 +200,22 @@ def is_dir(path: str | os.PathLike[str]) -> bool:
     """`Path.is_dir()` that is False, not PermissionError, behind a folder this user cannot
     enter (pathlib raises there before Python 3.12)."""
     return _mode_is(path, stat.S_ISDIR)
+
+
+def is_script(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a regular file starting with `#!` (a wrapper, not a binary)."""
+    if not is_file(path):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.read(fd, 2) == b"#!"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def is_file(path: str | os.PathLike[str]) -> bool:

@@ -22,6 +22,7 @@ from .adapters import (
 )
 from .config import Config
 from .configfiles import check_model_path, reachable, read_api_key, read_logging_loggers
+from .inputfiles import is_script
 from .ports import port_holder
 from .problems import Problem, Severity
 from .render import Launch, render
@@ -196,6 +197,15 @@ class _Preflight:
         python = str(self.config["server.python"])
         if not reachable("server.python", python, self.problem, os.X_OK):
             return None
+        if is_script(python):
+            self.problem(
+                "server.python",
+                f"{python} is a script, not the interpreter: after a killed supervisor, vLLM's "
+                "leftovers are recognised by the interpreter they run, so they would not be ended",
+                "point server.python at the Python of vLLM's virtual environment itself and put "
+                "variables in server.env",
+                warning=True,
+            )
         try:
             return inspect_vllm(python, child_env)
         except VllmProbeError as exc:

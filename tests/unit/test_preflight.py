@@ -756,3 +756,17 @@ def test_inspect_vllm_refuses_non_executable(tmp_path: Path) -> None:
     python.chmod(0o644)  # no execute bit at all: refused even for root
     with pytest.raises(VllmProbeError, match="is not executable"):
         inspect_vllm(str(python), {})
+
+
+def test_a_wrapper_script_as_server_python_is_a_warning(tmp_path: Path) -> None:
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    document = _document(tmp_path)
+    document["server"]["python"] = str(wrapper)
+    result = _preflight(tmp_path, document, options=_NO_PORT_NO_FLAGS)
+    problem = _only(result, "server.python")
+    assert not problem.is_error
+    assert "is a script, not the interpreter" in problem.message
+    assert "server.env" in problem.fix
+    assert result.launch is not None  # a warning: the config still runs

@@ -4,6 +4,7 @@ lock, the state file's types, and which processes a record may get ended. Proces
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,7 +18,8 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from niodoo_supervisor import exitcodes, statefile
+from niodoo_supervisor import daemon, exitcodes, statefile
+from niodoo_supervisor.config import load_config
 from niodoo_supervisor.process import ProcessRecord, protected_pids
 from niodoo_supervisor.statedir import LOCK_FILE, StateDirError, StateLock, prepare
 
@@ -262,3 +264,33 @@ def test_pid_1_this_process_and_its_ancestors_are_never_leftovers() -> None:
         identity = _identity(pid)
         record = _record_of(identity, os.getsid(pid))
         assert statefile.leftover_processes(record, identity.exe) == [], pid
+
+
+def test_recorded_processes_left_alive_are_named_in_a_warning(
+    tmp_path: Path, stranger: tuple[int, int]
+) -> None:
+    leader_pid, member_pid = stranger
+    state = tmp_path / "state"
+    state.mkdir(mode=0o750)
+    statefile.write(
+        state,
+        statefile.RunRecord(
+            supervisor_pid=leader_pid,
+            sid=leader_pid,
+            leader=_identity(leader_pid),
+            members=(_identity(member_pid),),
+        ),
+    )
+    (tmp_path / "c.yaml").write_text(
+        f"server: {{python: {sys.executable}}}\nmodel: {{path: {tmp_path}}}\n"
+        f"supervisor: {{state_dir: {state}}}\n"
+    )
+    config, problems = load_config(tmp_path / "c.yaml", {})
+    assert config is not None, problems
+    with capture_logs() as logs:
+        asyncio.run(daemon._end_leftovers(config))
+    skipped = [entry for entry in logs if entry["event"] == "leftovers_skipped"]
+    assert len(skipped) == 1
+    assert all(str(pid) in " ".join(skipped[0]["processes"]) for pid in (leader_pid, member_pid))
+    assert psutil.pid_exists(leader_pid) and psutil.pid_exists(member_pid)
+    assert not (state / statefile.FILE_NAME).exists()
