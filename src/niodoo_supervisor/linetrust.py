@@ -56,7 +56,9 @@ def line_kind(line: ParsedLine) -> LineKind:
     message = line.message
     if message.startswith(IGNORED_FIELDS_PREFIX):
         return LineKind.IGNORED_FIELDS
-    if line.header is None and line.level is not None and _ACCESS.match(message):
+    # Whatever header it has: an operator's logging config may route uvicorn's access log
+    # through vLLM's formatter.
+    if _ACCESS.match(message):
         return LineKind.REQUEST
     if message.startswith(_REQUEST_LOG) or _REQUEST_DETAILS.match(message):
         return LineKind.REQUEST

@@ -471,3 +471,15 @@ def test_builtin_anchors_are_required_by_their_patterns() -> None:
     for line, rule_name, _ in SAMPLES:
         rule = next(r for r in BUILTIN_RULES if r.name == rule_name)
         assert any(a in line for a in rule.anchors), rule_name
+
+
+def test_an_access_line_with_vllms_header_feeds_no_operator_rule() -> None:
+    # An operator's logging config may route uvicorn's access log through vLLM's formatter;
+    # the path in it is still the client's text.
+    ruleset, errors = RuleSet.from_config(
+        [rule_item(name="slow", pattern="slow path", action="log", severity="warning")]
+    )
+    assert errors == []
+    access = H + '10.0.0.7:4242 - "GET /slow path HTTP/1.1" 404 Not Found\n'
+    assert scan(access.encode(), ruleset) == []
+    assert [e.rule for e in scan((H + "a slow path was taken\n").encode(), ruleset)] == ["slow"]
