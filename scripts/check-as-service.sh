@@ -28,7 +28,7 @@ while IFS= read -r line; do
             PrivateUsers=* | PrivateNetwork=* | DevicePolicy=* | DeviceAllow=* | \
             RestrictAddressFamilies=* | RestrictNamespaces=* | SystemCallFilter=* | \
             SystemCallArchitectures=* | SystemCallErrorNumber=* | StateDirectory=* | \
-            LogsDirectory=* | CacheDirectory=*)
+            LogsDirectory=* | CacheDirectory=* | *DirectoryMode=*)
             properties+=(-p "$line") ;;
     esac
 done < <(systemctl cat "$unit")
