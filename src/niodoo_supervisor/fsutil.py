@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import exitcodes
 
-__all__ = ["TRANSIENT_ERRNOS", "atomic_write", "exit_code_for"]
+__all__ = ["TRANSIENT_ERRNOS", "atomic_write", "describe_os_error", "exit_code_for"]
 
 # Conditions that may clear without anyone changing the config: a full disk or quota, memory
 # or the system's file table exhausted, a resource busy for now. systemd retries these (75).
@@ -27,6 +27,11 @@ TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EA
 def exit_code_for(exc: OSError) -> int:
     """75 (TEMPFAIL) for an error that may clear by itself, else 78 (CONFIG)."""
     return exitcodes.TEMPFAIL if exc.errno in TRANSIENT_ERRNOS else exitcodes.CONFIG
+
+
+def describe_os_error(exc: OSError) -> str:
+    """The error's own words without the path (`No space left on device`)."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "read_regular_file",
     "read_text_file",
     "service_user",
+    "user_name",
 ]
 
 _CHUNK = 64 * 1024
@@ -152,7 +153,11 @@ def _open_error(path: Path, exc: OSError) -> InputFileError:
 
 def service_user() -> str:
     """The name of the user this process runs as (`niodoo` under the unit)."""
-    uid = os.getuid()
+    return user_name(os.getuid())
+
+
+def user_name(uid: int) -> str:
+    """The user's name, or `uid N` for a uid without one."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -246,8 +251,4 @@ def _letters(needed: int) -> str:
 
 
 def _owner_and_mode(info: os.stat_result) -> str:
-    try:
-        owner = pwd.getpwuid(info.st_uid).pw_name
-    except KeyError:
-        owner = f"uid {info.st_uid}"
-    return f"owner {owner}, mode {stat.S_IMODE(info.st_mode):04o}"
+    return f"owner {user_name(info.st_uid)}, mode {stat.S_IMODE(info.st_mode):04o}"

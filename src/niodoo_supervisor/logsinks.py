@@ -20,6 +20,8 @@ from pathlib import Path
 
 import structlog
 
+from niodoo_supervisor.fsutil import describe_os_error
+
 __all__ = ["RotatingLogFile", "SinkStats"]
 
 log = structlog.get_logger(__name__)
@@ -222,7 +224,7 @@ class _Sink:
                 log.error("log_sink_error", sink=self.name, error=str(exc), errno=exc.errno)
             self.write_errors += 1
             self.lost_bytes += len(data)
-            self.last_error = os.strerror(exc.errno) if exc.errno else str(exc)
+            self.last_error = describe_os_error(exc)
         else:
             if data:
                 self._last_byte = data[-1:]

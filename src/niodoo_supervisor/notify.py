@@ -17,6 +17,8 @@ from typing import Protocol
 
 import structlog
 
+from .fsutil import describe_os_error
+
 __all__ = ["Notifier", "SystemdNotifier"]
 
 log = structlog.get_logger("niodoo_supervisor")
@@ -67,7 +69,7 @@ class SystemdNotifier:
                 log.warning(
                     "notify_dropped",
                     socket=self._shown,
-                    error=os.strerror(exc.errno) if exc.errno else str(exc),
+                    error=describe_os_error(exc),
                     reason="systemd's notify socket takes nothing now; notifications are dropped and counted, never waited for",
                 )
             return

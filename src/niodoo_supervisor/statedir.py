@@ -13,12 +13,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import pwd
 import stat
 from pathlib import Path
 
 from . import exitcodes
-from .fsutil import TRANSIENT_ERRNOS, exit_code_for
+from .fsutil import TRANSIENT_ERRNOS, describe_os_error, exit_code_for
+from .inputfiles import user_name
 
 __all__ = ["LOCK_FILE", "StateDirError", "StateLock", "prepare"]
 
@@ -57,8 +57,8 @@ def prepare(state_dir: Path, log_path: Path) -> None:
     me = os.geteuid()
     if info.st_uid != me:
         raise _refuse(
-            f"{state_dir} is owned by {_user(info.st_uid)}, not by {_user(me)} that runs the "
-            f"supervisor; fix: chown {_user(me)} {state_dir}"
+            f"{state_dir} is owned by {user_name(info.st_uid)}, not by {user_name(me)} that runs the "
+            f"supervisor; fix: chown {user_name(me)} {state_dir}"
         )
     loose = info.st_mode & 0o022
     if loose:
@@ -135,19 +135,12 @@ def _holder(fd: int) -> str:
     return f"pid {text}" if text.isdigit() else "(pid unknown)"
 
 
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
 def _refuse(text: str) -> StateDirError:
     return StateDirError(f"supervisor.state_dir: {text}", exitcodes.CONFIG)
 
 
 def _error(what: str, exc: OSError, fix: str) -> StateDirError:
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    reason = describe_os_error(exc)
     if exc.errno in TRANSIENT_ERRNOS:
         fix = "this may clear by itself (free space, for one); systemd starts the service again"
     elif exc.errno == errno.ELOOP:

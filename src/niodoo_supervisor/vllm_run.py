@@ -20,7 +20,7 @@ import structlog
 
 from . import exitcodes, statefile
 from .config import Config
-from .fsutil import atomic_write, exit_code_for
+from .fsutil import atomic_write, describe_os_error, exit_code_for
 from .logpump import LogPump, RotatingLogFile
 from .process import VllmProcess, spawn
 from .render import Launch
@@ -44,7 +44,7 @@ class LaunchError(Exception):
 
 def _launch_error(what: str, exc: OSError) -> LaunchError:
     code = exit_code_for(exc)
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    reason = describe_os_error(exc)
     retry = (
         "; this may clear by itself and systemd starts the service again"
         if code == exitcodes.TEMPFAIL
