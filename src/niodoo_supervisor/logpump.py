@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import structlog
 
 from niodoo_supervisor.logsinks import RotatingLogFile, SinkStats, _Sink
-from niodoo_supervisor.rules import Event, RuleSet
+from niodoo_supervisor.rules import Event, RuleSet, clip
 
 __all__ = ["LogPump", "PumpStats", "RotatingLogFile", "SinkStats"]
 
@@ -124,7 +124,7 @@ class LogPump:
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
-        return [_clip(line.rstrip("\r")) for line in lines[-self._tail_lines :]]
+        return [clip(line.rstrip("\r"), TAIL_LINE) for line in lines[-self._tail_lines :]]
 
     def mark_serving(self) -> None:
         """vLLM answered an HTTP request: from now on its lines may quote clients, so fatal
@@ -233,12 +233,6 @@ class LogPump:
             self._tail.popleft()
             self._tail_newlines -= count
             self._tail_bytes -= len(oldest)
-
-
-def _clip(line: str) -> str:
-    if len(line) <= TAIL_LINE:
-        return line
-    return f"{line[:TAIL_LINE]} [niodoo-supervisor: {len(line) - TAIL_LINE} characters cut]"
 
 
 def _grow_pipe(fd: int) -> None:

@@ -56,6 +56,7 @@ __all__ = [
     "Rule",
     "RuleSet",
     "Severity",
+    "clip",
     "compile_user_rules",
     "required_literals",
 ]
@@ -106,7 +107,8 @@ def _fields(text: str) -> tuple[list[str], int]:
     return sorted(names), more
 
 
-def _clip(text: str, limit: int = MAX_TEXT) -> str:
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """`text` cut to `limit` characters, saying how many were cut."""
     if len(text) <= limit:
         return text
     return f"{text[:limit]} [niodoo-supervisor: {len(text) - limit} characters cut]"
@@ -116,7 +118,7 @@ def _cap(lines: tuple[str, ...], keep: int = KEEP_LINES) -> tuple[str, ...]:
     if len(lines) > 2 * keep:
         cut = f"[niodoo-supervisor] {len(lines) - 2 * keep} lines left out"
         lines = (*lines[:keep], cut, *lines[-keep:])
-    return tuple(_clip(line) for line in lines)
+    return tuple(clip(line) for line in lines)
 
 
 class RuleSet:
@@ -254,7 +256,7 @@ def _event(
     rule: Rule, hint: str, message: str, record: LogRecord, details: dict[str, Any]
 ) -> Event:
     return Event(
-        rule.name, rule.severity, rule.action, hint, _clip(message.strip()),
+        rule.name, rule.severity, rule.action, hint, clip(message.strip()),
         record.process, record.pid, record.timestamp, _cap(record.lines), details,
     )  # fmt: skip
 
@@ -279,7 +281,7 @@ def _details(rule: Rule, m: Any) -> tuple[dict[str, Any], str]:
             if more:
                 details["more_fields"] = more
         else:
-            details[name] = _value(name, _clip(text))
+            details[name] = _value(name, clip(text))
     hint = rule.hint
     fields = details.get("fields", [])
     if rule.name == IGNORED_FIELDS_RULE:
