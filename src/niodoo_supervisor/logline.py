@@ -105,7 +105,7 @@ def split_line(line: str) -> ParsedLine:
     return ParsedLine(process, number, ulevel, None, None, None, text[end:], cr, raw)
 
 
-def headed(buf: bytes, off: int) -> bool:
+def headed(buf: bytes | bytearray, off: int) -> bool:
     """Whether the line at `off` surely has a vLLM header or a uvicorn level, as `split_line`
     would find, decided on the bytes. Such a line continues no record unless the line before
     it ended with ``\\r``. False when unsure (non-ASCII or colour codes in the headers)."""

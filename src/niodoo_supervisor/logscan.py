@@ -33,6 +33,8 @@ MAX_LINE = 16 << 10
 # makes the same line many times a second); only short lines, and only so many.
 _REMEMBER_LINE = 1024
 _REMEMBER_LINES = 2048
+# The lines of the current feed's buffer parsed so far, by offset.
+_Cache = dict[int, ParsedLine]
 
 
 class HitRecord(NamedTuple):
@@ -108,7 +110,9 @@ class ChunkScanner:
         self.cut_lines = 0  # lines with a hit that were longer than max_line
         self.parsed_lines = 0  # lines parsed around hits (each line of a record about once)
         self._parsed: dict[bytes, ParsedLine] = {}
-        self._buf = b""
+        # Appended to and cut from the front in place: copying the carry on every feed would
+        # cost time quadratic in a long record's size.
+        self._buf = bytearray()
         self._scanned = 0  # bytes of _buf already searched for anchors
         self._open: _Walk | None = None  # the record _buf starts with, walked to _scanned
         self._serial = 0
@@ -119,16 +123,15 @@ class ChunkScanner:
         return self._open is not None and bool(self._open.hit_lines)
 
     def feed(self, data: bytes) -> list[HitRecord]:
-        buf = self._buf + data if self._buf else data
+        buf = self._buf
+        buf += data
         end = buf.rfind(b"\n") + 1
         out: list[HitRecord] = []
         if end > self._scanned:
             carry = self._records(buf, end, self._find_hits(buf, end), out)
-            self._buf = buf[carry:]
+            del buf[:carry]
             self._scanned = end - carry
-        else:
-            self._buf = buf
-        if len(self._buf) > self._max_carry:
+        if len(buf) > self._max_carry:
             out.extend(self._force_close())
         return out
 
@@ -137,11 +140,12 @@ class ChunkScanner:
         if final:
             out = self.feed(b"\n") if self._buf and not self._buf.endswith(b"\n") else []
             out.extend(self._open_record(complete=True))
-            self._buf, self._scanned, self._open = b"", 0, None
+            self._buf.clear()
+            self._scanned, self._open = 0, None
             return out
         return self._open_record(complete=False)
 
-    def _find_hits(self, buf: bytes, end: int) -> list[int]:
+    def _find_hits(self, buf: bytearray, end: int) -> list[int]:
         """The offsets of the lines in buf[_scanned:end] that hold an anchor.
 
         The automaton runs over windows of the buffer, so a line full of anchors costs one
@@ -175,10 +179,10 @@ class ChunkScanner:
                 break
         return hits
 
-    def _records(self, buf: bytes, end: int, hits: list[int], out: list[HitRecord]) -> int:
+    def _records(self, buf: bytearray, end: int, hits: list[int], out: list[HitRecord]) -> int:
         """Walk the records of buf[:end] that hold `hits` (new ones, in order) and the last
         one; report those that closed with hits; return the offset the carry starts at."""
-        cache: dict[int, ParsedLine] = {}
+        cache: _Cache = {}
         last = buf.rfind(b"\n", 0, end - 1) + 1
         walk = self._open  # resumed: its lines before _scanned are walked already
         k = 0  # the next hit not in a walked record
@@ -211,7 +215,7 @@ class ChunkScanner:
         self._open = walk
         return carry
 
-    def _start(self, buf: bytes, off: int, cache: dict[int, ParsedLine]) -> _Walk:
+    def _start(self, buf: bytearray, off: int, cache: _Cache) -> _Walk:
         first, nxt = self._line(buf, off, cache)
         return _Walk(off, first, nxt - off)
 
@@ -236,13 +240,14 @@ class ChunkScanner:
         # A runaway record (or a line with no newline): report it and start afresh, so
         # memory stays bounded; only records larger than max_carry are cut this way.
         out = self._open_record(complete=True)
-        end = self._buf.rfind(b"\n") + 1
-        partial = self._buf[end:]
-        self._buf = b"" if len(partial) > self._max_carry else partial
+        buf = self._buf
+        del buf[: buf.rfind(b"\n") + 1]
+        if len(buf) > self._max_carry:
+            buf.clear()
         self._scanned, self._open = 0, None
         return out
 
-    def _line(self, buf: bytes, off: int, cache: dict[int, ParsedLine]) -> tuple[ParsedLine, int]:
+    def _line(self, buf: bytearray, off: int, cache: _Cache) -> tuple[ParsedLine, int]:
         nl = buf.find(b"\n", off)
         parsed = cache.get(off)
         if parsed is None:
@@ -250,14 +255,14 @@ class ChunkScanner:
             parsed = cache[off] = self._parse(buf, off, nl)
         return parsed, nl + 1
 
-    def _parse(self, buf: bytes, off: int, nl: int) -> ParsedLine:
+    def _parse(self, buf: bytearray, off: int, nl: int) -> ParsedLine:
         if nl - off > self._max_line:
             text = buf[off : off + self._max_line].decode("utf-8", "ignore")
             cr = buf[nl - 1 : nl] == b"\r"
             return split_line(text)._replace(cr=cr, cut=nl - off)
         if nl - off > _REMEMBER_LINE:
             return split_line(buf[off:nl].decode("utf-8", "replace"))
-        line = buf[off:nl]
+        line = bytes(buf[off:nl])
         parsed = self._parsed.get(line)
         if parsed is None:
             if len(self._parsed) >= _REMEMBER_LINES:
@@ -265,7 +270,7 @@ class ChunkScanner:
             parsed = self._parsed[line] = split_line(line.decode("utf-8", "replace"))
         return parsed
 
-    def _continued(self, buf: bytes, off: int, lo: int, cache: dict[int, ParsedLine]) -> int:
+    def _continued(self, buf: bytearray, off: int, lo: int, cache: _Cache) -> int:
         """The previous line's offset if the line at `off` continues it, else -1.
 
         Judged without `max_walk` cuts: where a cut ends a record, this may still say
@@ -283,7 +288,7 @@ class ChunkScanner:
             verdict = self._in_traceback(buf, prev_off, lo, cache)
         return prev_off if verdict else -1
 
-    def _in_traceback(self, buf: bytes, off: int, lo: int, cache: dict[int, ParsedLine]) -> bool:
+    def _in_traceback(self, buf: bytearray, off: int, lo: int, cache: _Cache) -> bool:
         # Back over the frame lines to the traceback header. Each run of frame lines is
         # walked so at most twice, and only lines the forward walk then takes.
         while True:
@@ -296,7 +301,7 @@ class ChunkScanner:
             if off < 0:
                 return False
 
-    def _walk_back(self, buf: bytes, off: int, lo: int, cache: dict[int, ParsedLine]) -> int:
+    def _walk_back(self, buf: bytearray, off: int, lo: int, cache: _Cache) -> int:
         # Not cut at max_walk lines: the start found must be a record start (the forward
         # walk then cuts), and every line passed is one the forward walk takes anyway.
         while (prev := self._continued(buf, off, lo, cache)) >= 0:
@@ -304,7 +309,7 @@ class ChunkScanner:
         return off
 
     def _walk_forward(
-        self, buf: bytes, walk: _Walk, end: int, last: int, cache: dict[int, ParsedLine]
+        self, buf: bytearray, walk: _Walk, end: int, last: int, cache: _Cache
     ) -> int | None:
         """Add to `walk` the lines up to `end` that continue it; return where the record
         stops (the next one's start), or None if it may go on after `end`."""
