@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from niodoo_supervisor.logline import headed, split_line
 from niodoo_supervisor.logparse import (
     ChunkScanner,
     LogRecord,
@@ -292,6 +293,22 @@ def test_a_line_full_of_anchors_is_one_hit() -> None:
     scanner = ChunkScanner([b"HIT"], window=1000)
     [hit] = scanner.feed(b"HIT" * 300_000 + b"\nINFO:     next\n")
     assert hit.hit_lines == (0,) and hit.hits[0].cut == 900_000
+
+
+def test_headed_never_reads_past_the_line_end() -> None:
+    # Ray's ", ip=..." part once matched across the newline, so `headed` took this line for
+    # a new record while `split_line` sees no header: the scanner cut the traceback there.
+    ray = "(RayWorkerWrapper pid=9, ip=10.0.0.2 HIT"
+    text = (
+        f"Traceback (most recent call last):\n  File x\n{ray}\n) INFO 11-24 00:00:00 [w.py:1] y\n"
+    )
+    data = text.encode()
+    assert not headed(data, data.index(b"(Ray"))
+    assert split_line(ray).level is None and split_line(ray).header is None
+    scanner = ChunkScanner([b"HIT"])
+    [found] = scanner.feed(data) + scanner.flush(final=True)
+    assert found.record.lines == tuple(text.split("\n")[:3])
+    assert [found.record] == [r for r in assemble(text.split("\n")[:-1]) if "HIT" in r.message]
 
 
 # --- long records: each line walked once, one line per feed as in one feed -----------------
