@@ -289,8 +289,9 @@ class ChunkScanner:
         return prev_off if verdict else -1
 
     def _in_traceback(self, buf: bytearray, off: int, lo: int, cache: _Cache) -> bool:
-        # Back over the frame lines to the traceback header. Each run of frame lines is
-        # walked so at most twice, and only lines the forward walk then takes.
+        # Back over the frame lines to the traceback header, with no cap: a run of frame
+        # lines is passed at most twice in a backward walk, and the backward walks of a feed
+        # never overlap (each starts after the records the previous one led to).
         while True:
             line = self._line(buf, off, cache)[0]
             if _starts_traceback(line):
