@@ -23,7 +23,9 @@ output file must hold exactly what the child wrote, or the benchmark fails.
 Hostile lines: one line of 4 KiB to 1 MiB shaped to hit the rules' worst cases (a client
 chooses the names of the request fields vLLM logs as ignored), through the rule scanner;
 the budget is 50 ms for 1 MiB. A shape is not tried at the next size once it took over
-1 s (the quadratic patterns of older versions would take hours at 1 MiB).
+1 s (the quadratic patterns of older versions would take hours at 1 MiB). And one long
+traceback-like record (2,000 lines, and 1 MiB) fed one line per read, as vLLM writes it when
+the pump keeps up (older versions walked the open record again on every read).
 
 Usage: python benchmarks/logpump_bench.py [LINES] [ROUNDS]. Needs `supervisor` (a dev
 dependency) for (b). Prints figures; asserts only that every file holds every line.
@@ -360,14 +362,20 @@ def hostile_lines(n: int) -> dict[str, str]:
     }  # fmt: skip
 
 
-def scan_seconds(line: str) -> float:
-    data = (line + "\n").encode()
+def scan_seconds(reads: list[bytes]) -> float:
+    """Seconds the rule scanner takes over `reads`, one feed each."""
     scanner = RuleSet().scanner()
     start = time.perf_counter()
-    for pos in range(0, len(data), 1 << 16):
-        scanner.feed(data[pos : pos + (1 << 16)])
+    for data in reads:
+        scanner.feed(data)
     scanner.flush(final=True)
     return time.perf_counter() - start
+
+
+def median_seconds(reads: list[bytes]) -> float:
+    """The median of 3 runs, or the first alone when it took over 1 s."""
+    first = scan_seconds(reads)
+    return first if first > 1 else statistics.median([first, *map(scan_seconds, [reads] * 2)])
 
 
 def hostile() -> None:
@@ -383,10 +391,9 @@ def hostile() -> None:
                 row += f"{'not tried':>13}"
                 worst[n] = float("inf")
                 continue
-            line = hostile_lines(n)[name]
-            first = scan_seconds(line)
-            took = (
-                first if first > 1 else statistics.median([first, *map(scan_seconds, [line] * 2)])
+            data = (hostile_lines(n)[name] + "\n").encode()
+            took = median_seconds(
+                [data[pos : pos + (1 << 16)] for pos in range(0, len(data), 1 << 16)]
             )
             worst[n] = max(worst[n], took)
             row += f"{took * 1000:>10.1f} ms"
@@ -395,6 +402,32 @@ def hostile() -> None:
     shown = (f"{worst[n] * 1000:>10.1f} ms" if worst[n] < float("inf") else f"{'> 1 s':>13}"
              for n in sizes)  # fmt: skip
     print(f"{'worst':<52}" + "".join(shown))
+    long_records()
+
+
+def long_record(total: int, *, by_bytes: bool, hits: bool) -> list[bytes]:
+    """A traceback-like record of `total` lines (or bytes) whose first line holds an anchor;
+    with `hits`, every frame line holds one too (a client can make vLLM echo any text)."""
+    lines = [b"ERROR 11-24 00:00:00 [core.py:1] EngineCore encountered a fatal error:\n",
+             b"Traceback (most recent call last):\n"]  # fmt: skip
+    size = sum(map(len, lines))
+    while (size if by_bytes else len(lines)) < total:
+        frame = f'  File "engine_{len(lines)}.py", line {len(lines)}, in step'.encode()
+        lines.append(frame + (b" EngineDeadError\n" if hits else b"\n"))
+        size += len(lines[-1])
+    return [*lines, b"RuntimeError: EngineDeadError\n", b"INFO:     next record\n"]
+
+
+def long_records() -> None:
+    print("\nScanning one long traceback-like record fed one line per read (vLLM writes a line "
+          "per write), median of 3 (one run when over 1 s)")  # fmt: skip
+    print(f"{'record':<52}{'frames plain':>16}{'frames all hits':>18}")
+    for name, total, by_bytes in (("2,000 lines", 2000, False), ("1 MiB", 1 << 20, True)):
+        row = f"{name:<52}"
+        for width, hits in ((16, False), (18, True)):
+            took = median_seconds(long_record(total, by_bytes=by_bytes, hits=hits))
+            row += f"{took * 1000:>{width - 3}.1f} ms"
+        print(row)
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ _LEVELS = "DEBUG|INFO|WARNING|ERROR|CRITICAL"
 # 0.10.2-0.30), then vLLM's header or uvicorn's level. Groups in order: proc, pid, level, ts,
 # src (vLLM), ulevel (uvicorn).
 _HEADERS = re.compile(
-    r"(?:\((?P<proc>[A-Za-z_][\w.:-]*) pid=(?P<pid>[0-9]{1,10})(?:, ip=[^)]*)?\) ?)?"
+    r"(?:\((?P<proc>[A-Za-z_][\w.:-]*) pid=(?P<pid>[0-9]{1,10})(?:, ip=[^)\n]*)?\) ?)?"
     rf"(?:(?P<level>{_LEVELS}) (?P<ts>[0-9]{{2}}-[0-9]{{2}} [0-9:]{{8}}(?:\.[0-9]+)?) "
     r"\[?(?P<src>[^\s\[\]]+:[0-9]+)\] ?"
     rf"|(?P<ulevel>{_LEVELS}|TRACE): +)?"
@@ -105,7 +105,7 @@ def split_line(line: str) -> ParsedLine:
     return ParsedLine(process, number, ulevel, None, None, None, text[end:], cr, raw)
 
 
-def headed(buf: bytes, off: int) -> bool:
+def headed(buf: bytes | bytearray, off: int) -> bool:
     """Whether the line at `off` surely has a vLLM header or a uvicorn level, as `split_line`
     would find, decided on the bytes. Such a line continues no record unless the line before
     it ended with ``\\r``. False when unsure (non-ASCII or colour codes in the headers)."""

@@ -5,6 +5,7 @@ hits (`ChunkScanner`, which reports each as a `HitRecord`). Records are grouped 
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -32,6 +33,8 @@ MAX_LINE = 16 << 10
 # makes the same line many times a second); only short lines, and only so many.
 _REMEMBER_LINE = 1024
 _REMEMBER_LINES = 2048
+# The lines of the current feed's buffer parsed so far, by offset.
+_Cache = dict[int, ParsedLine]
 
 
 class HitRecord(NamedTuple):
@@ -49,6 +52,25 @@ class HitRecord(NamedTuple):
     complete: bool
 
 
+class _Walk:
+    """A record walked forward so far. The open record's walk is kept across feeds, so each
+    line of a long record is parsed and judged once, however the stream is chunked (vLLM
+    writes one line per write; a client can make it write long records). Offsets are from
+    the record's first line, which `base` places in this feed's buffer (0 once carried)."""
+
+    __slots__ = ("base", "hit_lines", "in_tb", "lines", "offsets", "resume", "serial")
+
+    def __init__(self, base: int, first: ParsedLine, resume: int) -> None:
+        self.base = base
+        self.offsets = [0]
+        self.lines = [first]
+        # Whether the last line is a traceback header or one of its frame lines.
+        self.in_tb = _starts_traceback(first)
+        self.resume = resume  # the first line not walked yet
+        self.hit_lines: list[int] = []  # indexes in `lines`
+        self.serial: int | None = None  # set once reported early by `flush`
+
+
 class ChunkScanner:
     """Find the records that contain any of `anchors` in a stream of byte chunks.
 
@@ -56,9 +78,11 @@ class ChunkScanner:
     Aho-Corasick automaton with a SIMD prefilter); lines without a hit are never decoded or
     parsed. Only around a hit are lines parsed, walking back to the record's first line and
     forward to its end; a line longer than `max_line` bytes is cut to that before parsing
-    (counted in `cut_lines` when it holds a hit). The carried buffer always starts at a
-    record start, so the backward walk never needs earlier data. A record is reported when
-    the line after it arrives (or on `flush`), so chunk boundaries do not change results.
+    (counted in `cut_lines` when it holds a hit). The carried buffer always starts at the
+    open record's first line, and that record's walk resumes where the last feed left it,
+    so scanning costs time linear in the input. A record is reported when the line after it
+    arrives (or on `flush`), so chunk boundaries do not change results. Records are cut at
+    `max_walk` lines, as `logparse.RecordAssembler` cuts them at `max_lines`.
     """
 
     def __init__(
@@ -84,31 +108,30 @@ class ChunkScanner:
         self._max_walk = max_walk
         self._max_line = max_line
         self.cut_lines = 0  # lines with a hit that were longer than max_line
+        self.parsed_lines = 0  # lines parsed around hits (each line of a record about once)
         self._parsed: dict[bytes, ParsedLine] = {}
-        self._buf = b""
+        # Appended to and cut from the front in place: copying the carry on every feed would
+        # cost time quadratic in a long record's size.
+        self._buf = bytearray()
         self._scanned = 0  # bytes of _buf already searched for anchors
-        self._hits: list[int] = []  # line offsets in _buf of hits not reported complete
+        self._open: _Walk | None = None  # the record _buf starts with, walked to _scanned
         self._serial = 0
-        self._open_serial: int | None = None  # serial of the flushed, still open record
 
     @property
     def pending(self) -> bool:
         """An open record with hits waits for its end (or for `flush`)."""
-        return bool(self._hits)
+        return self._open is not None and bool(self._open.hit_lines)
 
     def feed(self, data: bytes) -> list[HitRecord]:
-        buf = self._buf + data if self._buf else data
+        buf = self._buf
+        buf += data
         end = buf.rfind(b"\n") + 1
         out: list[HitRecord] = []
         if end > self._scanned:
-            self._find_hits(buf, end)
-            carry = self._records(buf, end, out)
-            self._buf = buf[carry:]
+            carry = self._records(buf, end, self._find_hits(buf, end), out)
+            del buf[:carry]
             self._scanned = end - carry
-            self._hits = [h - carry for h in self._hits]
-        else:
-            self._buf = buf
-        if len(self._buf) > self._max_carry:
+        if len(buf) > self._max_carry:
             out.extend(self._force_close())
         return out
 
@@ -117,12 +140,13 @@ class ChunkScanner:
         if final:
             out = self.feed(b"\n") if self._buf and not self._buf.endswith(b"\n") else []
             out.extend(self._open_record(complete=True))
-            self._buf, self._scanned, self._hits, self._open_serial = b"", 0, [], None
+            self._buf.clear()
+            self._scanned, self._open = 0, None
             return out
         return self._open_record(complete=False)
 
-    def _find_hits(self, buf: bytes, end: int) -> None:
-        """Add the offsets of the lines in buf[_scanned:end] that hold an anchor.
+    def _find_hits(self, buf: bytearray, end: int) -> list[int]:
+        """The offsets of the lines in buf[_scanned:end] that hold an anchor.
 
         The automaton runs over windows of the buffer, so a line full of anchors costs one
         window of matches, not one match per anchor: after a hit the search goes on at the
@@ -130,11 +154,11 @@ class ChunkScanner:
         starts `_overlap` bytes earlier, so an anchor across the border is still found.
         """
         automaton, pos = self._automaton, self._scanned
+        hits: list[int] = []
         if automaton is None:
-            return
+            return hits
         view = memoryview(buf)
         skip = pos  # the end of the last line with a hit
-        hits = self._hits
         while pos < end:
             stop = min(pos + self._window, end)
             for _, found, _ in automaton.find_matches_as_indexes(view[pos:stop]):
@@ -153,84 +177,92 @@ class ChunkScanner:
                 pos = stop - self._overlap
             else:
                 break
+        return hits
 
-    def _records(self, buf: bytes, end: int, out: list[HitRecord]) -> int:
-        """Report complete records with hits; return the offset the carry starts at."""
-        cache: dict[int, ParsedLine] = {}
-        done = 0  # everything before `done` belongs to reported or hit-free records
-        hits = self._hits
-        k = 0
-        while k < len(hits):
-            start = self._walk_back(buf, hits[k], done, cache)
-            offsets, stop, closed = self._walk_forward(buf, start, end, cache)
-            if not closed:
-                self._hits = hits[k:]
-                return start
-            first = k
-            while k < len(hits) and hits[k] < stop:
+    def _records(self, buf: bytearray, end: int, hits: list[int], out: list[HitRecord]) -> int:
+        """Walk the records of buf[:end] that hold `hits` (new ones, in order) and the last
+        one; report those that closed with hits; return the offset the carry starts at."""
+        cache: _Cache = {}
+        last = buf.rfind(b"\n", 0, end - 1) + 1
+        walk = self._open  # resumed: its lines before _scanned are walked already
+        k = 0  # the next hit not in a walked record
+        pos = 0  # the records before `pos` are reported or hold no hit
+        target = -1  # the line whose backward walk started `walk`
+        while True:
+            if walk is None:
+                # Walk back from the next hit (or the last line) to its record's start,
+                # never before `pos`; hit-free records before it are never parsed.
+                target = hits[k] if k < len(hits) else last
+                walk = self._start(buf, self._walk_back(buf, target, pos, cache), cache)
+            stop = None  # a record started on the last line has nothing more to walk
+            if walk.base + walk.resume < end:
+                stop = self._walk_forward(buf, walk, end, last, cache)
+            inside = end if stop is None else stop
+            while k < len(hits) and hits[k] < inside:
+                walk.hit_lines.append(bisect_left(walk.offsets, hits[k] - walk.base))
                 k += 1
-            out.append(self._report(offsets, hits[first:k], cache))
-            self._open_serial = None
-            done = stop
-        self._hits = []
-        if done >= end:
-            return end
-        return self._walk_back(buf, buf.rfind(b"\n", 0, end - 1) + 1, done, cache)
+            if stop is None:
+                break
+            if walk.hit_lines:
+                out.append(self._report(walk, complete=True))
+            pos, walk = stop, None
+            if stop <= target:
+                # The backward walk found `stop` inside the target's chain, but going
+                # forward a record ends there (cut at max_walk lines, or a traceback state
+                # the cut reset): the next record starts there, no need to walk back again.
+                walk = self._start(buf, stop, cache)
+        carry, walk.base = walk.base, 0
+        self._open = walk
+        return carry
 
-    def _report(
-        self, offsets: list[int], hits: list[int], cache: dict[int, ParsedLine]
-    ) -> HitRecord:
-        """The record of `offsets` (from the carry's start if offsets[0] is 0); the walks
-        have parsed each of its lines into `cache`."""
-        lines = [cache[off] for off in offsets]
-        serial = self._open_serial if offsets[0] == 0 else None
+    def _start(self, buf: bytearray, off: int, cache: _Cache) -> _Walk:
+        first, nxt = self._line(buf, off, cache)
+        return _Walk(off, first, nxt - off)
+
+    def _report(self, walk: _Walk, *, complete: bool) -> HitRecord:
+        serial = walk.serial
         if serial is None:
             self._serial += 1
             serial = self._serial
-        if len(offsets) == 1:  # most records: one line
-            hit_lines: tuple[int, ...] = (0,)
-        else:
-            index = {off: i for i, off in enumerate(offsets)}
-            hit_lines = tuple(index[h] for h in hits)
-        parsed = tuple(lines[i] for i in hit_lines)
-        return HitRecord(_record(lines), hit_lines, parsed, serial, True)
+        hit_lines = tuple(walk.hit_lines)
+        parsed = tuple(walk.lines[i] for i in hit_lines)
+        return HitRecord(_record(walk.lines), hit_lines, parsed, serial, complete)
 
     def _open_record(self, *, complete: bool) -> list[HitRecord]:
-        if not self._hits:
+        walk = self._open
+        if walk is None or not walk.hit_lines:
             return []
-        buf = self._buf
-        end = buf.rfind(b"\n") + 1
-        cache: dict[int, ParsedLine] = {}
-        offsets, _, _ = self._walk_forward(buf, 0, end, cache)
-        found = self._report(offsets, self._hits, cache)
-        self._open_serial = None if complete else found.serial
-        return [found._replace(complete=complete)]
+        found = self._report(walk, complete=complete)
+        walk.serial = None if complete else found.serial
+        return [found]
 
     def _force_close(self) -> list[HitRecord]:
         # A runaway record (or a line with no newline): report it and start afresh, so
         # memory stays bounded; only records larger than max_carry are cut this way.
         out = self._open_record(complete=True)
-        end = self._buf.rfind(b"\n") + 1
-        partial = self._buf[end:]
-        self._buf = b"" if len(partial) > self._max_carry else partial
-        self._scanned, self._hits, self._open_serial = 0, [], None
+        buf = self._buf
+        del buf[: buf.rfind(b"\n") + 1]
+        if len(buf) > self._max_carry:
+            buf.clear()
+        self._scanned, self._open = 0, None
         return out
 
-    def _line(self, buf: bytes, off: int, cache: dict[int, ParsedLine]) -> tuple[ParsedLine, int]:
+    def _line(self, buf: bytearray, off: int, cache: _Cache) -> tuple[ParsedLine, int]:
         nl = buf.find(b"\n", off)
         parsed = cache.get(off)
         if parsed is None:
+            self.parsed_lines += 1
             parsed = cache[off] = self._parse(buf, off, nl)
         return parsed, nl + 1
 
-    def _parse(self, buf: bytes, off: int, nl: int) -> ParsedLine:
+    def _parse(self, buf: bytearray, off: int, nl: int) -> ParsedLine:
         if nl - off > self._max_line:
             text = buf[off : off + self._max_line].decode("utf-8", "ignore")
             cr = buf[nl - 1 : nl] == b"\r"
             return split_line(text)._replace(cr=cr, cut=nl - off)
         if nl - off > _REMEMBER_LINE:
             return split_line(buf[off:nl].decode("utf-8", "replace"))
-        line = buf[off:nl]
+        line = bytes(buf[off:nl])
         parsed = self._parsed.get(line)
         if parsed is None:
             if len(self._parsed) >= _REMEMBER_LINES:
@@ -238,8 +270,12 @@ class ChunkScanner:
             parsed = self._parsed[line] = split_line(line.decode("utf-8", "replace"))
         return parsed
 
-    def _continued(self, buf: bytes, off: int, lo: int, cache: dict[int, ParsedLine]) -> int:
-        """The previous line's offset if the line at `off` continues it, else -1."""
+    def _continued(self, buf: bytearray, off: int, lo: int, cache: _Cache) -> int:
+        """The previous line's offset if the line at `off` continues it, else -1.
+
+        Judged without `max_walk` cuts: where a cut ends a record, this may still say
+        "continues", so a backward walk stops at a record start or earlier, never later.
+        """
         if off <= lo:
             return -1
         cur = self._line(buf, off, cache)[0]
@@ -252,8 +288,11 @@ class ChunkScanner:
             verdict = self._in_traceback(buf, prev_off, lo, cache)
         return prev_off if verdict else -1
 
-    def _in_traceback(self, buf: bytes, off: int, lo: int, cache: dict[int, ParsedLine]) -> bool:
-        for _ in range(self._max_walk):
+    def _in_traceback(self, buf: bytearray, off: int, lo: int, cache: _Cache) -> bool:
+        # Back over the frame lines to the traceback header, with no cap: a run of frame
+        # lines is passed at most twice in a backward walk, and the backward walks of a feed
+        # never overlap (each starts after the records the previous one led to).
+        while True:
             line = self._line(buf, off, cache)[0]
             if _starts_traceback(line):
                 return True
@@ -262,30 +301,34 @@ class ChunkScanner:
             off = self._continued(buf, off, lo, cache)
             if off < 0:
                 return False
-        return False
 
-    def _walk_back(self, buf: bytes, off: int, lo: int, cache: dict[int, ParsedLine]) -> int:
-        for _ in range(self._max_walk):
-            prev = self._continued(buf, off, lo, cache)
-            if prev < 0:
-                return off
+    def _walk_back(self, buf: bytearray, off: int, lo: int, cache: _Cache) -> int:
+        # Not cut at max_walk lines: the start found must be a record start (the forward
+        # walk then cuts), and every line passed is one the forward walk takes anyway.
+        while (prev := self._continued(buf, off, lo, cache)) >= 0:
             off = prev
         return off
 
     def _walk_forward(
-        self, buf: bytes, start: int, end: int, cache: dict[int, ParsedLine]
-    ) -> tuple[list[int], int, bool]:
-        """Offsets of the record's lines from `start`; where it stops; whether it closed."""
-        first, off = self._line(buf, start, cache)
-        offsets = [start]
-        prev, in_tb = first, _in_traceback_after(first, False, False)
+        self, buf: bytearray, walk: _Walk, end: int, last: int, cache: _Cache
+    ) -> int | None:
+        """Add to `walk` the lines up to `end` that continue it; return where the record
+        stops (the next one's start), or None if it may go on after `end`."""
+        base = walk.base
+        off, prev, in_tb = base + walk.resume, walk.lines[-1], walk.in_tb
         while off < end:
-            if not prev.cr and headed(buf, off):
-                return offsets, off, True  # a new record starts: no need to parse it
+            if len(walk.lines) >= self._max_walk:
+                return off
+            # A line that surely starts a record need not be parsed; but the last line is
+            # parsed anyway (it starts or continues the open record).
+            if off != last and not prev.cr and headed(buf, off):
+                return off
             cur, nxt = self._line(buf, off, cache)
-            if not continues(prev, cur, in_tb) or len(offsets) >= self._max_walk:
-                return offsets, off, True
+            if not continues(prev, cur, in_tb):
+                return off
             in_tb = _in_traceback_after(cur, True, in_tb)
-            offsets.append(off)
+            walk.offsets.append(off - base)
+            walk.lines.append(cur)
             prev, off = cur, nxt
-        return offsets, end, False
+        walk.in_tb, walk.resume = in_tb, off - base
+        return None

@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from niodoo_supervisor.logline import headed, split_line
 from niodoo_supervisor.logparse import (
     ChunkScanner,
+    LogRecord,
     RecordAssembler,
     assemble,
     parse_line,
@@ -291,6 +293,100 @@ def test_a_line_full_of_anchors_is_one_hit() -> None:
     scanner = ChunkScanner([b"HIT"], window=1000)
     [hit] = scanner.feed(b"HIT" * 300_000 + b"\nINFO:     next\n")
     assert hit.hit_lines == (0,) and hit.hits[0].cut == 900_000
+
+
+def test_headed_never_reads_past_the_line_end() -> None:
+    # Ray's ", ip=..." part once matched across the newline, so `headed` took this line for
+    # a new record while `split_line` sees no header: the scanner cut the traceback there.
+    ray = "(RayWorkerWrapper pid=9, ip=10.0.0.2 HIT"
+    text = (
+        f"Traceback (most recent call last):\n  File x\n{ray}\n) INFO 11-24 00:00:00 [w.py:1] y\n"
+    )
+    data = text.encode()
+    assert not headed(data, data.index(b"(Ray"))
+    assert split_line(ray).level is None and split_line(ray).header is None
+    scanner = ChunkScanner([b"HIT"])
+    [found] = scanner.feed(data) + scanner.flush(final=True)
+    assert found.record.lines == tuple(text.split("\n")[:3])
+    assert [found.record] == [r for r in assemble(text.split("\n")[:-1]) if "HIT" in r.message]
+
+
+# --- long records: each line walked once, one line per feed as in one feed -----------------
+
+
+def _long_traceback(frames: int, kind: str) -> list[bytes]:
+    """A traceback record of `frames` frame lines, then the next record. `kind`: "raw"
+    (unformatted, a hit on the first line), "tail" (raw, a hit on the exception line only),
+    "hits" (raw, every line a hit), "formatted" (NewLineFormatter: the header on every
+    line, all but the last ending with "\r"; a hit on the first line)."""
+    head, end = ("", "\n") if kind != "formatted" else (_H, "\r\n")
+    hit = "" if kind == "tail" else "HIT "
+    frame_hit = " HIT" if kind == "hits" else ""
+    lines = [f"{head or 'ERROR 11-24 00:00:00 [x.py:1] '}{hit}failed:{end}"]
+    lines.append(f"{head}Traceback (most recent call last):{end}")
+    lines += [f'{head}  File "f{i}.py", line {i}, in g{frame_hit}{end}' for i in range(frames)]
+    lines += [f"{head}ValueError: {'HIT' if kind == 'tail' else 'x'}\n", "INFO:     next\n"]
+    return [line.encode() for line in lines]
+
+
+def _scan(chunks: list[bytes], max_walk: int = 2000) -> tuple[list[LogRecord], ChunkScanner]:
+    scanner = ChunkScanner([b"HIT"], max_walk=max_walk)
+    found = [hit for chunk in chunks for hit in scanner.feed(chunk)]
+    found += scanner.flush(final=True)
+    for hit in found:
+        assert hit.hit_lines and all("HIT" in hit.record.lines[i] for i in hit.hit_lines)
+    return [hit.record for hit in found], scanner
+
+
+def _assembled(data: bytes, max_walk: int = 2000) -> list[LogRecord]:
+    """The records with a hit, as `RecordAssembler` cuts them at `max_walk` lines."""
+    assembler = RecordAssembler(max_lines=max_walk)
+    records = [assembler.feed(line) for line in data.decode().split("\n")[:-1]]
+    return [r for r in [*records, assembler.flush()] if r is not None and "HIT" in r.message]
+
+
+_KINDS = ["raw", "tail", "hits", "formatted"]
+
+
+@pytest.mark.parametrize("kind", _KINDS)
+def test_a_long_record_fed_one_line_per_read_parses_each_line_about_once(kind: str) -> None:
+    # Beyond max_walk (2000) lines, so the record is cut and its tail walked on as a new one.
+    lines = _long_traceback(4000, kind)
+    found, scanner = _scan(lines)
+    assert scanner.parsed_lines <= 3 * len(lines)  # was about n * 1000 when re-walked per feed
+    assert found == _assembled(b"".join(lines))
+
+
+@pytest.mark.parametrize("frames", [1998, 2500])
+@pytest.mark.parametrize("kind", _KINDS)
+def test_a_long_record_is_the_same_whether_fed_by_line_or_at_once(kind: str, frames: int) -> None:
+    lines = _long_traceback(frames, kind)
+    expected = _assembled(b"".join(lines))
+    assert expected and _scan(lines)[0] == expected
+    assert _scan([b"".join(lines)])[0] == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(_KINDS), st.integers(0, 30)), min_size=1, max_size=5),
+    st.lists(st.sampled_from(_LINE_KINDS), max_size=10),
+    st.integers(min_value=2, max_value=12),
+    st.lists(st.integers(min_value=1, max_value=300), max_size=20),
+)
+def test_records_cut_at_max_walk_match_the_assembler_whatever_the_chunking(
+    tracebacks: list[tuple[str, int]], between: list[str], max_walk: int, cuts: list[int]
+) -> None:
+    lines: list[bytes] = []
+    for n, (kind, frames) in enumerate(tracebacks):
+        lines += _long_traceback(frames, kind) + [k.encode() for k in between[n::2]]
+    data = b"".join(lines)
+    chunks, pos = [], 0
+    for size in cuts:
+        chunks.append(data[pos : pos + size])
+        pos += size
+    expected = _assembled(data, max_walk)
+    for feeds in (lines, [data], [*chunks, data[pos:]]):
+        assert _scan(feeds, max_walk)[0] == expected
 
 
 # --- the logging config we give vLLM ------------------------------------------------------
