@@ -30,12 +30,6 @@ from installed_service import (
 from nspawn import Container, Roots, prepare_roots, why_not_runnable
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/systemd/" in str(item.fspath).replace(os.sep, "/"):
-            item.add_marker(pytest.mark.systemd)
-
-
 @pytest.fixture(scope="session")
 def roots() -> Roots:
     reason = why_not_runnable()
