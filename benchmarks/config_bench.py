@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from niodoo_supervisor import yamldoc
-from niodoo_supervisor.config import MAX_CONFIG_BYTES, load_config
+from niodoo_supervisor.config import yamldoc
+from niodoo_supervisor.config.loader import MAX_CONFIG_BYTES, load_config
 
 if len(sys.argv) > 2 or not all(arg.isdigit() for arg in sys.argv[1:]):
     sys.exit("usage: python benchmarks/config_bench.py [RUNS]")

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from niodoo_supervisor.rules import RuleSet
+from niodoo_supervisor.logs.rules import RuleSet
 
 if not all(arg.isdigit() for arg in sys.argv[1:3]) or len(sys.argv) > 3:
     sys.exit("usage: python benchmarks/logpump_bench.py [LINES] [ROUNDS]")
@@ -180,8 +180,8 @@ def run_direct(work: Work, writes: str, mix: str = "mix") -> float:
 PUMP = textwrap.dedent(
     r"""
     import asyncio, os, subprocess, sys
-    from niodoo_supervisor.logpump import LogPump, RotatingLogFile
-    from niodoo_supervisor.rules import RuleSet
+    from niodoo_supervisor.logs.pump import LogPump, RotatingLogFile
+    from niodoo_supervisor.logs.rules import RuleSet
 
     async def main():
         log_file = RotatingLogFile(sys.argv[1], 1 << 30, 1)

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from harness import REPO
-from niodoo_supervisor.demo_model import DemoModel
+from niodoo_supervisor.demo.model import DemoModel
 
 FIGURES: list[str] = []
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from harness import REPO
-from niodoo_supervisor.demo_model import DemoModel, generate
+from niodoo_supervisor.demo.model import DemoModel, generate
 from realvllm import FIGURES
 
 

@@ -30,8 +30,8 @@ from harness import (
     stop_supervisor,
     wait_for,
 )
-from niodoo_supervisor.demo_model import DemoModel
-from niodoo_supervisor.eventcounters import clip_field_name
+from niodoo_supervisor.demo.model import DemoModel
+from niodoo_supervisor.logs.counters import clip_field_name
 from realvllm import port_of, record_figure, write_demo_config
 from rulesamples import SPOOFS
 

@@ -9,12 +9,12 @@ import os
 import subprocess
 from pathlib import Path
 
-from niodoo_supervisor.logparse import assemble
-from niodoo_supervisor.vllm_logging import (
+from niodoo_supervisor.launch.vllm_logging import (
     ignored_fields_logger_for,
     logging_config_for,
     parse_version,
 )
+from niodoo_supervisor.logs.records import assemble
 
 
 def test_real_vllm_logs_with_our_logging_config(tmp_path: Path, vllm_python: str) -> None:

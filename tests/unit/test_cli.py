@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from niodoo_supervisor import exitcodes
-from niodoo_supervisor.cli import main
-from niodoo_supervisor.render import REDACTED
+from niodoo_supervisor.cli.main import main
+from niodoo_supervisor.launch.render import REDACTED
 
 FAKE_VLLM = Path(__file__).resolve().parents[1] / "fakevllm"
 SECRET = "sk-cli-test-0123456789"

@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from niodoo_supervisor import exitcodes
-from niodoo_supervisor.adapters import AdapterReadError, read_adapter
-from niodoo_supervisor.cli import main
-from niodoo_supervisor.config import load_config
-from niodoo_supervisor.preflight import PreflightOptions, PreflightResult, preflight
-from niodoo_supervisor.problems import Problem
+from niodoo_supervisor.cli.main import main
+from niodoo_supervisor.config.loader import load_config
+from niodoo_supervisor.config.problems import Problem
+from niodoo_supervisor.launch.adapters import AdapterReadError, read_adapter
+from niodoo_supervisor.launch.preflight import PreflightOptions, PreflightResult, preflight
 
 FAKE_VLLM = Path(__file__).resolve().parents[1] / "fakevllm"
 SECRET = "sk-files-test-0123456789"

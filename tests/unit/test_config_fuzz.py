@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from niodoo_supervisor.config import ALL_FIELDS, parse_config
+from niodoo_supervisor.config.loader import ALL_FIELDS, parse_config
 
 KEYS = sorted({part for spec in ALL_FIELDS for part in spec.key.split(".")} | {"name", "path", "x"})
 scalars = st.one_of(
@@ -124,7 +124,7 @@ def _flow(key: str, token: str) -> str:
 @given(hostile_fields)
 def test_check_never_exits_70_on_hostile_values(fields: list[tuple[str, str]]) -> None:
     from niodoo_supervisor import exitcodes
-    from niodoo_supervisor.cli import main
+    from niodoo_supervisor.cli.main import main
 
     lines = [_flow(key, token) for key, token in fields]
     text = "\n".join(["server: {python: /nonexistent/python}", "model: {path: /m}", *lines])

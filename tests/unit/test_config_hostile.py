@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from niodoo_supervisor import config as config_module
-from niodoo_supervisor import yamldoc
-from niodoo_supervisor.config import load_config, parse_config
-from niodoo_supervisor.fields import Kind
-from niodoo_supervisor.problems import Problem
-from niodoo_supervisor.settings import SUPERVISOR_SETTINGS
+from niodoo_supervisor.config import loader as config_module
+from niodoo_supervisor.config import yamldoc
+from niodoo_supervisor.config.fields import Kind
+from niodoo_supervisor.config.loader import load_config, parse_config
+from niodoo_supervisor.config.problems import Problem
+from niodoo_supervisor.config.supervisor_settings import SUPERVISOR_SETTINGS
 
 BASE = "server:\n  python: /v/bin/python\nmodel:\n  path: /models/m\n"
 NUMBER_SETTINGS = [spec for spec in SUPERVISOR_SETTINGS if spec.kind in (Kind.INT, Kind.FLOAT)]
@@ -179,7 +179,7 @@ def test_an_integer_beyond_64_bits_is_out_of_range() -> None:
 
 @pytest.mark.parametrize("spec", NUMBER_SETTINGS, ids=lambda spec: spec.key)
 def test_every_supervisor_number_has_a_maximum(spec: object) -> None:
-    from niodoo_supervisor.fields import Field
+    from niodoo_supervisor.config.fields import Field
 
     assert isinstance(spec, Field) and spec.maximum is not None
     section, _, rest = spec.key.partition(".")

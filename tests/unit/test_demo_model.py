@@ -14,8 +14,8 @@ import pytest
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
-from niodoo_supervisor import demo_model
-from niodoo_supervisor.demo_model import (
+from niodoo_supervisor.demo import model as demo_model
+from niodoo_supervisor.demo.model import (
     ADAPTERS,
     SHAPE,
     STAMP_NAME,

@@ -11,10 +11,12 @@ import jsonschema  # type: ignore[import-untyped]  # no types-jsonschema in the 
 import pytest
 import yaml
 
-from niodoo_supervisor.config import ALL_FIELDS
-from niodoo_supervisor.docs import configuration_markdown, json_schema, write_all
+from niodoo_supervisor.config.docs import configuration_markdown, json_schema, write_all
+from niodoo_supervisor.config.loader import ALL_FIELDS
 
-REGENERATE = "stale: regenerate it with `python -m niodoo_supervisor.docs` at the repository root"
+REGENERATE = (
+    "stale: regenerate it with `python -m niodoo_supervisor.config.docs` at the repository root"
+)
 
 
 def _validator(repo: Path) -> Any:

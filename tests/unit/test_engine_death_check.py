@@ -12,14 +12,14 @@ import shutil
 from pathlib import Path
 
 from harness import REPO
-from niodoo_supervisor.config import Config, load_config
-from niodoo_supervisor.health import CheckResult, ProbeResult
-from niodoo_supervisor.logpump import LogPump
-from niodoo_supervisor.render import Launch
-from niodoo_supervisor.rules import RuleSet
-from niodoo_supervisor.ruletypes import Action, Event, Severity
-from niodoo_supervisor.states import State
-from niodoo_supervisor.supervisor import Supervisor
+from niodoo_supervisor.config.loader import Config, load_config
+from niodoo_supervisor.launch.render import Launch
+from niodoo_supervisor.logs.pump import LogPump
+from niodoo_supervisor.logs.rule_types import Action, Event, Severity
+from niodoo_supervisor.logs.rules import RuleSet
+from niodoo_supervisor.supervise.loop import Supervisor
+from niodoo_supervisor.supervise.probes import CheckResult, ProbeResult
+from niodoo_supervisor.supervise.states import State
 
 
 class _Notifier:

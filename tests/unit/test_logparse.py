@@ -10,18 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from niodoo_supervisor.logline import headed, split_line
-from niodoo_supervisor.logparse import (
+from niodoo_supervisor.launch.vllm_logging import (
+    ignored_fields_logger_for,
+    logging_config_for,
+    parse_version,
+)
+from niodoo_supervisor.logs.line import headed, split_line
+from niodoo_supervisor.logs.records import (
     ChunkScanner,
     LogRecord,
     RecordAssembler,
     assemble,
     parse_line,
-)
-from niodoo_supervisor.vllm_logging import (
-    ignored_fields_logger_for,
-    logging_config_for,
-    parse_version,
 )
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-logs"

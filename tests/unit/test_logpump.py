@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from niodoo_supervisor.logpump import LogPump, RotatingLogFile
-from niodoo_supervisor.rules import Event, RuleSet
+from niodoo_supervisor.logs.pump import LogPump, RotatingLogFile
+from niodoo_supervisor.logs.rules import Event, RuleSet
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-logs"
 RULES = RuleSet()

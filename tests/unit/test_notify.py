@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from niodoo_supervisor.notify import SystemdNotifier
+from niodoo_supervisor.supervise.systemd import SystemdNotifier
 
 
 @contextlib.contextmanager

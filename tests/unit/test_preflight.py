@@ -19,23 +19,23 @@ import psutil
 import pytest
 import yaml
 
-from niodoo_supervisor.adapters import (
+from niodoo_supervisor.config.loader import Config, load_config
+from niodoo_supervisor.config.problems import Problem
+from niodoo_supervisor.config.versions import Version
+from niodoo_supervisor.launch.adapters import (
     AdapterReadError,
     read_adapter,
     same_base_model,
     smallest_rank_at_least,
 )
-from niodoo_supervisor.config import Config, load_config
-from niodoo_supervisor.preflight import PreflightOptions, PreflightResult, preflight
-from niodoo_supervisor.problems import Problem
-from niodoo_supervisor.render import REDACTED
-from niodoo_supervisor.versions import Version
-from niodoo_supervisor.vllm_install import (
+from niodoo_supervisor.launch.install import (
     VllmProbeError,
     cache_dir,
     inspect_vllm,
     vllm_flags,
 )
+from niodoo_supervisor.launch.preflight import PreflightOptions, PreflightResult, preflight
+from niodoo_supervisor.launch.render import REDACTED
 
 FAKE_VLLM = Path(__file__).resolve().parents[1] / "fakevllm"
 _NO_PORT_NO_FLAGS = PreflightOptions(check_port=False, check_flags=False)
@@ -720,7 +720,7 @@ def test_vllm_flags_reads_the_fake_help_and_caches_it(
         calls.append(argv)
         return real_run(argv, **kwargs)
 
-    monkeypatch.setattr("niodoo_supervisor.vllm_install.subprocess.run", counting_run)
+    monkeypatch.setattr("niodoo_supervisor.launch.install.subprocess.run", counting_run)
     cache = cache_dir(env)
     assert cache == tmp_path / "cache" / "niodoo-supervisor"
 

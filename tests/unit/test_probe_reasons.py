@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from niodoo_supervisor.health import HttpProber
+from niodoo_supervisor.supervise.probes import HttpProber
 
 # h11 refuses a header value with a newline and quotes it whole in its error:
 # "Illegal header value b'Bearer sk-...\n'".

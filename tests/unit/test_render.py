@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from niodoo_supervisor.config import Config, load_config, parse_config
-from niodoo_supervisor.render import REDACTED, format_command, render
-from niodoo_supervisor.versions import Version
+from niodoo_supervisor.config.loader import Config, load_config, parse_config
+from niodoo_supervisor.config.versions import Version
+from niodoo_supervisor.launch.render import REDACTED, format_command, render
 
 PRODUCTION_ARGV = (
     "/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server "

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from niodoo_supervisor import rules
-from niodoo_supervisor.logparse import assemble, split_line
-from niodoo_supervisor.rules import (
+from niodoo_supervisor.logs import rules
+from niodoo_supervisor.logs.records import assemble, split_line
+from niodoo_supervisor.logs.rules import (
     BUILTIN_RULES,
     PHASES,
     Action,
@@ -250,7 +250,7 @@ def test_fatal_lines_act_only_before_vllm_serves_requests() -> None:
 def test_every_rule_runs_on_a_linear_time_engine() -> None:
     # RE2 guarantees time linear in the text for any pattern (no backtracking); the built-in
     # patterns and every operator pattern are compiled with it.
-    from niodoo_supervisor.userrules import compile_linear
+    from niodoo_supervisor.logs.operator_rules import compile_linear
 
     for rule in BUILTIN_RULES:
         assert type(compile_linear(rule.pattern)).__module__ == "re2", rule.name

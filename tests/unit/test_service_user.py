@@ -24,7 +24,7 @@ import yaml
 
 import niodoo_supervisor
 from niodoo_supervisor import exitcodes
-from niodoo_supervisor.inputfiles import protect_home_hint
+from niodoo_supervisor.files.inputs import protect_home_hint
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_VLLM = REPO / "tests" / "fakevllm"
@@ -55,7 +55,11 @@ def _interpreter(nobody: pwd.struct_passwd) -> str:
             continue
         try:
             probe = subprocess.run(
-                [candidate, "-c", "import niodoo_supervisor.cli, yaml, httpx, structlog, psutil"],
+                [
+                    candidate,
+                    "-c",
+                    "import niodoo_supervisor.cli.main, yaml, httpx, structlog, psutil",
+                ],
                 env={"PYTHONPATH": IMPORT_PATH},
                 user=nobody.pw_uid,
                 group=nobody.pw_gid,

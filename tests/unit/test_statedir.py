@@ -18,10 +18,11 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from niodoo_supervisor import daemon, exitcodes, statefile
-from niodoo_supervisor.config import load_config
-from niodoo_supervisor.process import ProcessRecord, protected_pids
-from niodoo_supervisor.statedir import LOCK_FILE, StateDirError, StateLock, prepare
+from niodoo_supervisor import exitcodes
+from niodoo_supervisor.config.loader import load_config
+from niodoo_supervisor.files.statedir import LOCK_FILE, StateDirError, StateLock, prepare
+from niodoo_supervisor.supervise import daemon, run_record
+from niodoo_supervisor.supervise.process_tree import ProcessRecord, protected_pids
 
 # --- the folder -------------------------------------------------------------------------------
 
@@ -160,27 +161,27 @@ def _with(path: str, value: object) -> str:
 def test_an_oddly_typed_state_file_is_ignored_with_a_warning_naming_it(
     tmp_path: Path, content: str
 ) -> None:
-    (tmp_path / statefile.FILE_NAME).write_text(content, errors="surrogateescape")
+    (tmp_path / run_record.FILE_NAME).write_text(content, errors="surrogateescape")
     with capture_logs() as logs:
-        assert statefile.read(tmp_path) is None
+        assert run_record.read(tmp_path) is None
     assert [entry["event"] for entry in logs] == ["state_file_ignored"]
-    assert logs[0]["file"] == str(tmp_path / statefile.FILE_NAME)
+    assert logs[0]["file"] == str(tmp_path / run_record.FILE_NAME)
 
 
 def test_a_valid_state_file_reads_back() -> None:
-    assert statefile._parse(json.loads(json.dumps(_VALID))).members[0].exe == "/x"
+    assert run_record._parse(json.loads(json.dumps(_VALID))).members[0].exe == "/x"
 
 
 def test_a_state_file_that_is_a_link_or_a_fifo_is_ignored(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere.json"
     elsewhere.write_text(json.dumps(_VALID))
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / statefile.FILE_NAME).symlink_to(elsewhere)
+    (tmp_path / "a" / run_record.FILE_NAME).symlink_to(elsewhere)
     (tmp_path / "b").mkdir()
-    os.mkfifo(tmp_path / "b" / statefile.FILE_NAME)  # reading it would wait for a writer
+    os.mkfifo(tmp_path / "b" / run_record.FILE_NAME)  # reading it would wait for a writer
     with capture_logs() as logs:
-        assert statefile.read(tmp_path / "a") is None
-        assert statefile.read(tmp_path / "b") is None
+        assert run_record.read(tmp_path / "a") is None
+        assert run_record.read(tmp_path / "b") is None
     assert [entry["reason"] for entry in logs] == [
         "it is a symbolic link",
         "it is a FIFO, not a regular file",
@@ -189,7 +190,7 @@ def test_a_state_file_that_is_a_link_or_a_fifo_is_ignored(tmp_path: Path) -> Non
 
 def test_a_missing_state_file_is_no_warning(tmp_path: Path) -> None:
     with capture_logs() as logs:
-        assert statefile.read(tmp_path) is None
+        assert run_record.read(tmp_path) is None
     assert logs == []
 
 
@@ -205,8 +206,8 @@ def _identity(pid: int) -> ProcessRecord:
     return ProcessRecord(pid, process.create_time(), process.name(), exe)
 
 
-def _record_of(leader: ProcessRecord, sid: int) -> statefile.RunRecord:
-    return statefile.RunRecord(supervisor_pid=leader.pid, sid=sid, leader=leader)
+def _record_of(leader: ProcessRecord, sid: int) -> run_record.RunRecord:
+    return run_record.RunRecord(supervisor_pid=leader.pid, sid=sid, leader=leader)
 
 
 @pytest.fixture
@@ -235,16 +236,16 @@ def test_a_truthful_record_of_a_stranger_ends_nothing_it_does_not_launch(
     stranger: tuple[int, int],
 ) -> None:
     leader_pid, member_pid = stranger
-    record = statefile.RunRecord(
+    record = run_record.RunRecord(
         supervisor_pid=leader_pid,
         sid=leader_pid,
         leader=_identity(leader_pid),
         members=(_identity(member_pid),),
     )
     ours = os.path.realpath(sys.executable)
-    assert statefile.leftover_processes(record, ours) == []
+    assert run_record.leftover_processes(record, ours) == []
     # The record itself is accurate: only the executable keeps the strangers safe.
-    assert {p.pid for p in statefile.leftover_processes(record)} == {leader_pid, member_pid}
+    assert {p.pid for p in run_record.leftover_processes(record)} == {leader_pid, member_pid}
 
 
 def test_a_record_whose_executable_was_never_recorded_ends_nothing(
@@ -253,7 +254,7 @@ def test_a_record_whose_executable_was_never_recorded_ends_nothing(
     leader_pid, _ = stranger
     leader = _identity(leader_pid)
     old_format = ProcessRecord(leader.pid, leader.create_time, leader.name)
-    assert statefile.leftover_processes(_record_of(old_format, leader_pid)) == []
+    assert run_record.leftover_processes(_record_of(old_format, leader_pid)) == []
 
 
 def test_pid_1_this_process_and_its_ancestors_are_never_leftovers() -> None:
@@ -263,7 +264,7 @@ def test_pid_1_this_process_and_its_ancestors_are_never_leftovers() -> None:
     for pid in (1, me, os.getppid()):
         identity = _identity(pid)
         record = _record_of(identity, os.getsid(pid))
-        assert statefile.leftover_processes(record, identity.exe) == [], pid
+        assert run_record.leftover_processes(record, identity.exe) == [], pid
 
 
 def test_recorded_processes_left_alive_are_named_in_a_warning(
@@ -272,9 +273,9 @@ def test_recorded_processes_left_alive_are_named_in_a_warning(
     leader_pid, member_pid = stranger
     state = tmp_path / "state"
     state.mkdir(mode=0o750)
-    statefile.write(
+    run_record.write(
         state,
-        statefile.RunRecord(
+        run_record.RunRecord(
             supervisor_pid=leader_pid,
             sid=leader_pid,
             leader=_identity(leader_pid),
@@ -293,4 +294,4 @@ def test_recorded_processes_left_alive_are_named_in_a_warning(
     assert len(skipped) == 1
     assert all(str(pid) in " ".join(skipped[0]["processes"]) for pid in (leader_pid, member_pid))
     assert psutil.pid_exists(leader_pid) and psutil.pid_exists(member_pid)
-    assert not (state / statefile.FILE_NAME).exists()
+    assert not (state / run_record.FILE_NAME).exists()

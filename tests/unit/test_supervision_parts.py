@@ -21,11 +21,16 @@ import httpx
 import psutil
 import pytest
 
-from niodoo_supervisor import statefile
-from niodoo_supervisor.backoff import RestartPolicy, RestartSettings
-from niodoo_supervisor.exits import describe_exit
-from niodoo_supervisor.health import CheckResult, HttpProber, models_problems
-from niodoo_supervisor.process import ProcessRecord, alive, session_members, terminate_processes
+from niodoo_supervisor.supervise import run_record
+from niodoo_supervisor.supervise.exits import describe_exit
+from niodoo_supervisor.supervise.probes import CheckResult, HttpProber, models_problems
+from niodoo_supervisor.supervise.process_tree import (
+    ProcessRecord,
+    alive,
+    session_members,
+    terminate_processes,
+)
+from niodoo_supervisor.supervise.restart_policy import RestartPolicy, RestartSettings
 
 # --- backoff ------------------------------------------------------------------------------------
 
@@ -329,8 +334,8 @@ def _record(pid: int) -> ProcessRecord:
     return ProcessRecord(pid, process.create_time(), process.name(), process.exe())
 
 
-def _run_record(leader: ProcessRecord, *members: ProcessRecord) -> statefile.RunRecord:
-    return statefile.RunRecord(
+def _run_record(leader: ProcessRecord, *members: ProcessRecord) -> run_record.RunRecord:
+    return run_record.RunRecord(
         supervisor_pid=os.getpid(), sid=leader.pid, leader=leader, members=members
     )
 
@@ -338,21 +343,21 @@ def _run_record(leader: ProcessRecord, *members: ProcessRecord) -> statefile.Run
 def test_state_file_round_trip(tmp_path: Path) -> None:
     leader = ProcessRecord(1234, 1700000000.25, "python3")
     worker = ProcessRecord(1240, 1700000003.5, "VLLM::EngineCore")
-    record = statefile.RunRecord(os.getpid(), 1234, leader, (worker,), supervisor_create_time=1.5)
-    statefile.write(tmp_path / "state", record)
-    assert statefile.read(tmp_path / "state") == record
-    saved = json.loads((tmp_path / "state" / statefile.FILE_NAME).read_text())
+    record = run_record.RunRecord(os.getpid(), 1234, leader, (worker,), supervisor_create_time=1.5)
+    run_record.write(tmp_path / "state", record)
+    assert run_record.read(tmp_path / "state") == record
+    saved = json.loads((tmp_path / "state" / run_record.FILE_NAME).read_text())
     assert saved["boot_time"] == psutil.boot_time() and saved["supervisor_create_time"] == 1.5
-    assert [path.name for path in (tmp_path / "state").iterdir()] == [statefile.FILE_NAME]
-    statefile.clear(tmp_path / "state")
-    assert statefile.read(tmp_path / "state") is None
-    statefile.clear(tmp_path / "state")  # clearing twice is fine
+    assert [path.name for path in (tmp_path / "state").iterdir()] == [run_record.FILE_NAME]
+    run_record.clear(tmp_path / "state")
+    assert run_record.read(tmp_path / "state") is None
+    run_record.clear(tmp_path / "state")  # clearing twice is fine
 
 
 @pytest.mark.parametrize("content", ["", "{", "[]", '{"sid": 1}', '{"supervisor_pid": "x"}'])
 def test_unreadable_state_file_reads_as_none(tmp_path: Path, content: str) -> None:
-    (tmp_path / statefile.FILE_NAME).write_text(content)
-    assert statefile.read(tmp_path) is None
+    (tmp_path / run_record.FILE_NAME).write_text(content)
+    assert run_record.read(tmp_path) is None
 
 
 def test_leftover_processes_finds_the_recorded_live_process(
@@ -361,7 +366,7 @@ def test_leftover_processes_finds_the_recorded_live_process(
     process, _ = spawn(_SLEEPER)
     leader = _record(process.pid)
     assert alive(leader)
-    assert [found.pid for found in statefile.leftover_processes(_run_record(leader))] == [
+    assert [found.pid for found in run_record.leftover_processes(_run_record(leader))] == [
         process.pid
     ]
 
@@ -374,7 +379,7 @@ def test_leftover_processes_ignores_a_reused_pid(
     # Same pid, another start time: the recorded process is gone, this one only reuses its pid.
     stale = ProcessRecord(real.pid, real.create_time - 100.0, real.name)
     assert not alive(stale)
-    assert statefile.leftover_processes(_run_record(stale)) == []
+    assert run_record.leftover_processes(_run_record(stale)) == []
 
 
 def test_leftover_processes_finds_later_members_of_the_session(
@@ -383,7 +388,7 @@ def test_leftover_processes_finds_later_members_of_the_session(
     process, line = spawn(_WITH_GRANDCHILD)
     grandchild = int(line)
     found = {
-        record.pid for record in statefile.leftover_processes(_run_record(_record(process.pid)))
+        record.pid for record in run_record.leftover_processes(_run_record(_record(process.pid)))
     }
     assert found == {process.pid, grandchild}
     assert {record.pid for record in session_members(process.pid)} == {process.pid, grandchild}
@@ -396,7 +401,7 @@ def test_leftover_processes_of_an_ended_process_is_empty(
     record = _record(process.pid)
     process.kill()
     process.wait(timeout=10)
-    assert statefile.leftover_processes(_run_record(record)) == []
+    assert run_record.leftover_processes(_run_record(record)) == []
 
 
 async def test_terminate_processes_kills_what_ignores_sigterm_after_the_grace(
@@ -440,9 +445,9 @@ def test_a_record_from_an_earlier_boot_names_nothing(tmp_path: Path) -> None:
     )
     try:
         me = _record(process.pid)
-        stale = statefile.RunRecord(os.getpid(), me.pid, me, boot_time=psutil.boot_time() - 3600)
-        assert statefile.leftover_processes(stale) == []
-        assert statefile.leftover_processes(_run_record(me)) == [me]
+        stale = run_record.RunRecord(os.getpid(), me.pid, me, boot_time=psutil.boot_time() - 3600)
+        assert run_record.leftover_processes(stale) == []
+        assert run_record.leftover_processes(_run_record(me)) == [me]
     finally:
         process.kill()
         process.wait()
@@ -459,8 +464,8 @@ def test_an_orphaned_session_of_a_stranger_is_never_swept() -> None:
     try:
         sid = os.getsid(sleeper)
         dead_leader = ProcessRecord(sid, psutil.Process(sleeper).create_time() - 100, "python")
-        record = statefile.RunRecord(os.getpid(), sid, dead_leader)
-        assert statefile.leftover_processes(record) == []
+        record = run_record.RunRecord(os.getpid(), sid, dead_leader)
+        assert run_record.leftover_processes(record) == []
     finally:
         os.kill(sleeper, signal.SIGKILL)
 
@@ -468,18 +473,18 @@ def test_an_orphaned_session_of_a_stranger_is_never_swept() -> None:
 def test_status_file_is_readable_by_the_group_only_and_the_state_file_by_no_one_else(
     tmp_path: Path,
 ) -> None:
-    from niodoo_supervisor.status import STATUS_FILE, StatusBoard
+    from niodoo_supervisor.supervise.status_file import STATUS_FILE, StatusBoard
 
     # status.json quotes the last log lines (requests, client text): not for every local user.
     StatusBoard().write(tmp_path)
     assert (tmp_path / STATUS_FILE).stat().st_mode & 0o777 == 0o640
     me = _record(os.getpid())
-    statefile.write(tmp_path, _run_record(me))
-    assert (tmp_path / statefile.FILE_NAME).stat().st_mode & 0o777 == 0o600
+    run_record.write(tmp_path, _run_record(me))
+    assert (tmp_path / run_record.FILE_NAME).stat().st_mode & 0o777 == 0o600
 
 
 def test_event_log_limiter_admits_a_budget_per_window_then_reports_what_it_held_back() -> None:
-    from niodoo_supervisor.eventlimit import EventLogLimiter
+    from niodoo_supervisor.supervise.event_limit import EventLogLimiter
 
     limiter = EventLogLimiter(per_window=2, window=10.0)
     assert [limiter.admit("ignored_request_fields", 0.0 + i) for i in range(5)] == [

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from niodoo_supervisor import exitcodes
-from niodoo_supervisor.config import load_config
+from niodoo_supervisor.config.loader import load_config
 
 UNIT_NAME = "niodoo-supervisor.service"
 INSTALLED_EXEC = "/opt/niodoo-supervisor/venv/bin/niodoo-supervisor"

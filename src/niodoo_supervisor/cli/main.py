@@ -1,0 +1,207 @@
+"""`niodoo-supervisor` command line: run, render, check, status, demo-model.
+
+Every failure ends in one line on stderr and a documented exit code (`exitcodes.py`), never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from niodoo_supervisor import __version__, exitcodes
+from niodoo_supervisor.config.loader import Config, load_config
+from niodoo_supervisor.config.problems import Problem
+from niodoo_supervisor.config.vllm_options import lora_ranks_for
+from niodoo_supervisor.launch.adapters import AdapterReadError, read_adapter, smallest_rank_at_least
+from niodoo_supervisor.launch.install import VllmProbeError, inspect_vllm
+from niodoo_supervisor.launch.preflight import PreflightOptions, preflight
+from niodoo_supervisor.launch.render import format_command, format_env, render
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `niodoo-supervisor render | head`: the reader left; nothing more to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exitcodes.OK
+    except Exception as exc:
+        print(
+            f"niodoo-supervisor: internal error: {type(exc).__name__}: {exc} (please report this)",
+            file=sys.stderr,
+        )
+        return exitcodes.INTERNAL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="niodoo-supervisor", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("-c", "--config", required=True, type=Path, help="the YAML config file")
+        return sub
+
+    run = with_config("run", "run vLLM under supervision (what systemd starts)")
+    run.add_argument(
+        "--skip-flag-check",
+        action="store_true",
+        help="do not compare server.extra_args with the installed vLLM's flags (vLLM will judge them)",
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    render_cmd = with_config(
+        "render", "print the vLLM command line and environment the config gives"
+    )
+    shape = render_cmd.add_mutually_exclusive_group()
+    shape.add_argument("--one-line", action="store_true", help="the command on one line")
+    shape.add_argument("--json", action="store_true", help='print {"argv": [...], "env": {...}}')
+    render_cmd.set_defaults(handler=_cmd_render)
+
+    check = with_config("check", "validate the config and what it names, starting nothing")
+    check.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
+    check.add_argument("--no-port", action="store_true", help="skip the port-in-use check")
+    check.set_defaults(handler=_cmd_check)
+
+    status = with_config("status", "show the running supervisor's state")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_cmd_status)
+
+    demo = commands.add_parser("demo-model", help="write the tiny demo model and its LoRA adapters")
+    demo.add_argument("directory", type=Path)
+    demo.add_argument("--force", action="store_true", help="write them again even if present")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=_cmd_demo_model)
+    return parser
+
+
+def _print_problems(problems: Sequence[Problem]) -> None:
+    for problem in problems:
+        print(problem.format(), file=sys.stderr)
+
+
+def _load(path: Path) -> Config | None:
+    config, problems = load_config(path)
+    _print_problems(problems)
+    return config
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return exitcodes.CONFIG
+    version = None
+    try:
+        version = inspect_vllm(
+            str(config["server.python"]), {**os.environ, **config["server.env"]}
+        ).version
+    except VllmProbeError as exc:
+        print(f"note: {exc}; the logging config assumes a recent vLLM", file=sys.stderr)
+    rank = None
+    if config["lora.max_lora_rank"] == "auto":
+        try:
+            ranks = [read_adapter(Path(adapter.path)).rank for adapter in config.adapters]
+        except AdapterReadError as exc:
+            reason = str(exc)
+        else:
+            reason = "" if ranks else "no adapters are listed"
+        if reason:
+            print(
+                f"{config.source}: error: lora.max_lora_rank: auto cannot be resolved: {reason}",
+                file=sys.stderr,
+            )
+            return exitcodes.CONFIG
+        allowed = lora_ranks_for(version)
+        rank = smallest_rank_at_least(max(ranks), allowed)
+        if rank is None:
+            print(
+                f"{config.source}: error: lora.max_lora_rank: auto cannot be resolved: the largest "
+                f"adapter rank {max(ranks)} is above vLLM's maximum {allowed[-1]}",
+                file=sys.stderr,
+            )
+            return exitcodes.CONFIG
+    launch = render(
+        config, api_key=_api_key_placeholder(config), vllm_version=version, max_lora_rank=rank
+    )
+    if args.json:
+        print(launch.to_json())
+    else:
+        print(format_command(launch, one_line=args.one_line))
+        print("# environment added for vLLM:")
+        print(format_env(launch))
+    return exitcodes.OK
+
+
+def _api_key_placeholder(config: Config) -> str | None:
+    # render shows where the key goes without reading the secret: it is redacted anyway.
+    if config["server.api_key_env"] or config["server.api_key_file"]:
+        return "api-key"
+    return None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config, problems = load_config(args.config)
+    if config is not None:
+        result = preflight(config, os.environ, PreflightOptions(check_port=not args.no_port))
+        problems = problems + result.problems
+        install = result.install
+    else:
+        install = None
+    for problem in problems:
+        print(problem.format())
+    errors = sum(problem.is_error for problem in problems)
+    warnings = len(problems) - errors
+    if errors:
+        print(
+            f"{args.config}: {errors} error(s), {warnings} warning(s): vLLM would not start with this config"
+        )
+        return exitcodes.CONFIG
+    found = (
+        f"vLLM {install.version_text} ({install.distribution or 'unknown distribution'})"
+        if install
+        else "vLLM"
+    )
+    print(f"{args.config}: ok ({warnings} warning(s)); {found}")
+    if warnings and args.strict:
+        return exitcodes.WARNINGS
+    return exitcodes.OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from niodoo_supervisor.supervise.daemon import run_daemon
+
+    return run_daemon(args.config, check_flags=not args.skip_flag_check)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from niodoo_supervisor.cli.status import show_status
+
+    return show_status(args.config, as_json=args.json)
+
+
+def _cmd_demo_model(args: argparse.Namespace) -> int:
+    try:
+        from niodoo_supervisor.demo.model import generate
+    except ImportError as exc:
+        print(
+            f"niodoo-supervisor: demo-model needs the demo extra ({exc.name}): pip install 'niodoo-supervisor[demo]'",
+            file=sys.stderr,
+        )
+        return exitcodes.CONFIG
+    model = generate(args.directory, seed=args.seed, force=args.force)
+    print(model.base)
+    return exitcodes.OK

@@ -1,0 +1,362 @@
+"""Checks that need the machine: files, the port, the installed vLLM. Run by `check` and `run`.
+
+Everything that would make vLLM fail only after minutes of model loading is found here in about
+a second: adapter ranks above --max-lora-rank, missing paths, flags the installed vLLM lacks, a
+taken port. Errors refuse the start; warnings are logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.config.problems import Problem, Severity
+from niodoo_supervisor.config.versions import Version
+from niodoo_supervisor.config.vllm_options import (
+    LORA_RANKS,
+    OLDEST_SUPPORTED,
+    VLLM_OPTIONS,
+    lora_ranks_for,
+    option_for_flag,
+)
+from niodoo_supervisor.files.inputs import is_script
+from niodoo_supervisor.launch.adapters import (
+    AdapterInfo,
+    AdapterReadError,
+    read_adapter,
+    same_base_model,
+    smallest_rank_at_least,
+)
+from niodoo_supervisor.launch.install import (
+    VllmInstall,
+    VllmProbeError,
+    cache_dir,
+    inspect_vllm,
+    vllm_flags,
+)
+from niodoo_supervisor.launch.named_files import (
+    check_model_path,
+    reachable,
+    read_api_key,
+    read_logging_loggers,
+)
+from niodoo_supervisor.launch.ports import port_holder
+from niodoo_supervisor.launch.render import Launch, render
+from niodoo_supervisor.launch.vllm_logging import ignored_fields_logger_for
+
+__all__ = ["PreflightOptions", "PreflightResult", "port_holder", "preflight"]
+
+NEWEST_KNOWN = Version(0, 33, 0)
+
+
+@dataclass(frozen=True)
+class PreflightOptions:
+    check_port: bool = True
+    check_flags: bool = True  # asks vLLM's --help once per install (cached): seconds when cold
+    own_pids: frozenset[int] = frozenset()  # a port held by these is not a problem
+
+
+@dataclass
+class PreflightResult:
+    problems: list[Problem] = field(default_factory=list)
+    install: VllmInstall | None = None
+    max_lora_rank: int | None = None
+    api_key: str | None = None
+    launch: Launch | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not any(problem.is_error for problem in self.problems)
+
+
+def preflight(
+    config: Config, environ: Mapping[str, str], options: PreflightOptions | None = None
+) -> PreflightResult:
+    checker = _Preflight(config, environ, options or PreflightOptions())
+    return checker.run()
+
+
+class _Preflight:
+    def __init__(
+        self, config: Config, environ: Mapping[str, str], options: PreflightOptions
+    ) -> None:
+        self.config = config
+        self.environ = environ
+        self.options = options
+        self.result = PreflightResult()
+        self.largest_rank: int | None = None  # of the adapters read, for lora.max_lora_rank: auto
+        self.operator_loggers: dict[str, Any] | None = None  # from server.logging_config, if given
+
+    def problem(self, path: str, message: str, fix: str = "", *, warning: bool = False) -> None:
+        severity = Severity.WARNING if warning else Severity.ERROR
+        self.result.problems.append(
+            Problem(
+                severity,
+                path,
+                message,
+                fix,
+                self.config.line_of(path) or self.config.line_of(path.split("[", maxsplit=1)[0]),
+                self.config.source,
+            )
+        )
+
+    def run(self) -> PreflightResult:
+        self.result.api_key = read_api_key(self.config, self.environ, self.problem)
+        check_model_path(self.config, self.problem)
+        infos = self.check_adapters()
+        self.result.max_lora_rank = self.resolve_max_lora_rank(infos)
+        self.check_ranks(infos)
+        self.operator_loggers = read_logging_loggers(self.config, self.problem)
+        child_env = _child_env(self.config, self.environ)
+        install = self.inspect_install(child_env)
+        self.result.install = install
+        if install is not None:
+            self.check_version(install)
+            if self.options.check_flags:
+                self.check_flags(install, child_env)
+        if self.options.check_port:
+            self.check_port()
+        if self.result.ok and (
+            self.result.max_lora_rank is not None or self.config["lora.max_lora_rank"] != "auto"
+        ):
+            self.result.launch = render(
+                self.config,
+                api_key=self.result.api_key,
+                vllm_version=install.version if install else None,
+                max_lora_rank=self.result.max_lora_rank,
+            )
+        return self.result
+
+    # --- files ------------------------------------------------------------------------------
+
+    def check_adapters(self) -> list[tuple[int, AdapterInfo]]:
+        infos: list[tuple[int, AdapterInfo]] = []
+        for index, adapter in enumerate(self.config.adapters):
+            if not reachable(f"lora.adapters[{index}].path", adapter.path, self.problem):
+                continue
+            try:
+                info = read_adapter(Path(adapter.path))
+            except AdapterReadError as exc:
+                self.problem(f"lora.adapters[{index}].path", str(exc))
+                continue
+            infos.append((index, info))
+            base = adapter.base_model_name or info.base_model
+            verdict = same_base_model(
+                base or "", self.config.served_name, str(self.config["model.path"])
+            )
+            if verdict is None:
+                self.problem(
+                    f"lora.adapters[{index}]",
+                    f"adapter {adapter.name!r} does not say which base model it was trained on",
+                    "check it was trained on the served model",
+                    warning=True,
+                )
+            elif not verdict:
+                self.problem(
+                    f"lora.adapters[{index}]",
+                    f"adapter {adapter.name!r} was trained on {base!r}, the served model is {self.config['model.path']!r}",
+                    "serve it with the model it was trained on; outputs are wrong or loading fails otherwise",
+                    warning=True,
+                )
+        return infos
+
+    def resolve_max_lora_rank(self, infos: list[tuple[int, AdapterInfo]]) -> int | None:
+        configured = self.config["lora.max_lora_rank"]
+        if configured != "auto":
+            return configured if isinstance(configured, int) else None
+        if not infos:
+            if self.config.adapters:
+                return None  # the adapters' own errors say why
+            self.problem(
+                "lora.max_lora_rank",
+                "auto needs adapters to size from, none are listed",
+                "give a number (vLLM's default is 16)",
+            )
+            return None
+        largest = max(info.rank for _, info in infos)
+        self.largest_rank = largest
+        resolved = smallest_rank_at_least(largest)
+        if resolved is None:
+            self.problem(
+                "lora.max_lora_rank",
+                f"the largest adapter rank {largest} is above vLLM's maximum {LORA_RANKS[-1]}",
+                "retrain the adapter with a smaller rank",
+            )
+        return resolved
+
+    def check_ranks(self, infos: list[tuple[int, AdapterInfo]]) -> None:
+        limit = self.result.max_lora_rank
+        if limit is None:
+            return
+        for index, info in infos:
+            if info.rank > limit:
+                name = self.config.adapters[index].name
+                self.problem(
+                    f"lora.adapters[{index}]",
+                    f"adapter {name!r} has rank {info.rank}, above lora.max_lora_rank {limit}: vLLM would fail with "
+                    f"'LoRA rank {info.rank} is greater than max_lora_rank {limit}.' after loading the whole model",
+                    f"set lora.max_lora_rank to {smallest_rank_at_least(info.rank)} (or auto), or drop the adapter",
+                )
+
+    # --- the installed vLLM -------------------------------------------------------------------
+
+    def inspect_install(self, child_env: Mapping[str, str]) -> VllmInstall | None:
+        python = str(self.config["server.python"])
+        if not reachable("server.python", python, self.problem, os.X_OK):
+            return None
+        if is_script(python):
+            self.problem(
+                "server.python",
+                f"{python} is a script, not the interpreter: after a killed supervisor, vLLM's "
+                "leftovers are recognised by the interpreter they run, so they would not be ended",
+                "point server.python at the Python of vLLM's virtual environment itself and put "
+                "variables in server.env",
+                warning=True,
+            )
+        try:
+            return inspect_vllm(python, child_env)
+        except VllmProbeError as exc:
+            self.problem(
+                "server.python",
+                str(exc),
+                "point server.python at the Python of vLLM's virtual environment",
+            )
+            return None
+
+    def check_version(self, install: VllmInstall) -> None:
+        version = install.version
+        if version < OLDEST_SUPPORTED or version > NEWEST_KNOWN:
+            self.problem(
+                "server.python",
+                f"vLLM {install.version_text} is outside the versions niodoo-supervisor knows ({OLDEST_SUPPORTED} to {NEWEST_KNOWN})",
+                "flags and log formats may differ; test before relying on it",
+                warning=True,
+            )
+        for option in VLLM_OPTIONS:
+            value = self.config[option.key]
+            if not _rendered(value) or option.available_in(version):
+                continue
+            self.problem(
+                option.key,
+                f"{option.flag} is not in the installed vLLM {install.version_text} (it exists in {option.versions_text()})",
+                "remove the key, or install a vLLM that has it",
+            )
+        rank = self.result.max_lora_rank
+        if self.config["lora.enabled"] and rank is not None:
+            allowed = lora_ranks_for(version)
+            largest = self.largest_rank
+            if rank not in allowed and self.config["lora.max_lora_rank"] == "auto" and largest:
+                # auto was sized before the version was known: take this vLLM's own choices.
+                rank = self.result.max_lora_rank = smallest_rank_at_least(largest, allowed)
+            if rank is not None and rank not in allowed:
+                self.problem(
+                    "lora.max_lora_rank",
+                    f"vLLM {install.version_text} does not accept rank {rank}",
+                    f"use one of {', '.join(map(str, allowed))}",
+                )
+        loggers = self.operator_loggers
+        if loggers is not None:
+            wanted = ignored_fields_logger_for(install.version_text)
+            level = str((loggers.get(wanted) or {}).get("level", "")).upper()
+            if level != "DEBUG" and version >= Version(0, 18, 0):
+                self.problem(
+                    "server.logging_config",
+                    f"your logging config does not set {wanted} to DEBUG: on vLLM {install.version_text} the supervisor cannot see "
+                    "'The following fields were present in the request but ignored' (e.g. lora_name)",
+                    f"add a logger {wanted} with level DEBUG, or remove server.logging_config",
+                    warning=True,
+                )
+
+    def check_flags(self, install: VllmInstall, child_env: Mapping[str, str]) -> None:
+        extra = [arg for arg in self.config["server.extra_args"] if arg.startswith("--")]
+        rendered = {
+            option.flag
+            for option in VLLM_OPTIONS
+            if option.flag and _rendered(self.config[option.key])
+        }
+        for arg in extra:
+            flag = arg.split("=", 1)[0]
+            modelled = option_for_flag(flag)
+            if modelled is not None and modelled.flag in rendered | {"--model", "--host", "--port"}:
+                self.problem(
+                    "server.extra_args",
+                    f"{flag} is also rendered from {modelled.key}",
+                    f"set it only as {modelled.key}",
+                )
+            elif modelled is not None:
+                self.problem(
+                    "server.extra_args",
+                    f"{flag} has its own key",
+                    f"prefer {modelled.key}: it is validated",
+                    warning=True,
+                )
+            if flag == "--api-key":
+                self.problem(
+                    "server.extra_args",
+                    "--api-key on the command line is visible to every user in `ps`",
+                    "use server.api_key_file or server.api_key_env",
+                    warning=True,
+                )
+        if not extra:
+            return
+        try:
+            known = vllm_flags(install, child_env, cache_dir(self.environ))
+        except VllmProbeError as exc:
+            self.problem(
+                "server.extra_args",
+                f"cannot list the installed vLLM's flags: {exc}",
+                "extra_args are unchecked",
+                warning=True,
+            )
+            return
+        for arg in extra:
+            flag = arg.split("=", 1)[0]
+            if flag not in known:
+                self.problem(
+                    "server.extra_args",
+                    f"{flag} is not a flag of the installed vLLM {install.version_text}: it would exit with an argparse error",
+                    "remove it or fix its spelling",
+                )
+
+    # --- the host ---------------------------------------------------------------------------
+
+    def check_port(self) -> None:
+        host, port = self.config.host, self.config.port
+        try:
+            holder = port_holder(host, port)
+        except OSError as exc:
+            self.problem(
+                "server.host",
+                f"vLLM could not listen on {host}:{port}: {exc.strerror}",
+                "use an address of this machine, or 0.0.0.0",
+            )
+            return
+        if holder is None:
+            return
+        pid, name = holder
+        if pid is not None and pid in self.options.own_pids:
+            return
+        who = f"{name} (pid {pid})" if pid is not None else "another process"
+        self.problem(
+            "server.port",
+            f"port {port} on {host} is already in use by {who}",
+            "stop it or choose another server.port",
+        )
+
+
+def _rendered(value: object) -> bool:
+    """Whether render() puts the option's flag on the command line. Not `value in (None,
+    False, ...)`: 0 == False, yet `seed: 0` is rendered as `--seed 0`."""
+    if value is None or value is False:
+        return False
+    return not (isinstance(value, (tuple, list)) and not value)
+
+
+def _child_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
+    env = dict(environ)
+    env.update(config["server.env"])
+    return env

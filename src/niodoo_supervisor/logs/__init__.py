@@ -1,0 +1,5 @@
+"""vLLM's output -> events: taking lines apart, telling vLLM's words from a client's, the rule
+table, the scanner, and the pump that feeds the log file, the journal and the supervisor.
+
+May import: `files` only. Knows nothing of configs or processes.
+"""

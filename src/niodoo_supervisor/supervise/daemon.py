@@ -1,0 +1,195 @@
+"""`niodoo-supervisor run`: everything between the command line and the main loop.
+
+Order matters: signal handlers first (a SIGHUP during the start must not end the daemon), then
+the config, then the state folder is checked and locked (one supervisor per folder), then
+leftovers of a previous supervisor are ended (they hold the port and GPU memory), then
+preflight refuses what cannot work, then the loop starts. A SIGTERM before the loop ends the
+start between two steps; a SIGHUP re-reads the config before vLLM's first start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from niodoo_supervisor import exitcodes
+from niodoo_supervisor.config.loader import Config, load_config
+from niodoo_supervisor.files.statedir import StateDirError, StateLock, prepare
+from niodoo_supervisor.launch.preflight import PreflightOptions, preflight
+from niodoo_supervisor.supervise import run_record
+from niodoo_supervisor.supervise.early_signals import StartupSignals
+from niodoo_supervisor.supervise.incidents import ReloadResult
+from niodoo_supervisor.supervise.loop import Supervisor
+from niodoo_supervisor.supervise.process_tree import alive, terminate_processes
+from niodoo_supervisor.supervise.systemd import SystemdNotifier
+
+__all__ = ["configure_logging", "run_daemon"]
+
+log = structlog.get_logger("niodoo_supervisor")
+
+
+def configure_logging() -> None:
+    """The supervisor's own events: logfmt on stderr (the journal); vLLM's lines go to stdout."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=False),
+            structlog.processors.LogfmtRenderer(
+                key_order=["timestamp", "level", "event"], bool_as_flag=False
+            ),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def run_daemon(config_path: Path, *, check_flags: bool = True) -> int:
+    signals = StartupSignals()
+    signals.install()
+    configure_logging()
+    environ = dict(os.environ)
+    config, problems = load_config(config_path, environ)
+    for problem in problems:
+        _log_problem(problem.format(), problem.is_error)
+    if config is None:
+        log.error(
+            "config_refused", config=str(config_path), errors=sum(p.is_error for p in problems)
+        )
+        return exitcodes.CONFIG
+    try:
+        prepare(config.state_dir, config.log_path)
+        lock = StateLock.acquire(config.state_dir)
+    except StateDirError as exc:
+        log.error("state_dir_refused", problem=str(exc), exit_code=exc.exit_code)
+        return exc.exit_code
+    try:
+        return _run_locked(config_path, config, environ, signals, check_flags)
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    config_path: Path,
+    config: Config,
+    environ: dict[str, str],
+    signals: StartupSignals,
+    check_flags: bool,
+) -> int:
+    asyncio.run(_end_leftovers(config))
+    if (stop := signals.stop_signal()) is not None:
+        return _stopped_before_start(stop)
+    result = preflight(config, environ, PreflightOptions(check_flags=check_flags))
+    for problem in result.problems:
+        _log_problem(problem.format(), problem.is_error)
+    if not result.ok or result.launch is None:
+        log.error(
+            "preflight_refused",
+            errors=sum(p.is_error for p in result.problems),
+            hint="niodoo-supervisor check -c CONFIG shows the same",
+        )
+        return exitcodes.CONFIG
+    current = ReloadResult(config, result.launch, api_key=result.api_key)
+    while signals.take_reload():
+        current = _reload_before_start(current, config_path, environ, check_flags)
+    if (stop := signals.stop_signal()) is not None:
+        return _stopped_before_start(stop)
+    assert current.config is not None and current.launch is not None
+    notifier = SystemdNotifier()
+    supervisor = Supervisor(
+        current.config,
+        current.launch,
+        api_key=current.api_key,
+        notifier=notifier,
+        environ=environ,
+        reloader=lambda: _reload(config_path, environ),
+        vllm_version=result.install.version_text if result.install else None,
+    )
+    log.info("starting", config=str(config_path), argv=" ".join(current.launch.redacted_argv()))
+    try:
+        return asyncio.run(supervisor.run(signals.pending))
+    finally:
+        notifier.close()
+
+
+def _stopped_before_start(signum: signal.Signals) -> int:
+    log.info("stopped_before_start", signal=signum.name, reason="asked to stop; vLLM not started")
+    return exitcodes.OK
+
+
+def _reload_before_start(
+    current: ReloadResult, config_path: Path, environ: dict[str, str], check_flags: bool
+) -> ReloadResult:
+    """A SIGHUP during the start: read the config again now rather than restart vLLM later.
+    A config with errors is refused and the one already checked is kept, as on any reload."""
+    log.info("reload_requested", when="before vLLM's first start")
+    reloaded = _load_checked(config_path, environ, PreflightOptions(check_flags=check_flags))
+    if reloaded.config is None or reloaded.launch is None:
+        for error in reloaded.errors:
+            log.error("reload_refused", problem=error)
+        return current
+    return reloaded
+
+
+def _log_problem(text: str, is_error: bool) -> None:
+    (log.error if is_error else log.warning)("config_problem", problem=text)
+
+
+async def _end_leftovers(config: Config) -> None:
+    record = run_record.read(config.state_dir)
+    if record is None:
+        run_record.clear(config.state_dir)  # an invalid record is not read twice
+        return
+    # Only processes running the interpreter this config launches: a record naming anything
+    # else is stale or planted.
+    executable = os.path.realpath(config["server.python"])
+    leftovers = run_record.leftover_processes(record, executable)
+    if leftovers:
+        log.warning(
+            "leftovers_found",
+            processes=[p.describe() for p in leftovers],
+            reason="a previous supervisor did not stop its vLLM",
+        )
+        killed, survivors = await terminate_processes(
+            leftovers, config["supervisor.stop.grace_period"]
+        )
+        if survivors:
+            log.error("leftovers_survive", processes=[p.describe() for p in survivors])
+        else:
+            log.info("leftovers_ended", processes=len(leftovers), sigkilled=len(killed))
+    ended = {p.pid for p in leftovers}
+    skipped = [p for p in (record.leader, *record.members) if p.pid not in ended and alive(p)]
+    if skipped:
+        log.warning(
+            "leftovers_skipped",
+            processes=[p.describe() for p in skipped],
+            reason="recorded processes still run but do not match what this supervisor launches "
+            "(session, executable): not ended; if one holds the port, preflight names it",
+        )
+    run_record.clear(config.state_dir)
+
+
+async def _reload(config_path: Path, environ: dict[str, str]) -> ReloadResult:
+    # vLLM holds the port while it runs: the port is not checked on a reload.
+    options = PreflightOptions(check_port=False)
+    return await asyncio.to_thread(_load_checked, config_path, environ, options)
+
+
+def _load_checked(
+    config_path: Path, environ: dict[str, str], options: PreflightOptions
+) -> ReloadResult:
+    config, problems = load_config(config_path, environ)
+    errors = [problem.format() for problem in problems if problem.is_error]
+    if config is None:
+        return ReloadResult(None, None, errors)
+    result = preflight(config, environ, options)
+    errors += [problem.format() for problem in result.problems if problem.is_error]
+    if errors or result.launch is None:
+        return ReloadResult(None, None, errors)
+    return ReloadResult(config, result.launch, api_key=result.api_key)

@@ -1,0 +1,173 @@
+"""Probes of vLLM's HTTP API. They return values, never raise, to the state machine.
+
+Ready and alive mean the same two things: `GET /health` answers 200, and `GET /v1/models`
+lists the served model and every configured adapter with `parent` = the served name. Neither
+alone is enough: `/v1/models` keeps answering 200 while the engine is dead (only `/health`
+turns 503), and `/health` says nothing about adapters.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.launch.render import REDACTED
+
+__all__ = ["CheckResult", "HttpProber", "ProbeResult", "models_problems", "prober_for"]
+
+_BEARER = re.compile(r"Bearer\s+\S+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    status: int | None  # HTTP status; None when no answer came
+    latency: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    health: ProbeResult
+    models: ProbeResult | None  # not asked when /health failed
+    missing: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.health.ok and self.models is not None and self.models.ok
+
+    @property
+    def reason(self) -> str:
+        if not self.health.ok:
+            return f"/health: {self.health.reason}"
+        if self.models is None or not self.models.ok:
+            return f"/v1/models: {self.models.reason if self.models else 'not asked'}"
+        return "ok"
+
+
+def models_problems(payload: object, served: str, adapters: Sequence[str]) -> tuple[list[str], str]:
+    """Names missing from a /v1/models payload, and why (empty when all are there)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        return [served, *adapters], "answer is not a model list"
+    listed = {
+        str(item.get("id")): item.get("parent")
+        for item in payload["data"]
+        if isinstance(item, dict)
+    }
+    missing = [name for name in (served, *adapters) if name not in listed]
+    wrong_parent = [name for name in adapters if name in listed and listed[name] != served]
+    reasons = []
+    if missing:
+        reasons.append(f"missing {', '.join(missing)}")
+    if wrong_parent:
+        reasons.append(f"adapter(s) {', '.join(wrong_parent)} not parented to {served}")
+    return missing + wrong_parent, "; ".join(reasons)
+
+
+class HttpProber:
+    """Probes one vLLM. `transport` is a test seam (httpx.MockTransport)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        served: str,
+        adapters: Sequence[str],
+        api_key: str | None,
+        timeout: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.secrets = (api_key,) if api_key else ()
+        self.served = served
+        self.adapters = tuple(adapters)
+        # No proxies from the environment: vLLM is on this host.
+        self.client = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _get(self, path: str) -> tuple[ProbeResult, httpx.Response | None]:
+        started = time.monotonic()
+        try:
+            response = await self.client.get(path)
+        except httpx.TimeoutException:
+            return ProbeResult(False, None, time.monotonic() - started, "timed out"), None
+        except httpx.HTTPError as exc:
+            return ProbeResult(
+                False, None, time.monotonic() - started, _error_reason(exc, self.secrets)
+            ), None
+        latency = time.monotonic() - started
+        if response.status_code != 200:
+            return ProbeResult(
+                False, response.status_code, latency, f"HTTP {response.status_code}"
+            ), response
+        return ProbeResult(True, 200, latency), response
+
+    async def check(self) -> CheckResult:
+        health, _ = await self._get("/health")
+        if not health.ok:
+            return CheckResult(health, None)
+        models, response = await self._get("/v1/models")
+        if not models.ok or response is None:
+            return CheckResult(health, models)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        missing, reason = models_problems(payload, self.served, self.adapters)
+        if missing:
+            models = ProbeResult(False, models.status, models.latency, reason)
+        return CheckResult(health, models, tuple(missing))
+
+
+def _error_reason(exc: httpx.HTTPError, secrets: tuple[str, ...]) -> str:
+    """Why a probe got no answer, for the journal, status.json and systemd's STATUS=, all
+    readable by every local user. The text of a protocol error quotes the request's headers
+    (h11: "Illegal header value b'Bearer <key>'"), so it is never used; other texts are
+    searched for the secrets as a second line of defence."""
+    if isinstance(exc, httpx.LocalProtocolError):
+        return "the request could not be sent: a header value is invalid (check the API key)"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "vLLM's answer broke the HTTP protocol"
+    text = _connection_reason(exc)
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return _BEARER.sub(f"Bearer {REDACTED}", text)
+
+
+def _connection_reason(exc: httpx.HTTPError) -> str:
+    text = (str(exc) or type(exc).__name__).splitlines()[0]
+    if isinstance(exc, httpx.ConnectError):
+        # httpx words a refusal "All connection attempts failed"; the OS error lies beneath.
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+                return "connection refused"
+            cause = cause.__cause__ or cause.__context__
+        return f"cannot connect: {text}"
+    return text
+
+
+def prober_for(config: Config, api_key: str | None) -> HttpProber:
+    """The prober of the vLLM a config describes (a wildcard listen address is probed on loopback)."""
+    host = config.probe_host
+    url_host = f"[{host}]" if ":" in host else host
+    return HttpProber(
+        f"http://{url_host}:{config.port}",
+        served=config.served_name,
+        adapters=[adapter.name for adapter in config.adapters],
+        api_key=api_key,
+        timeout=config["supervisor.health.timeout"],
+    )

@@ -1,0 +1,183 @@
+"""One run of vLLM: the process tree, the pump reading its output, and its state-file record.
+
+The supervisor's loop decides; this module does the I/O of a single launch: write the logging
+config, spawn, pump the output, tell the loop when the process exits, record its processes for
+a successor, and stop it without leaving anything behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import psutil
+import structlog
+
+from niodoo_supervisor import exitcodes
+from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.files.atomic import atomic_write, describe_os_error, exit_code_for
+from niodoo_supervisor.launch.render import Launch
+from niodoo_supervisor.logs.pump import LogPump, RotatingLogFile
+from niodoo_supervisor.logs.rules import Event, RuleSet
+from niodoo_supervisor.supervise import run_record
+from niodoo_supervisor.supervise.process_tree import VllmProcess, spawn
+
+__all__ = ["LaunchError", "VllmRun"]
+
+log = structlog.get_logger("niodoo_supervisor")
+
+_OWN_START = psutil.Process().create_time()
+
+
+class LaunchError(Exception):
+    """vLLM could not be started at all; the message says why, `exit_code` whether retrying
+    may help (75: a full disk, no memory to fork) or not (78)."""
+
+    def __init__(self, message: str, exit_code: int = exitcodes.CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _launch_error(what: str, exc: OSError) -> LaunchError:
+    code = exit_code_for(exc)
+    reason = describe_os_error(exc)
+    retry = (
+        "; this may clear by itself and systemd starts the service again"
+        if code == exitcodes.TEMPFAIL
+        else ""
+    )
+    return LaunchError(f"{what}: {reason}{retry}", code)
+
+
+class VllmRun:
+    def __init__(self, child: VllmProcess, pump: LogPump, config: Config) -> None:
+        self.child = child
+        self.pump = pump
+        self.config = config
+        self.pump_task = asyncio.get_running_loop().create_task(pump.run())
+        self.pump_task.add_done_callback(_report_pump_failure)
+        self.exit_task: asyncio.Task[None] | None = None
+        self.record_failed = False
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    @classmethod
+    async def launch(
+        cls,
+        config: Config,
+        launch: Launch,
+        environ: dict[str, str],
+        *,
+        log_file: RotatingLogFile,
+        echo: BinaryIO | None,
+        on_event: Callable[[Event], None],
+        on_exit: Callable[[int, int], None],
+    ) -> VllmRun:
+        """Spawn vLLM; raises LaunchError when it cannot be started at all."""
+        try:
+            _write_logging_config(launch)
+        except OSError as exc:
+            path = launch.env.get("VLLM_LOGGING_CONFIG_PATH")
+            raise _launch_error(f"cannot write vLLM's logging config {path}", exc) from None
+        try:
+            child = await spawn(launch.argv, launch.child_environment(environ))
+        except OSError as exc:
+            raise _launch_error(f"cannot execute {launch.argv[0]}", exc) from None
+        try:
+            pump = LogPump(
+                child.output_fd,
+                ruleset=RuleSet(config["rules"]),
+                on_event=on_event,
+                log_file=log_file,
+                echo=echo,
+                tail_lines=max(200, config["supervisor.log.crash_report_lines"]),
+            )
+            run = cls(child, pump, config)
+        except BaseException:
+            await child.terminate(config["supervisor.stop.grace_period"])  # never leave it running
+            child.close()
+            raise
+        run.record_processes()
+
+        async def watch_exit() -> None:
+            on_exit(child.pid, await child.wait())
+
+        run.exit_task = asyncio.get_running_loop().create_task(watch_exit())
+        return run
+
+    def record_processes(self) -> None:
+        """Write which processes are ours, for a successor if this supervisor is SIGKILLed.
+        Called again on every check: vLLM starts its engine and workers after the leader."""
+        child = self.child
+        if child.leader is None:
+            return
+        members = tuple(member for member in child.members() if member.pid != child.pid)
+        record = run_record.RunRecord(
+            os.getpid(), child.sid, child.leader, members, supervisor_create_time=_OWN_START
+        )
+        try:
+            run_record.write(self.config.state_dir, record)
+        except OSError as exc:
+            # Supervising goes on; only a successor's cleanup after a SIGKILL is at stake.
+            if not self.record_failed:
+                log.error(
+                    "state_file_unwritable", state_dir=str(self.config.state_dir), error=str(exc)
+                )
+            self.record_failed = True
+
+    def silent_for(self, now: float) -> float:
+        last = self.pump.last_output_monotonic or self.child.started
+        return now - last
+
+    def tail(self, count: int) -> list[str]:
+        return self.pump.tail()[-count:] if count else []
+
+    def last_line(self) -> str:
+        lines = [line for line in self.pump.tail() if line.strip()]
+        return lines[-1].strip() if lines else "no output"
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for the pump to read everything written so far (EOF), at most `timeout`."""
+        if not self.pump_task.done():
+            # On timeout a surviving grandchild still holds the pipe; the stop ends it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.pump_task), timeout=timeout)
+
+    async def stop(self, grace: float) -> None:
+        killed, survivors = await self.child.terminate(grace)
+        if killed:
+            log.warning(
+                "vllm_killed",
+                after_grace_s=grace,
+                processes=[record.describe() for record in killed],
+            )
+        if survivors:
+            log.error("vllm_survivors", processes=[record.describe() for record in survivors])
+        await self.drain(5.0)
+        if not self.pump_task.done():
+            self.pump_task.cancel()
+        self.child.close()
+        if not survivors:
+            run_record.clear(self.config.state_dir)
+
+
+def _write_logging_config(launch: Launch) -> None:
+    path = launch.env.get("VLLM_LOGGING_CONFIG_PATH")
+    if launch.logging_config is None or not path:
+        return
+    # Replaced by a rename, never written through: a link planted there is not followed.
+    atomic_write(Path(path), json.dumps(launch.logging_config, indent=1), 0o640)
+
+
+def _report_pump_failure(task: asyncio.Task[None]) -> None:
+    # A dead pump means vLLM's lines are no longer read (and a full pipe would stall vLLM):
+    # say so at once rather than after the start's stall timeout.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("log_pump_failed", error=repr(task.exception()))

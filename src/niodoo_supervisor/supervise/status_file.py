@@ -1,0 +1,61 @@
+"""The supervisor's account of itself, written to `status.json` in the state folder.
+
+`niodoo-supervisor status` reads it; it is rewritten atomically on every state change and
+every check, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from niodoo_supervisor.files.atomic import atomic_write
+
+__all__ = ["STATUS_FILE", "CrashReport", "StatusBoard"]
+
+STATUS_FILE = "status.json"
+
+
+@dataclass
+class CrashReport:
+    at: float  # wall-clock time
+    reason: str
+    rule: str | None
+    lines: list[str]
+
+
+@dataclass
+class StatusBoard:
+    supervisor_pid: int = field(default_factory=os.getpid)
+    state: str = "STOPPED"
+    since: float = field(default_factory=time.time)
+    reason: str = ""
+    vllm_pid: int | None = None
+    vllm_version: str | None = None
+    served_model: str = ""
+    adapters: list[str] = field(default_factory=list)
+    starts: int = 0
+    restarts: int = 0
+    last_exit: str | None = None
+    last_check: dict[str, Any] | None = None
+    consecutive_failures: int = 0
+    phase: str | None = None
+    events: dict[str, Any] = field(default_factory=dict)
+    last_crash: CrashReport | None = None
+    log_dropped_bytes: int = 0
+    notify_dropped: int = 0  # systemd notifications not taken by the notify socket
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, state_dir: Path) -> None:
+        with contextlib.suppress(OSError):  # status is advisory; never stop supervising for it
+            # 0640: the last log lines may quote requests; operators read it through the group.
+            atomic_write(
+                state_dir / STATUS_FILE, json.dumps(self.to_dict(), indent=1, default=str), 0o640
+            )
