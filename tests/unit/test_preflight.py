@@ -34,8 +34,9 @@ from niodoo_supervisor.launch.install import (
     inspect_vllm,
     vllm_flags,
 )
+from niodoo_supervisor.launch.plan import LaunchPlan, plan_launch
 from niodoo_supervisor.launch.preflight import PreflightOptions, PreflightResult, preflight
-from niodoo_supervisor.launch.render import REDACTED
+from niodoo_supervisor.launch.render import REDACTED, redacted_argv, redacted_env
 
 FAKE_VLLM = Path(__file__).resolve().parents[1] / "fakevllm"
 _NO_PORT_NO_FLAGS = PreflightOptions(check_port=False, check_flags=False)
@@ -117,6 +118,21 @@ def _preflight(
     environ = environ if environ is not None else _environ(tmp_path)
     config = _load(tmp_path, document, environ)
     return preflight(config, environ, options or PreflightOptions(check_port=False))
+
+
+def _planned(
+    tmp_path: Path,
+    document: dict[str, Any],
+    *,
+    environ: dict[str, str] | None = None,
+    options: PreflightOptions | None = None,
+) -> tuple[PreflightResult, LaunchPlan]:
+    """Preflight, then the plan: the two steps of `run`, `render` and `check`."""
+    environ = environ if environ is not None else _environ(tmp_path)
+    config = _load(tmp_path, document, environ)
+    result = preflight(config, environ, options or PreflightOptions(check_port=False))
+    assert result.ok, [problem.format() for problem in result.problems]
+    return result, plan_launch(config, result.install, environ)
 
 
 def _at(result: PreflightResult, path: str) -> list[Problem]:
@@ -247,12 +263,11 @@ def test_clean_config_has_no_problems_and_renders(tmp_path: Path) -> None:
     document = _document(tmp_path)
     document["lora"] = _lora([{"name": "a", "path": str(adapter)}])
     # The adapter says nothing about its base model: exactly one warning, nothing else.
-    result = _preflight(tmp_path, document)
+    result, plan = _planned(tmp_path, document)
     assert [problem.path for problem in result.problems] == ["lora.adapters[0]"]
-    assert result.ok and result.launch is not None
     assert result.install is not None and result.install.version == Version(0, 32, 0)
-    assert result.max_lora_rank == 16
-    argv = list(result.launch.argv)
+    assert plan.max_lora_rank == 16
+    argv = list(plan.argv)
     assert argv[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert argv[argv.index("--lora-modules") + 1] == f"a={adapter}"
 
@@ -269,7 +284,7 @@ def test_adapter_folder_missing_is_an_error_on_its_path_and_line(tmp_path: Path)
     result = _preflight(tmp_path, document)
     problem = _only(result, "lora.adapters[1].path")
     assert problem.is_error and "is not a directory" in problem.message
-    assert not result.ok and result.launch is None
+    assert not result.ok
     # The line is the one of the adapter's own `path:` key, not of `adapters:`.
     text = (tmp_path / "niodoo.yaml").read_text().splitlines()
     assert problem.line is not None
@@ -312,7 +327,7 @@ def test_rank_above_max_lora_rank_names_rank_limit_and_fix(tmp_path: Path) -> No
     assert "'big' has rank 64, above lora.max_lora_rank 16" in message
     assert "LoRA rank 64 is greater than max_lora_rank 16." in message
     assert "set lora.max_lora_rank to 64 (or auto)" in message
-    assert result.launch is None
+    assert not result.ok
 
 
 @pytest.mark.parametrize(
@@ -335,11 +350,9 @@ def test_auto_max_lora_rank_is_the_smallest_accepted_rank_covering_every_adapter
     ]
     document = _document(tmp_path)
     document["lora"] = _lora(adapters, max_lora_rank="auto")
-    result = _preflight(tmp_path, document)
-    assert result.ok, [problem.format() for problem in result.problems]
-    assert result.max_lora_rank == expected
-    assert result.launch is not None
-    argv = list(result.launch.argv)
+    _, plan = _planned(tmp_path, document)
+    assert plan.max_lora_rank == expected
+    argv = list(plan.argv)
     assert argv[argv.index("--max-lora-rank") + 1] == str(expected)
 
 
@@ -351,14 +364,14 @@ def test_auto_max_lora_rank_above_vllms_largest_is_an_error(tmp_path: Path) -> N
     problem = _only(result, "lora.max_lora_rank")
     assert problem.is_error
     assert "largest adapter rank 1024 is above vLLM's maximum 512" in problem.message
-    assert result.max_lora_rank is None and result.launch is None
+    assert not result.ok
 
 
 def test_auto_without_adapters_is_an_error(tmp_path: Path) -> None:
     document = _document(tmp_path)
     document["lora"] = {"enabled": True, "max_lora_rank": "auto"}
     result = _preflight(tmp_path, document)
-    assert "auto needs adapters" in _only(result, "lora.max_lora_rank").message
+    assert "no adapters are listed" in _only(result, "lora.max_lora_rank").message
     assert not result.ok
 
 
@@ -367,11 +380,9 @@ def test_auto_respects_the_ranks_an_older_vllm_accepts(tmp_path: Path) -> None:
     path = _adapter(tmp_path / "tiny-rank", 1, base="x")
     document = _document(tmp_path, site=_fake_vllm(tmp_path, "0.11.0"))
     document["lora"] = _lora([{"name": "t", "path": str(path)}], max_lora_rank="auto")
-    result = _preflight(tmp_path, document, options=_NO_PORT_NO_FLAGS)
-    assert result.ok, [problem.format() for problem in result.problems]
-    assert result.max_lora_rank == 8
-    assert result.launch is not None
-    argv = list(result.launch.argv)
+    _, plan = _planned(tmp_path, document, options=_NO_PORT_NO_FLAGS)
+    assert plan.max_lora_rank == 8
+    argv = list(plan.argv)
     assert argv[argv.index("--max-lora-rank") + 1] == "8"
 
 
@@ -460,19 +471,18 @@ def test_api_key_env_unset_is_an_error(tmp_path: Path) -> None:
     result = _preflight(tmp_path, document)
     problem = _only(result, "server.api_key_env")
     assert problem.is_error and "NIODOO_TEST_KEY is not set or empty" in problem.message
-    assert result.api_key is None and result.launch is None
+    assert not result.ok
 
 
 def test_api_key_env_reaches_vllm_only_in_its_environment(tmp_path: Path) -> None:
     document = _document(tmp_path)
     document["server"]["api_key_env"] = "NIODOO_TEST_KEY"
     environ = {**_environ(tmp_path), "NIODOO_TEST_KEY": "k-123"}
-    result = _preflight(tmp_path, document, environ=environ)
-    assert result.problems == [] and result.api_key == "k-123"
-    assert result.launch is not None
-    assert result.launch.env["VLLM_API_KEY"] == "k-123"
-    assert not any("k-123" in arg for arg in result.launch.argv)
-    assert result.launch.redacted_env()["VLLM_API_KEY"] == REDACTED
+    result, plan = _planned(tmp_path, document, environ=environ)
+    assert result.problems == [] and "k-123" not in repr(result)  # preflight keeps no secret
+    assert plan.api_key == "k-123" and plan.env["VLLM_API_KEY"] == "k-123"
+    assert not any("k-123" in arg for arg in plan.argv)
+    assert redacted_env(plan)["VLLM_API_KEY"] == REDACTED
 
 
 @pytest.mark.parametrize(
@@ -490,7 +500,7 @@ def test_api_key_file_missing_or_empty_is_an_error(
     result = _preflight(tmp_path, document)
     problem = _only(result, "server.api_key_file")
     assert problem.is_error and expected in problem.message and str(key_file) in problem.message
-    assert result.api_key is None
+    assert not result.ok
 
 
 def test_api_key_file_first_line_is_the_key(tmp_path: Path) -> None:
@@ -498,8 +508,8 @@ def test_api_key_file_first_line_is_the_key(tmp_path: Path) -> None:
     key_file.write_text("  s3cret  \nsecond line\n")
     document = _document(tmp_path)
     document["server"]["api_key_file"] = str(key_file)
-    result = _preflight(tmp_path, document)
-    assert result.problems == [] and result.api_key == "s3cret"
+    result, plan = _planned(tmp_path, document)
+    assert result.problems == [] and plan.api_key == "s3cret"
 
 
 # --- preflight: the port ------------------------------------------------------------------------
@@ -524,15 +534,7 @@ def test_port_in_use_names_the_process_holding_it(tmp_path: Path, listener: sock
     assert f"port {port} on 127.0.0.1 is already in use by {name} (pid {os.getpid()})" in (
         problem.message
     )
-    assert result.launch is None
-
-
-def test_port_held_by_own_pids_is_not_a_problem(tmp_path: Path, listener: socket.socket) -> None:
-    document = _document(tmp_path)
-    document["server"]["port"] = listener.getsockname()[1]
-    options = PreflightOptions(check_flags=False, own_pids=frozenset({os.getpid()}))
-    result = _preflight(tmp_path, document, options=options)
-    assert result.problems == []
+    assert not result.ok
 
 
 def test_free_port_is_not_a_problem(tmp_path: Path) -> None:
@@ -579,7 +581,7 @@ def test_flag_removed_in_the_installed_vllm_is_an_error_naming_versions(
     assert problem.is_error
     assert "--swap-space is not in the installed vLLM 0.32.0" in problem.message
     assert "removed in 0.18.0" in problem.message
-    assert result.launch is None
+    assert not result.ok
 
 
 def test_flag_newer_than_the_installed_vllm_is_an_error(tmp_path: Path) -> None:
@@ -618,7 +620,7 @@ def test_missing_interpreter_is_an_error_naming_server_python(tmp_path: Path) ->
     problem = _only(result, "server.python")
     assert problem.is_error and "does not exist" in problem.message
     assert "server.python: " in problem.format()
-    assert result.install is None and result.launch is None
+    assert result.install is None and not result.ok
 
 
 def test_interpreter_without_vllm_is_an_error(tmp_path: Path) -> None:
@@ -644,10 +646,9 @@ def test_unknown_extra_flag_is_an_error(tmp_path: Path) -> None:
 def test_known_extra_flags_pass(tmp_path: Path) -> None:
     document = _document(tmp_path)
     document["server"]["extra_args"] = ["--enable-prefix-caching", "--no-enforce-eager"]
-    result = _preflight(tmp_path, document)
+    result, plan = _planned(tmp_path, document)
     assert result.problems == []
-    assert result.launch is not None
-    assert result.launch.argv[-2:] == ("--enable-prefix-caching", "--no-enforce-eager")
+    assert plan.argv[-2:] == ("--enable-prefix-caching", "--no-enforce-eager")
 
 
 @pytest.mark.parametrize(
@@ -686,11 +687,11 @@ def test_extra_flag_with_its_own_unset_key_is_a_warning(tmp_path: Path) -> None:
 def test_api_key_in_extra_args_is_a_warning(tmp_path: Path) -> None:
     document = _document(tmp_path)
     document["server"]["extra_args"] = ["--api-key", "visible"]
-    result = _preflight(tmp_path, document)
+    result, plan = _planned(tmp_path, document)
     problem = _only(result, "server.extra_args")
-    assert not problem.is_error and result.ok
+    assert not problem.is_error
     assert "visible to every user in `ps`" in problem.message
-    assert result.launch is not None and "visible" not in result.launch.redacted_argv()
+    assert "visible" in plan.argv and "visible" not in redacted_argv(plan)
 
 
 def test_unlistable_flags_are_a_warning(tmp_path: Path) -> None:
@@ -764,9 +765,9 @@ def test_a_wrapper_script_as_server_python_is_a_warning(tmp_path: Path) -> None:
     wrapper.chmod(0o755)
     document = _document(tmp_path)
     document["server"]["python"] = str(wrapper)
-    result = _preflight(tmp_path, document, options=_NO_PORT_NO_FLAGS)
+    result, plan = _planned(tmp_path, document, options=_NO_PORT_NO_FLAGS)
     problem = _only(result, "server.python")
     assert not problem.is_error
     assert "is a script, not the interpreter" in problem.message
     assert "server.env" in problem.fix
-    assert result.launch is not None  # a warning: the config still runs
+    assert plan.argv[0] == str(wrapper)  # a warning: the config still runs

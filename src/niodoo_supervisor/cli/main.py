@@ -15,11 +15,9 @@ from pathlib import Path
 from niodoo_supervisor import __version__, exitcodes
 from niodoo_supervisor.config.loader import Config, load_config
 from niodoo_supervisor.config.problems import Problem
-from niodoo_supervisor.config.vllm_options import lora_ranks_for
-from niodoo_supervisor.launch.adapters import AdapterReadError, read_adapter, smallest_rank_at_least
-from niodoo_supervisor.launch.install import VllmProbeError, inspect_vllm
-from niodoo_supervisor.launch.preflight import PreflightOptions, preflight
-from niodoo_supervisor.launch.render import format_command, format_env, render
+from niodoo_supervisor.launch.plan import PlanError, plan_launch
+from niodoo_supervisor.launch.preflight import PreflightOptions, PreflightResult, preflight
+from niodoo_supervisor.launch.render import format_command, format_env, plan_json
 
 __all__ = ["main"]
 
@@ -104,63 +102,48 @@ def _cmd_render(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return exitcodes.CONFIG
-    version = None
+    # The same two steps as `run` and `check`. Preflight's problems are `check`'s to show:
+    # render prints what would be launched; only the installed vLLM is taken from it.
+    checked = preflight(config, os.environ, PreflightOptions(check_port=False, check_flags=False))
+    if checked.install is None:
+        print(
+            f"note: {_install_problem(checked)}; the logging config assumes a recent vLLM",
+            file=sys.stderr,
+        )
     try:
-        version = inspect_vllm(
-            str(config["server.python"]), {**os.environ, **config["server.env"]}
-        ).version
-    except VllmProbeError as exc:
-        print(f"note: {exc}; the logging config assumes a recent vLLM", file=sys.stderr)
-    rank = None
-    if config["lora.max_lora_rank"] == "auto":
-        try:
-            ranks = [read_adapter(Path(adapter.path)).rank for adapter in config.adapters]
-        except AdapterReadError as exc:
-            reason = str(exc)
-        else:
-            reason = "" if ranks else "no adapters are listed"
-        if reason:
-            print(
-                f"{config.source}: error: lora.max_lora_rank: auto cannot be resolved: {reason}",
-                file=sys.stderr,
-            )
-            return exitcodes.CONFIG
-        allowed = lora_ranks_for(version)
-        rank = smallest_rank_at_least(max(ranks), allowed)
-        if rank is None:
-            print(
-                f"{config.source}: error: lora.max_lora_rank: auto cannot be resolved: the largest "
-                f"adapter rank {max(ranks)} is above vLLM's maximum {allowed[-1]}",
-                file=sys.stderr,
-            )
-            return exitcodes.CONFIG
-    launch = render(
-        config, api_key=_api_key_placeholder(config), vllm_version=version, max_lora_rank=rank
-    )
+        # The key is not read: it is shown redacted anyway, and whoever renders may not be
+        # allowed to read it.
+        plan = plan_launch(config, checked.install, os.environ, read_secret=False)
+    except PlanError as exc:
+        print(f"{config.source}: error: {exc.key}: {exc.message}", file=sys.stderr)
+        return exitcodes.CONFIG
     if args.json:
-        print(launch.to_json())
+        print(plan_json(plan))
     else:
-        print(format_command(launch, one_line=args.one_line))
+        print(format_command(plan, one_line=args.one_line))
         print("# environment added for vLLM:")
-        print(format_env(launch))
+        print(format_env(plan))
     return exitcodes.OK
 
 
-def _api_key_placeholder(config: Config) -> str | None:
-    # render shows where the key goes without reading the secret: it is redacted anyway.
-    if config["server.api_key_env"] or config["server.api_key_file"]:
-        return "api-key"
-    return None
+def _install_problem(result: PreflightResult) -> str:
+    """Why the installed vLLM could not be asked, as preflight worded it."""
+    reasons = [p.message for p in result.problems if p.path == "server.python" and p.is_error]
+    return reasons[0] if reasons else "the installed vLLM could not be asked"
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     config, problems = load_config(args.config)
+    install = None
     if config is not None:
         result = preflight(config, os.environ, PreflightOptions(check_port=not args.no_port))
         problems = problems + result.problems
         install = result.install
-    else:
-        install = None
+        if result.ok:
+            try:
+                plan_launch(config, install, os.environ)  # what `run` would launch can be made
+            except PlanError as exc:
+                problems.append(exc.as_problem(config))
     for problem in problems:
         print(problem.format())
     errors = sum(problem.is_error for problem in problems)

@@ -1,4 +1,5 @@
-"""Checks that need the machine: files, the port, the installed vLLM. Run by `check` and `run`.
+"""Checks that need the machine: files, the port, the installed vLLM. Run by `check`, `run`
+and `render`, before `plan.plan_launch`; it reports problems and never renders.
 
 Everything that would make vLLM fail only after minutes of model loading is found here in about
 a second: adapter ranks above --max-lora-rank, missing paths, flags the installed vLLM lacks, a
@@ -17,10 +18,8 @@ from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.config.problems import Problem, Severity
 from niodoo_supervisor.config.versions import Version
 from niodoo_supervisor.config.vllm_options import (
-    LORA_RANKS,
     OLDEST_SUPPORTED,
     VLLM_OPTIONS,
-    lora_ranks_for,
     option_for_flag,
 )
 from niodoo_supervisor.files.inputs import is_script
@@ -44,11 +43,11 @@ from niodoo_supervisor.launch.named_files import (
     read_api_key,
     read_logging_loggers,
 )
+from niodoo_supervisor.launch.plan import PlanError, resolve_max_lora_rank, vllm_environment
 from niodoo_supervisor.launch.ports import port_holder
-from niodoo_supervisor.launch.render import Launch, render
 from niodoo_supervisor.launch.vllm_logging import ignored_fields_logger_for
 
-__all__ = ["PreflightOptions", "PreflightResult", "port_holder", "preflight"]
+__all__ = ["PreflightOptions", "PreflightResult", "preflight"]
 
 NEWEST_KNOWN = Version(0, 33, 0)
 
@@ -57,16 +56,15 @@ NEWEST_KNOWN = Version(0, 33, 0)
 class PreflightOptions:
     check_port: bool = True
     check_flags: bool = True  # asks vLLM's --help once per install (cached): seconds when cold
-    own_pids: frozenset[int] = frozenset()  # a port held by these is not a problem
 
 
 @dataclass
 class PreflightResult:
+    """Every problem found, and the installed vLLM when it could be asked (what
+    `plan.plan_launch` renders for)."""
+
     problems: list[Problem] = field(default_factory=list)
     install: VllmInstall | None = None
-    max_lora_rank: int | None = None
-    api_key: str | None = None
-    launch: Launch | None = None
 
     @property
     def ok(self) -> bool:
@@ -88,7 +86,6 @@ class _Preflight:
         self.environ = environ
         self.options = options
         self.result = PreflightResult()
-        self.largest_rank: int | None = None  # of the adapters read, for lora.max_lora_rank: auto
         self.operator_loggers: dict[str, Any] | None = None  # from server.logging_config, if given
 
     def problem(self, path: str, message: str, fix: str = "", *, warning: bool = False) -> None:
@@ -105,30 +102,21 @@ class _Preflight:
         )
 
     def run(self) -> PreflightResult:
-        self.result.api_key = read_api_key(self.config, self.environ, self.problem)
+        read_api_key(self.config, self.environ, self.problem)  # read to check; the plan uses it
         check_model_path(self.config, self.problem)
         infos = self.check_adapters()
-        self.result.max_lora_rank = self.resolve_max_lora_rank(infos)
         self.check_ranks(infos)
         self.operator_loggers = read_logging_loggers(self.config, self.problem)
-        child_env = _child_env(self.config, self.environ)
-        install = self.inspect_install(child_env)
+        probe_env = vllm_environment(self.environ, self.config["server.env"])
+        install = self.inspect_install(probe_env)
         self.result.install = install
         if install is not None:
             self.check_version(install)
-            if self.options.check_flags:
-                self.check_flags(install, child_env)
+        self.check_max_lora_rank(infos, install)
+        if install is not None and self.options.check_flags:
+            self.check_flags(install, probe_env)
         if self.options.check_port:
             self.check_port()
-        if self.result.ok and (
-            self.result.max_lora_rank is not None or self.config["lora.max_lora_rank"] != "auto"
-        ):
-            self.result.launch = render(
-                self.config,
-                api_key=self.result.api_key,
-                vllm_version=install.version if install else None,
-                max_lora_rank=self.result.max_lora_rank,
-            )
         return self.result
 
     # --- files ------------------------------------------------------------------------------
@@ -164,34 +152,10 @@ class _Preflight:
                 )
         return infos
 
-    def resolve_max_lora_rank(self, infos: list[tuple[int, AdapterInfo]]) -> int | None:
-        configured = self.config["lora.max_lora_rank"]
-        if configured != "auto":
-            return configured if isinstance(configured, int) else None
-        if not infos:
-            if self.config.adapters:
-                return None  # the adapters' own errors say why
-            self.problem(
-                "lora.max_lora_rank",
-                "auto needs adapters to size from, none are listed",
-                "give a number (vLLM's default is 16)",
-            )
-            return None
-        largest = max(info.rank for _, info in infos)
-        self.largest_rank = largest
-        resolved = smallest_rank_at_least(largest)
-        if resolved is None:
-            self.problem(
-                "lora.max_lora_rank",
-                f"the largest adapter rank {largest} is above vLLM's maximum {LORA_RANKS[-1]}",
-                "retrain the adapter with a smaller rank",
-            )
-        return resolved
-
     def check_ranks(self, infos: list[tuple[int, AdapterInfo]]) -> None:
-        limit = self.result.max_lora_rank
-        if limit is None:
-            return
+        limit = self.config["lora.max_lora_rank"]
+        if not isinstance(limit, int):
+            return  # absent: vLLM's default; auto: sized to cover every adapter
         for index, info in infos:
             if info.rank > limit:
                 name = self.config.adapters[index].name
@@ -201,6 +165,17 @@ class _Preflight:
                     f"'LoRA rank {info.rank} is greater than max_lora_rank {limit}.' after loading the whole model",
                     f"set lora.max_lora_rank to {smallest_rank_at_least(info.rank)} (or auto), or drop the adapter",
                 )
+
+    def check_max_lora_rank(
+        self, infos: list[tuple[int, AdapterInfo]], install: VllmInstall | None
+    ) -> None:
+        """The rank the plan will render exists in this vLLM (`auto` can be sized)."""
+        if not infos and self.config.adapters:
+            return  # the adapters' own errors say why auto cannot be sized
+        try:
+            resolve_max_lora_rank(self.config, [info.rank for _, info in infos], install)
+        except PlanError as exc:
+            self.problem(exc.key, exc.message, exc.fix)
 
     # --- the installed vLLM -------------------------------------------------------------------
 
@@ -245,22 +220,9 @@ class _Preflight:
                 f"{option.flag} is not in the installed vLLM {install.version_text} (it exists in {option.versions_text()})",
                 "remove the key, or install a vLLM that has it",
             )
-        rank = self.result.max_lora_rank
-        if self.config["lora.enabled"] and rank is not None:
-            allowed = lora_ranks_for(version)
-            largest = self.largest_rank
-            if rank not in allowed and self.config["lora.max_lora_rank"] == "auto" and largest:
-                # auto was sized before the version was known: take this vLLM's own choices.
-                rank = self.result.max_lora_rank = smallest_rank_at_least(largest, allowed)
-            if rank is not None and rank not in allowed:
-                self.problem(
-                    "lora.max_lora_rank",
-                    f"vLLM {install.version_text} does not accept rank {rank}",
-                    f"use one of {', '.join(map(str, allowed))}",
-                )
         loggers = self.operator_loggers
         if loggers is not None:
-            wanted = ignored_fields_logger_for(install.version_text)
+            wanted = ignored_fields_logger_for(version)
             level = str((loggers.get(wanted) or {}).get("level", "")).upper()
             if level != "DEBUG" and version >= Version(0, 18, 0):
                 self.problem(
@@ -338,8 +300,6 @@ class _Preflight:
         if holder is None:
             return
         pid, name = holder
-        if pid is not None and pid in self.options.own_pids:
-            return
         who = f"{name} (pid {pid})" if pid is not None else "another process"
         self.problem(
             "server.port",
@@ -349,14 +309,8 @@ class _Preflight:
 
 
 def _rendered(value: object) -> bool:
-    """Whether render() puts the option's flag on the command line. Not `value in (None,
+    """Whether the plan puts the option's flag on the command line. Not `value in (None,
     False, ...)`: 0 == False, yet `seed: 0` is rendered as `--seed 0`."""
     if value is None or value is False:
         return False
     return not (isinstance(value, (tuple, list)) and not value)
-
-
-def _child_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
-    env = dict(environ)
-    env.update(config["server.env"])
-    return env

@@ -29,10 +29,11 @@ is named ``vllm``, which 0.32 checks before printing its banner.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-__all__ = ["ignored_fields_logger_for", "logging_config_for", "parse_version"]
+from niodoo_supervisor.config.versions import Version
+
+__all__ = ["ignored_fields_logger_for", "logging_config_for"]
 
 _DATE_FORMAT = "%m-%d %H:%M:%S"
 _BODY = "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s"
@@ -41,36 +42,26 @@ _PREFIX = "(%(vllm_process_name)s pid=%(process)d) "
 # (first version, logger). The gaps of the facts table were checked in the wheels:
 # 0.15 and 0.27-0.28 still have openai.engine.protocol, 0.29 already serve.engine.protocol.
 _IGNORED_FIELDS_LOGGERS = (
-    ((0, 0), "vllm.entrypoints.openai.protocol"),
-    ((0, 15), "vllm.entrypoints.openai.engine.protocol"),
-    ((0, 29), "vllm.entrypoints.serve.engine.protocol"),
+    (Version(0, 0), "vllm.entrypoints.openai.protocol"),
+    (Version(0, 15), "vllm.entrypoints.openai.engine.protocol"),
+    (Version(0, 29), "vllm.entrypoints.serve.engine.protocol"),
 )
-_PREFIX_IN_FORMAT = (0, 31)
+_PREFIX_IN_FORMAT = Version(0, 31)
 
 
-def parse_version(version: str) -> tuple[int, int]:
-    """(major, minor) of a vLLM version text such as ``0.32.0``, ``v0.10.1.1``,
-    ``0.11.0rc1`` or ``0.32.0+cpu``; ValueError if there is none."""
-    m = re.match(r"\s*v?(\d+)\.(\d+)", version)
-    if m is None:
-        raise ValueError(f"not a vLLM version: {version!r}")
-    return int(m[1]), int(m[2])
-
-
-def ignored_fields_logger_for(version: str) -> str:
+def ignored_fields_logger_for(version: Version) -> str:
     """The logger that emits "The following fields were present in the request but
     ignored" in vLLM `version` (newer than known: the newest layout)."""
-    wanted = parse_version(version)
     name = _IGNORED_FIELDS_LOGGERS[0][1]
     for since, logger in _IGNORED_FIELDS_LOGGERS:
-        if wanted >= since:
+        if version >= since:
             name = logger
     return name
 
 
-def logging_config_for(version: str) -> dict[str, Any]:
+def logging_config_for(version: Version) -> dict[str, Any]:
     """A JSON-serialisable `logging.config.dictConfig` for vLLM `version`."""
-    prefix = _PREFIX if parse_version(version) >= _PREFIX_IN_FORMAT else ""
+    prefix = _PREFIX if version >= _PREFIX_IN_FORMAT else ""
     return {
         "version": 1,
         "disable_existing_loggers": False,

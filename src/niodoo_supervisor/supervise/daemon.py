@@ -20,8 +20,11 @@ import structlog
 
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config, load_config
+from niodoo_supervisor.config.problems import Problem
 from niodoo_supervisor.files.statedir import StateDirError, StateLock, prepare
+from niodoo_supervisor.launch.plan import LaunchPlan, PlanError, plan_launch
 from niodoo_supervisor.launch.preflight import PreflightOptions, preflight
+from niodoo_supervisor.launch.render import redacted_argv
 from niodoo_supervisor.supervise import run_record
 from niodoo_supervisor.supervise.early_signals import StartupSignals
 from niodoo_supervisor.supervise.incidents import ReloadResult
@@ -85,33 +88,31 @@ def _run_locked(
     asyncio.run(_end_leftovers(config))
     if (stop := signals.stop_signal()) is not None:
         return _stopped_before_start(stop)
-    result = preflight(config, environ, PreflightOptions(check_flags=check_flags))
-    for problem in result.problems:
+    plan, problems = _checked_plan(config, environ, PreflightOptions(check_flags=check_flags))
+    for problem in problems:
         _log_problem(problem.format(), problem.is_error)
-    if not result.ok or result.launch is None:
+    if plan is None:
         log.error(
             "preflight_refused",
-            errors=sum(p.is_error for p in result.problems),
+            errors=sum(p.is_error for p in problems),
             hint="niodoo-supervisor check -c CONFIG shows the same",
         )
         return exitcodes.CONFIG
-    current = ReloadResult(config, result.launch, api_key=result.api_key)
     while signals.take_reload():
-        current = _reload_before_start(current, config_path, environ, check_flags)
+        config, plan = _reload_before_start(config, plan, config_path, environ, check_flags)
     if (stop := signals.stop_signal()) is not None:
         return _stopped_before_start(stop)
-    assert current.config is not None and current.launch is not None
     notifier = SystemdNotifier()
     supervisor = Supervisor(
-        current.config,
-        current.launch,
-        api_key=current.api_key,
+        config,
+        plan,
+        api_key=plan.api_key,
         notifier=notifier,
         environ=environ,
         reloader=lambda: _reload(config_path, environ),
-        vllm_version=result.install.version_text if result.install else None,
+        vllm_version=plan.vllm_version,
     )
-    log.info("starting", config=str(config_path), argv=" ".join(current.launch.redacted_argv()))
+    log.info("starting", config=str(config_path), argv=" ".join(redacted_argv(plan)))
     try:
         return asyncio.run(supervisor.run(signals.pending))
     finally:
@@ -124,8 +125,8 @@ def _stopped_before_start(signum: signal.Signals) -> int:
 
 
 def _reload_before_start(
-    current: ReloadResult, config_path: Path, environ: dict[str, str], check_flags: bool
-) -> ReloadResult:
+    config: Config, plan: LaunchPlan, config_path: Path, environ: dict[str, str], check_flags: bool
+) -> tuple[Config, LaunchPlan]:
     """A SIGHUP during the start: read the config again now rather than restart vLLM later.
     A config with errors is refused and the one already checked is kept, as on any reload."""
     log.info("reload_requested", when="before vLLM's first start")
@@ -133,8 +134,8 @@ def _reload_before_start(
     if reloaded.config is None or reloaded.launch is None:
         for error in reloaded.errors:
             log.error("reload_refused", problem=error)
-        return current
-    return reloaded
+        return config, plan
+    return reloaded.config, reloaded.launch
 
 
 def _log_problem(text: str, is_error: bool) -> None:
@@ -188,8 +189,20 @@ def _load_checked(
     errors = [problem.format() for problem in problems if problem.is_error]
     if config is None:
         return ReloadResult(None, None, errors)
+    plan, problems = _checked_plan(config, environ, options)
+    if plan is None:
+        return ReloadResult(None, None, errors + [p.format() for p in problems if p.is_error])
+    return ReloadResult(config, plan)
+
+
+def _checked_plan(
+    config: Config, environ: dict[str, str], options: PreflightOptions
+) -> tuple[LaunchPlan | None, list[Problem]]:
+    """Preflight, then the plan (None when either refuses): the start and every reload."""
     result = preflight(config, environ, options)
-    errors += [problem.format() for problem in result.problems if problem.is_error]
-    if errors or result.launch is None:
-        return ReloadResult(None, None, errors)
-    return ReloadResult(config, result.launch, api_key=result.api_key)
+    if not result.ok:
+        return None, result.problems
+    try:
+        return plan_launch(config, result.install, environ), result.problems
+    except PlanError as exc:  # a file changed since preflight read it
+        return None, [*result.problems, exc.as_problem(config)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from niodoo_supervisor.config.loader import Config
-from niodoo_supervisor.launch.render import Launch
+from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.rules import Event
 
 __all__ = ["ChildExited", "Incident", "LogEvent", "Outcome", "ReloadResult", "SignalReceived"]
@@ -41,7 +41,12 @@ class Outcome:
 
 @dataclass(frozen=True)
 class ReloadResult:
+    """A reload's config and its launch plan, or (both None) the errors that refused it."""
+
     config: Config | None
-    launch: Launch | None
+    launch: LaunchPlan | None
     errors: list[str] = field(default_factory=list)
-    api_key: str | None = None
+
+    @property
+    def api_key(self) -> str | None:
+        return self.launch.api_key if self.launch else None

@@ -22,7 +22,7 @@ import structlog
 
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
-from niodoo_supervisor.launch.render import Launch
+from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.pump import RotatingLogFile
 from niodoo_supervisor.logs.rules import Action, Event, EventCounters
 from niodoo_supervisor.supervise import systemd
@@ -64,7 +64,7 @@ class Supervisor:
     def __init__(
         self,
         config: Config,
-        launch: Launch,
+        launch: LaunchPlan,
         *,
         api_key: str | None,
         notifier: Notifier,

@@ -21,7 +21,7 @@ import structlog
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.files.atomic import atomic_write, describe_os_error, exit_code_for
-from niodoo_supervisor.launch.render import Launch
+from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.pump import LogPump, RotatingLogFile
 from niodoo_supervisor.logs.rules import Event, RuleSet
 from niodoo_supervisor.supervise import run_record
@@ -72,7 +72,7 @@ class VllmRun:
     async def launch(
         cls,
         config: Config,
-        launch: Launch,
+        launch: LaunchPlan,
         environ: dict[str, str],
         *,
         log_file: RotatingLogFile,
@@ -168,7 +168,7 @@ class VllmRun:
             run_record.clear(self.config.state_dir)
 
 
-def _write_logging_config(launch: Launch) -> None:
+def _write_logging_config(launch: LaunchPlan) -> None:
     path = launch.env.get("VLLM_LOGGING_CONFIG_PATH")
     if launch.logging_config is None or not path:
         return
