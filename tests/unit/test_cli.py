@@ -14,7 +14,8 @@ import yaml
 
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.cli.main import main
-from niodoo_supervisor.launch.render import REDACTED
+from niodoo_supervisor.launch.plan import LaunchPlan, PlanError, plan_launch
+from niodoo_supervisor.launch.render import REDACTED, redacted_env
 
 FAKE_VLLM = Path(__file__).resolve().parents[1] / "fakevllm"
 SECRET = "sk-cli-test-0123456789"
@@ -343,3 +344,52 @@ def test_render_auto_uses_the_ranks_of_the_installed_vllm(
     assert code == exitcodes.OK
     argv = json.loads("\n".join(out))["argv"]
     assert argv[argv.index("--max-lora-rank") + 1] == "8"  # vLLM 0.11 has no rank 1
+
+
+# --- one plan for render, check and run ---------------------------------------------------------
+
+
+def test_check_and_render_make_the_same_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plans: list[LaunchPlan] = []
+
+    def recording_plan_launch(*args: Any, **kwargs: Any) -> LaunchPlan:
+        plans.append(plan_launch(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr("niodoo_supervisor.cli.main.plan_launch", recording_plan_launch)
+    monkeypatch.setenv("NIODOO_CLI_TEST_KEY", SECRET)
+    document = _document(tmp_path)
+    document["server"]["api_key_env"] = "NIODOO_CLI_TEST_KEY"
+    document["lora"] = {
+        "enabled": True,
+        "max_lora_rank": "auto",
+        "adapters": [{"name": "a", "path": str(_adapter(tmp_path / "a", 12))}],
+    }
+    config = _write(tmp_path, document)
+    assert _run(capsys, "check", "-c", str(config), "--no-port")[0] == exitcodes.OK
+    code, out, _ = _run(capsys, "render", "-c", str(config), "--json")
+    assert code == exitcodes.OK
+    checked, rendered = plans
+    assert checked.argv == rendered.argv == tuple(json.loads("\n".join(out))["argv"])
+    assert checked.max_lora_rank == rendered.max_lora_rank == 16
+    assert redacted_env(checked) == redacted_env(rendered)
+    assert checked.api_key == SECRET and rendered.api_key is None  # render reads no secret
+
+
+def test_check_reports_a_plan_that_cannot_be_made_after_preflight_passed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key file removed between preflight and the plan: one problem line, 78, no traceback.
+    def vanished_key(*args: Any, **kwargs: Any) -> LaunchPlan:
+        raise PlanError("server.api_key_file", "cannot read the API key from /k: it is gone")
+
+    monkeypatch.setattr("niodoo_supervisor.cli.main.plan_launch", vanished_key)
+    config = _write(tmp_path, _document(tmp_path))
+    code, out, err = _run(capsys, "check", "-c", str(config), "--no-port")
+    assert code == exitcodes.CONFIG and err == []
+    assert out == [
+        f"{config}: error: server.api_key_file: cannot read the API key from /k: it is gone",
+        f"{config}: 1 error(s), 0 warning(s): vLLM would not start with this config",
+    ]

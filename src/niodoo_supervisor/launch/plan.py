@@ -83,7 +83,7 @@ class LaunchPlan:
     file, named by `server.logging_config`). `secrets` are what displays must redact."""
 
     argv: tuple[str, ...]
-    env: Mapping[str, str]
+    env: Mapping[str, str] = field(repr=False)  # holds VLLM_API_KEY
     logging_config_path: Path
     logging_config: Mapping[str, Any] | None
     max_lora_rank: int | None  # as rendered: `auto` resolved; None leaves vLLM's default
