@@ -30,6 +30,7 @@ __all__ = [
     "LOGGING_CONFIG_NAME",
     "LaunchPlan",
     "PlanError",
+    "is_rendered",
     "plan_launch",
     "resolve_max_lora_rank",
     "vllm_environment",
@@ -219,16 +220,24 @@ def _launcher_argv(config: Config) -> list[str]:
     return [python, "-m", _MODULE_LAUNCHER, "--model", model]
 
 
+def is_rendered(value: object) -> bool:
+    """Whether an option set to `value` puts its flag on the command line. Not `value in
+    (None, False, ...)`: 0 == False, yet `seed: 0` is rendered as `--seed 0`."""
+    if value is None or value is False:
+        return False
+    return not (isinstance(value, (tuple, list)) and not value)
+
+
 def _render_option(option: Field, value: Any) -> list[str]:
-    if value is None or option.flag is None:
+    if option.flag is None or not is_rendered(value):
         return []
     if option.render is RenderStyle.SWITCH:
-        return [option.flag] if value else []
+        return [option.flag]
     if option.render is RenderStyle.VALUES:
         items = [
             _lora_module_value(item) if isinstance(item, Adapter) else str(item) for item in value
         ]
-        return [option.flag, *items] if items else []
+        return [option.flag, *items]
     return [option.flag, _format_scalar(value)]
 
 

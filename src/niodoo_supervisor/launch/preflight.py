@@ -43,7 +43,12 @@ from niodoo_supervisor.launch.named_files import (
     read_api_key,
     read_logging_loggers,
 )
-from niodoo_supervisor.launch.plan import PlanError, resolve_max_lora_rank, vllm_environment
+from niodoo_supervisor.launch.plan import (
+    PlanError,
+    is_rendered,
+    resolve_max_lora_rank,
+    vllm_environment,
+)
 from niodoo_supervisor.launch.ports import port_holder
 from niodoo_supervisor.launch.vllm_logging import ignored_fields_logger_for
 
@@ -179,7 +184,7 @@ class _Preflight:
 
     # --- the installed vLLM -------------------------------------------------------------------
 
-    def inspect_install(self, child_env: Mapping[str, str]) -> VllmInstall | None:
+    def inspect_install(self, probe_env: Mapping[str, str]) -> VllmInstall | None:
         python = str(self.config["server.python"])
         if not reachable("server.python", python, self.problem, os.X_OK):
             return None
@@ -193,7 +198,7 @@ class _Preflight:
                 warning=True,
             )
         try:
-            return inspect_vllm(python, child_env)
+            return inspect_vllm(python, probe_env)
         except VllmProbeError as exc:
             self.problem(
                 "server.python",
@@ -213,7 +218,7 @@ class _Preflight:
             )
         for option in VLLM_OPTIONS:
             value = self.config[option.key]
-            if not _rendered(value) or option.available_in(version):
+            if not is_rendered(value) or option.available_in(version):
                 continue
             self.problem(
                 option.key,
@@ -233,12 +238,12 @@ class _Preflight:
                     warning=True,
                 )
 
-    def check_flags(self, install: VllmInstall, child_env: Mapping[str, str]) -> None:
+    def check_flags(self, install: VllmInstall, probe_env: Mapping[str, str]) -> None:
         extra = [arg for arg in self.config["server.extra_args"] if arg.startswith("--")]
         rendered = {
             option.flag
             for option in VLLM_OPTIONS
-            if option.flag and _rendered(self.config[option.key])
+            if option.flag and is_rendered(self.config[option.key])
         }
         for arg in extra:
             flag = arg.split("=", 1)[0]
@@ -266,7 +271,7 @@ class _Preflight:
         if not extra:
             return
         try:
-            known = vllm_flags(install, child_env, cache_dir(self.environ))
+            known = vllm_flags(install, probe_env, cache_dir(self.environ))
         except VllmProbeError as exc:
             self.problem(
                 "server.extra_args",
@@ -306,11 +311,3 @@ class _Preflight:
             f"port {port} on {host} is already in use by {who}",
             "stop it or choose another server.port",
         )
-
-
-def _rendered(value: object) -> bool:
-    """Whether the plan puts the option's flag on the command line. Not `value in (None,
-    False, ...)`: 0 == False, yet `seed: 0` is rendered as `--seed 0`."""
-    if value is None or value is False:
-        return False
-    return not (isinstance(value, (tuple, list)) and not value)
