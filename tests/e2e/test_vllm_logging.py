@@ -14,7 +14,7 @@ from niodoo_supervisor.launch.vllm_logging import (
     logging_config_for,
     parse_version,
 )
-from niodoo_supervisor.logs.records import assemble
+from niodoo_supervisor.logs.line import assemble
 
 
 def test_real_vllm_logs_with_our_logging_config(tmp_path: Path, vllm_python: str) -> None:

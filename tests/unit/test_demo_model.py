@@ -20,9 +20,9 @@ from niodoo_supervisor.demo.model import (
     SHAPE,
     STAMP_NAME,
     DemoModel,
-    float32_to_bf16_bits,
     generate,
 )
+from niodoo_supervisor.demo.safetensors import float32_to_bf16_bits
 
 REF = "tiny-base"
 

@@ -15,14 +15,15 @@ from niodoo_supervisor.launch.vllm_logging import (
     logging_config_for,
     parse_version,
 )
-from niodoo_supervisor.logs.line import headed, split_line
-from niodoo_supervisor.logs.records import (
-    ChunkScanner,
+from niodoo_supervisor.logs.line import (
     LogRecord,
     RecordAssembler,
     assemble,
+    headed,
     parse_line,
+    split_line,
 )
+from niodoo_supervisor.logs.scan import ChunkScanner
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-logs"
 

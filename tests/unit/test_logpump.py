@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from niodoo_supervisor.logs.pump import LogPump, RotatingLogFile
-from niodoo_supervisor.logs.rules import Event, RuleSet
+from niodoo_supervisor.logs.pump import LogPump
+from niodoo_supervisor.logs.rule_types import Event
+from niodoo_supervisor.logs.rules import RuleSet
+from niodoo_supervisor.logs.sinks import RotatingLogFile
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-logs"
 RULES = RuleSet()
