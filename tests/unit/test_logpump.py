@@ -225,7 +225,7 @@ async def test_blocked_sink_drops_and_counts_instead_of_blocking(tmp_path: Path)
         assert echo_sink.dropped_lines > 0 and pump.stats.dropped_bytes == echo_sink.dropped_bytes
         echo.gate.set()  # the journal recovers and catches up with its queue
         await until(lambda: len(echo.getvalue()) == first - echo_sink.dropped_bytes)
-        assert b"[niodoo-supervisor]" not in echo.getvalue()  # the gap is not over yet
+        assert data.startswith(echo.getvalue())  # vLLM's bytes only: the gap is not over yet
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         proc.stdin.flush()

@@ -172,7 +172,10 @@ def test_ignored_guided_fields_get_the_structured_outputs_hint() -> None:
             H + "The following fields were present in the request but ignored: {'guided_json'}\n"
         ).encode()
     )
-    assert "structured_outputs" in event.hint and "lora_name" not in event.hint
+    hints = {rule.name: rule.hint for rule in BUILTIN_RULES}
+    # The rule's own hint and the structured-outputs one, and nothing else (no lora_name hint).
+    assert "structured_outputs" in hints["removed_guided_fields"]
+    assert event.hint == f"{hints['ignored_request_fields']} {hints['removed_guided_fields']}"
 
 
 def test_old_prefixed_traceback_gives_one_death_event() -> None:
