@@ -180,8 +180,9 @@ def run_direct(work: Work, writes: str, mix: str = "mix") -> float:
 PUMP = textwrap.dedent(
     r"""
     import asyncio, os, subprocess, sys
-    from niodoo_supervisor.logs.pump import LogPump, RotatingLogFile
+    from niodoo_supervisor.logs.pump import LogPump
     from niodoo_supervisor.logs.rules import RuleSet
+    from niodoo_supervisor.logs.sinks import RotatingLogFile
 
     async def main():
         log_file = RotatingLogFile(sys.argv[1], 1 << 30, 1)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from niodoo_supervisor.logs.rules import BUILTIN_RULES, Action
+from niodoo_supervisor.logs.builtin_rules import BUILTIN_RULES
+from niodoo_supervisor.logs.rule_types import Action
 
 H = "(APIServer pid=1) INFO 11-24 00:00:00 [x.py:1] "
 E = "(EngineCore_DP0 pid=7) ERROR 08-01 10:00:00 [core.py:1] "

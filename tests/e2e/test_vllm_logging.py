@@ -11,7 +11,7 @@ from pathlib import Path
 
 from niodoo_supervisor.config.versions import Version
 from niodoo_supervisor.launch.vllm_logging import ignored_fields_logger_for, logging_config_for
-from niodoo_supervisor.logs.records import assemble
+from niodoo_supervisor.logs.line import assemble
 
 
 def test_real_vllm_logs_with_our_logging_config(tmp_path: Path, vllm_python: str) -> None:

@@ -12,14 +12,15 @@ from hypothesis import strategies as st
 
 from niodoo_supervisor.config.versions import Version
 from niodoo_supervisor.launch.vllm_logging import ignored_fields_logger_for, logging_config_for
-from niodoo_supervisor.logs.line import headed, split_line
-from niodoo_supervisor.logs.records import (
-    ChunkScanner,
+from niodoo_supervisor.logs.line import (
     LogRecord,
     RecordAssembler,
     assemble,
+    headed,
     parse_line,
+    split_line,
 )
+from niodoo_supervisor.logs.scan import ChunkScanner
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-logs"
 

@@ -11,19 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from niodoo_supervisor.logs import rules
-from niodoo_supervisor.logs.records import assemble, split_line
-from niodoo_supervisor.logs.rules import (
-    BUILTIN_RULES,
-    PHASES,
-    Action,
-    Event,
-    EventCounters,
-    Rule,
-    RuleSet,
-    Severity,
-    compile_user_rules,
-    required_literals,
-)
+from niodoo_supervisor.logs.builtin_rules import BUILTIN_RULES, PHASES
+from niodoo_supervisor.logs.counters import EventCounters
+from niodoo_supervisor.logs.line import assemble, split_line
+from niodoo_supervisor.logs.operator_rules import compile_user_rules, required_literals
+from niodoo_supervisor.logs.rule_types import Action, Event, Rule, Severity
+from niodoo_supervisor.logs.rules import RuleSet
 from rulesamples import SAMPLES, SPOOFS, E, H
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-logs"
@@ -179,7 +172,10 @@ def test_ignored_guided_fields_get_the_structured_outputs_hint() -> None:
             H + "The following fields were present in the request but ignored: {'guided_json'}\n"
         ).encode()
     )
-    assert "structured_outputs" in event.hint and "lora_name" not in event.hint
+    hints = {rule.name: rule.hint for rule in BUILTIN_RULES}
+    # The rule's own hint and the structured-outputs one, and nothing else (no lora_name hint).
+    assert "structured_outputs" in hints["removed_guided_fields"]
+    assert event.hint == f"{hints['ignored_request_fields']} {hints['removed_guided_fields']}"
 
 
 def test_old_prefixed_traceback_gives_one_death_event() -> None:
@@ -299,7 +295,7 @@ def test_many_names_and_huge_names_keep_events_counters_and_status_small() -> No
 
 
 def test_operator_rules_fatal_at_message_start_log_anywhere() -> None:
-    ruleset, errors = RuleSet.from_config(
+    ruleset, errors = operator_ruleset(
         [rule_item(), rule_item(name="oom_seen", action="log", pattern="Killed process")]
     )
     assert errors == []
@@ -372,8 +368,14 @@ def rule_item(**over: Any) -> dict[str, Any]:
     return {k: v for k, v in item.items() if v is not None}
 
 
+def operator_ruleset(items: list[dict[str, Any]]) -> tuple[RuleSet, list[str]]:
+    """The built-in rules plus the operator's, built as the config loader and `run` do."""
+    user, errors = compile_user_rules(items, "rules")
+    return RuleSet(user), errors
+
+
 def test_user_rule_compiles_and_fires() -> None:
-    ruleset, errors = RuleSet.from_config([rule_item()])
+    ruleset, errors = operator_ruleset([rule_item()])
     assert errors == []
     [event] = scan(b"Killed process 123 (python)\n", ruleset)
     assert (event.rule, event.action, event.severity, event.hint) == (
@@ -442,7 +444,7 @@ def test_user_rule_errors_name_the_given_path() -> None:
 
 
 def test_explicit_anchors_allow_any_pattern() -> None:
-    ruleset, errors = RuleSet.from_config([rule_item(pattern=r"(?i)killed \w+", anchors=["illed"])])
+    ruleset, errors = operator_ruleset([rule_item(pattern=r"(?i)killed \w+", anchors=["illed"])])
     assert errors == []
     assert [e.rule for e in scan(b"KILLED it\nkilled it\n", ruleset)] == ["oom_kill"]
 
@@ -476,7 +478,7 @@ def test_builtin_anchors_are_required_by_their_patterns() -> None:
 def test_an_access_line_with_vllms_header_feeds_no_operator_rule() -> None:
     # An operator's logging config may route uvicorn's access log through vLLM's formatter;
     # the path in it is still the client's text.
-    ruleset, errors = RuleSet.from_config(
+    ruleset, errors = operator_ruleset(
         [rule_item(name="slow", pattern="slow path", action="log", severity="warning")]
     )
     assert errors == []

@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import load_config
 from niodoo_supervisor.files.inputs import InputFileError, read_regular_file
+from niodoo_supervisor.supervise.process_tree import ProcessRecord, alive
 from niodoo_supervisor.supervise.status_file import STATUS_FILE
 
 __all__ = ["show_status"]
@@ -36,7 +35,7 @@ def show_status(config_path: Path, *, as_json: bool) -> int:
         print(f"not running: no status in {config.state_dir}")
         return exitcodes.NOT_RUNNING
     status: dict[str, Any] = raw
-    running = _alive(status.get("supervisor_pid"))
+    running = _supervisor_alive(status.get("supervisor_pid"), status.get("supervisor_create_time"))
     status["supervisor_running"] = running
     if as_json:
         print(json.dumps(status, indent=2))
@@ -45,13 +44,15 @@ def show_status(config_path: Path, *, as_json: bool) -> int:
     return exitcodes.OK if running else exitcodes.NOT_RUNNING
 
 
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int):
+def _supervisor_alive(pid: object, create_time: object) -> bool:
+    """The supervisor that wrote the file still runs: its pid is alive and was started at the
+    recorded time (the pid alone may have been reused). A file without the start time cannot
+    tell, and says not running."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    if not isinstance(create_time, (int, float)) or isinstance(create_time, bool):
         return False
+    return alive(ProcessRecord(pid, float(create_time)))
 
 
 def _human(status: dict[str, Any], running: bool) -> str:

@@ -2,7 +2,7 @@
 in the order a healthy start logs them (`PHASES`). Data only; `rules` turns it into events.
 
 Patterns are RE2 syntax (linear time, see `rules`) and match at the start of vLLM's message
-or right after a leading exception type (`linetrust.trusted_starts`), never further into a
+or right after a leading exception type (`trust.trusted_starts`), never further into a
 line, where vLLM may quote a client. Every rule has literal `anchors`, one of which any line
 it matches contains: the scanner finds them all in one pass over each chunk and runs a
 rule's regex only on the rare lines that hold one.

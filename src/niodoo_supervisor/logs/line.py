@@ -1,4 +1,5 @@
-"""One line of vLLM's output (0.10 to 0.33) taken apart, and whether it continues a record.
+"""One line of vLLM's output (0.10 to 0.33) taken apart, whether it continues a record, and
+the lines grouped into records.
 
 vLLM writes one pipe of mixed lines:
 
@@ -16,20 +17,22 @@ Unformatted tracebacks are recognised by their shape (``Traceback (most recent c
 last):``, indented frames, the final exception line).
 
 `continuation` is the single definition of "this line belongs to the record before it".
-The streaming `RecordAssembler` (`logparse`) and the `ChunkScanner` (`logscan`, which
-parses only around anchor hits) both use it, so a record is the same whichever way the
-text was read.
+The streaming `RecordAssembler` (here) and the `ChunkScanner` (`scan`, which parses only
+around anchor hits) both use it, so a record is the same whichever way the text was read.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
     "LogRecord",
     "ParsedLine",
+    "RecordAssembler",
+    "assemble",
     "continuation",
     "continues",
     "headed",
@@ -181,3 +184,46 @@ def _record(lines: list[ParsedLine]) -> LogRecord:
         "\n".join(p.message for p in lines),
         tuple(p.raw for p in lines),
     )
+
+
+class RecordAssembler:
+    """Group lines into records, one line at a time.
+
+    `feed` returns the record that the new line closed, if any; `flush` returns the
+    record still open. A record longer than `max_lines` is cut there (bounded memory).
+    """
+
+    def __init__(self, max_lines: int = 2000) -> None:
+        self._max_lines = max_lines
+        self._lines: list[ParsedLine] = []
+        self._in_tb = False
+
+    def feed(self, line: str) -> LogRecord | None:
+        cur = split_line(line)
+        done: LogRecord | None = None
+        cont = bool(self._lines) and len(self._lines) < self._max_lines
+        cont = cont and continues(self._lines[-1], cur, self._in_tb)
+        if not cont and self._lines:
+            done = _record(self._lines)
+            self._lines = []
+        self._in_tb = _in_traceback_after(cur, cont, self._in_tb)
+        self._lines.append(cur)
+        return done
+
+    def flush(self) -> LogRecord | None:
+        if not self._lines:
+            return None
+        done = _record(self._lines)
+        self._lines = []
+        self._in_tb = False
+        return done
+
+
+def assemble(lines: Iterable[str]) -> list[LogRecord]:
+    """All records of `lines` (convenience for tests and crash reports)."""
+    assembler = RecordAssembler()
+    out = [r for r in map(assembler.feed, lines) if r is not None]
+    last = assembler.flush()
+    if last is not None:
+        out.append(last)
+    return out

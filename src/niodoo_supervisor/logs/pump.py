@@ -4,7 +4,7 @@ vLLM's stdout and stderr are one pipe. The pump reads it in large chunks on the 
 loop (`loop.add_reader` + `os.read`), scans each chunk with the rules (`EventScanner`:
 C-speed anchor search, no per-line Python) and hands the chunk to its sinks.
 
-Sinks (`logsinks`) never block the loop or the child: each has its own writer thread
+Sinks (`sinks`) never block the loop or the child: each has its own writer thread
 behind a bounded queue; a full queue drops the chunk for that sink (counted, and marked
 in the output once the sink catches up), and a write error (ENOSPC) is counted and
 reported while the pump keeps reading: a full disk must not stall vLLM.
@@ -25,10 +25,11 @@ from typing import Any, BinaryIO
 
 import structlog
 
-from niodoo_supervisor.logs.rules import Event, RuleSet, clip
+from niodoo_supervisor.logs.rule_types import Event
+from niodoo_supervisor.logs.rules import RuleSet, clip
 from niodoo_supervisor.logs.sinks import RotatingLogFile, SinkStats, _Sink
 
-__all__ = ["LogPump", "PumpStats", "RotatingLogFile", "SinkStats"]
+__all__ = ["LogPump", "PumpStats"]
 
 log = structlog.get_logger(__name__)
 

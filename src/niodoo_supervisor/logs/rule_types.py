@@ -38,7 +38,7 @@ class Rule:
     """One known line. `pattern` runs on the message (the line without its header).
 
     It must match at the start of the message, or right after an exception type such as
-    ``ValueError: `` (`linetrust.trusted_starts`): text further into a line may quote a
+    ``ValueError: `` (`trust.trusted_starts`): text further into a line may quote a
     client. Only `anywhere` rules (operator log and phase rules) are searched for anywhere.
     """
 

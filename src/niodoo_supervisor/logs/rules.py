@@ -1,18 +1,18 @@
 """Known vLLM log lines turned into supervisor events: the rule machinery.
 
-`RuleSet` compiles the built-in table (`rule_table.BUILTIN_RULES`) and the operator's
-rules (`userrules.compile_user_rules`; anchors derived by `required_literals`) with their
-anchors; `EventScanner` finds their events in a byte stream and `EventCounters`
-(`eventcounters`) counts them. The shared types (`Rule`, `Severity`, `Action`, `Event`)
-live in `ruletypes`; all these names are re-exported here.
+`RuleSet` compiles the built-in table (`builtin_rules.BUILTIN_RULES`) and the operator's
+rules (`operator_rules.compile_user_rules`; anchors derived by `required_literals`) with
+their anchors; `EventScanner` finds their events in a byte stream (`counters.EventCounters`
+counts them). The shared types (`Rule`, `Severity`, `Action`, `Event`) live in
+`rule_types`.
 
 Hostile input (a client chooses the names of the request fields vLLM logs as ignored):
 
-- Time: patterns run on RE2 (`userrules.compile_linear`), linear in the text whatever
+- Time: patterns run on RE2 (`operator_rules.compile_linear`), linear in the text whatever
   the pattern; Python's `re` backtracks (``\\S+ is not a local folder`` took 5 s on one
   16 KB line), and an operator's pattern cannot be audited. Lines are cut to
-  `logscan.MAX_LINE` bytes before matching; a cut line is reported as a `line_cut` event.
-- Trust: only the ignored-fields rule sees client text (`linetrust`); a fatal event after
+  `scan.MAX_LINE` bytes before matching; a cut line is reported as a `line_cut` event.
+- Trust: only the ignored-fields rule sees client text (`trust`); a fatal event after
   vLLM started serving requests is reported, never acted on (`EventScanner`).
 - Size: an event's message and lines, and the field names it lists, are cut to bounded
   lengths; the memo of matches holds only short messages.
@@ -34,42 +34,16 @@ from niodoo_supervisor.logs.builtin_rules import (
     BUILTIN_RULES,
     IGNORED_FIELDS_RULE,
     LINE_CUT_RULE,
-    PHASES,
     SERVING_PHASES,
 )
-from niodoo_supervisor.logs.counters import EventCounters, clip_field_name
-from niodoo_supervisor.logs.operator_rules import (
-    compile_linear,
-    compile_user_rules,
-    required_literals,
-)
-from niodoo_supervisor.logs.records import (
-    ChunkScanner,
-    HitRecord,
-    LogRecord,
-    ParsedLine,
-    split_line,
-)
+from niodoo_supervisor.logs.counters import clip_field_name
+from niodoo_supervisor.logs.line import LogRecord, ParsedLine, split_line
+from niodoo_supervisor.logs.operator_rules import compile_linear, required_literals
 from niodoo_supervisor.logs.rule_types import Action, Event, Rule, Severity
-from niodoo_supervisor.logs.scan import MAX_LINE
+from niodoo_supervisor.logs.scan import MAX_LINE, ChunkScanner, HitRecord
 from niodoo_supervisor.logs.trust import LineKind, line_kind, trusted_starts
 
-__all__ = [
-    "BUILTIN_RULES",
-    "LINE_CUT_RULE",
-    "MAX_TEXT",
-    "PHASES",
-    "Action",
-    "Event",
-    "EventCounters",
-    "EventScanner",
-    "Rule",
-    "RuleSet",
-    "Severity",
-    "clip",
-    "compile_user_rules",
-    "required_literals",
-]
+__all__ = ["MAX_TEXT", "EventScanner", "RuleSet", "clip"]
 
 _LINE_CUT_HINT = (
     "A line of vLLM's output was longer than {limit} bytes: only its first {limit} bytes "
@@ -90,7 +64,7 @@ _LORA_NAME_HINT = (
     "vLLM has no `lora_name` request field: a client selects an adapter by sending its "
     'served name as `model` (for example "model": "a"); fix the client.'
 )
-# Groups of the built-in patterns (`rule_table`) that hold numbers (an adapter named "7"
+# Groups of the built-in patterns (`builtin_rules`) that hold numbers (an adapter named "7"
 # stays a string).
 # fmt: off
 _NUMBERS = frozenset(("rank", "max_lora_rank", "max_cpu_loras", "max_loras", "errno",
@@ -157,12 +131,6 @@ class RuleSet:
         self.anchors = tuple(sorted(a.encode() for a in by_anchor))
         self._memo: dict[tuple[LineKind, str], tuple[_Match, ...]] = {}
         self._single: dict[str, tuple[Event, ...]] = {}  # events of one-line records
-
-    @classmethod
-    def from_config(cls, items: object, path: str = "rules") -> tuple[RuleSet, list[str]]:
-        """Built-in rules plus the operator's YAML list; errors as `compile_user_rules`."""
-        user, errors = compile_user_rules(items, path)
-        return cls(user), errors
 
     def scanner(self) -> EventScanner:
         return EventScanner(self)

@@ -1,6 +1,6 @@
 """Find the records of a byte stream that hold an anchor text, parsing only around the
 hits (`ChunkScanner`, which reports each as a `HitRecord`). Records are grouped by
-`logline.continuation`, as `logparse.RecordAssembler` groups them.
+`line.continuation`, as `line.RecordAssembler` groups them.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class ChunkScanner:
     open record's first line, and that record's walk resumes where the last feed left it,
     so scanning costs time linear in the input. A record is reported when the line after it
     arrives (or on `flush`), so chunk boundaries do not change results. Records are cut at
-    `max_walk` lines, as `logparse.RecordAssembler` cuts them at `max_lines`.
+    `max_walk` lines, as `line.RecordAssembler` cuts them at `max_lines`.
     """
 
     def __init__(

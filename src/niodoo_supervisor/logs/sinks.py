@@ -70,10 +70,6 @@ class RotatingLogFile:
             if data:
                 self._rotate_locked()
 
-    def rotate(self) -> None:
-        with self._lock:
-            self._rotate_locked()
-
     def _rotate_locked(self) -> None:
         self.close()
         if self.backup_count > 0:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.launch.plan import LaunchPlan
-from niodoo_supervisor.logs.rules import Event
+from niodoo_supervisor.logs.rule_types import Event
 
 __all__ = ["ChildExited", "Incident", "LogEvent", "Outcome", "ReloadResult", "SignalReceived"]
 

@@ -23,8 +23,9 @@ import structlog
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.launch.plan import LaunchPlan
-from niodoo_supervisor.logs.pump import RotatingLogFile
-from niodoo_supervisor.logs.rules import Action, Event, EventCounters
+from niodoo_supervisor.logs.counters import EventCounters
+from niodoo_supervisor.logs.rule_types import Action, Event
+from niodoo_supervisor.logs.sinks import RotatingLogFile
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.event_limit import EventLogLimiter
 from niodoo_supervisor.supervise.exits import describe_exit

@@ -22,8 +22,10 @@ from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.files.atomic import atomic_write, describe_os_error, exit_code_for
 from niodoo_supervisor.launch.plan import LaunchPlan
-from niodoo_supervisor.logs.pump import LogPump, RotatingLogFile
-from niodoo_supervisor.logs.rules import Event, RuleSet
+from niodoo_supervisor.logs.pump import LogPump
+from niodoo_supervisor.logs.rule_types import Event
+from niodoo_supervisor.logs.rules import RuleSet
+from niodoo_supervisor.logs.sinks import RotatingLogFile
 from niodoo_supervisor.supervise import run_record
 from niodoo_supervisor.supervise.process_tree import VllmProcess, spawn
 

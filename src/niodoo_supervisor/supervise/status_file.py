@@ -1,7 +1,8 @@
 """The supervisor's account of itself, written to `status.json` in the state folder.
 
 `niodoo-supervisor status` reads it; it is rewritten atomically on every state change and
-every check, so a reader never sees half a file.
+every check, so a reader never sees half a file. The supervisor's pid comes with its start
+time, so a reader can tell this supervisor from a later process that got the same pid.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from niodoo_supervisor.files.atomic import atomic_write
 
@@ -32,6 +35,9 @@ class CrashReport:
 @dataclass
 class StatusBoard:
     supervisor_pid: int = field(default_factory=os.getpid)
+    # psutil's create_time of supervisor_pid: a live process with that pid is this
+    # supervisor only if its create_time is the same.
+    supervisor_create_time: float = field(default_factory=lambda: psutil.Process().create_time())
     state: str = "STOPPED"
     since: float = field(default_factory=time.time)
     reason: str = ""

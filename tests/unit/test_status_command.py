@@ -1,0 +1,84 @@
+"""`niodoo-supervisor status`: "running" means the supervisor that wrote the status file, known
+by its pid and its start time; a live process that merely has that pid (reused) is not it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from niodoo_supervisor import exitcodes
+from niodoo_supervisor.cli.main import main
+from niodoo_supervisor.supervise.status_file import STATUS_FILE, StatusBoard
+
+OWN_START = psutil.Process().create_time()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "state").mkdir()
+    path = tmp_path / "niodoo.yaml"
+    document = {
+        "server": {"python": sys.executable},
+        "model": {"path": str(model)},
+        "supervisor": {"state_dir": str(tmp_path / "state")},
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _status(
+    config: Path, capsys: pytest.CaptureFixture[str], **fields: Any
+) -> tuple[int, dict[str, Any]]:
+    board = StatusBoard(state="READY")
+    (config.parent / "state" / STATUS_FILE).write_text(json.dumps({**board.to_dict(), **fields}))
+    code = main(["status", "-c", str(config), "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_the_status_file_records_the_supervisors_start_time() -> None:
+    board = StatusBoard()
+    assert board.supervisor_pid == os.getpid()
+    assert board.supervisor_create_time == OWN_START
+
+
+def test_the_writer_alive_with_its_start_time_is_running(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, shown = _status(config, capsys)  # written by this process: pid and start time match
+    assert code == exitcodes.OK and shown["supervisor_running"] is True
+
+
+def test_a_live_pid_with_another_start_time_is_not_running(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # This test's own pid is alive, but the file says it started a minute earlier: the pid
+    # was reused by another process.
+    code, shown = _status(config, capsys, supervisor_create_time=OWN_START - 60)
+    assert code == exitcodes.NOT_RUNNING and shown["supervisor_running"] is False
+
+
+@pytest.mark.parametrize("create_time", [None, "yesterday", True])
+def test_a_file_without_a_usable_start_time_is_not_running(
+    config: Path, capsys: pytest.CaptureFixture[str], create_time: object
+) -> None:
+    code, shown = _status(config, capsys, supervisor_create_time=create_time)
+    assert code == exitcodes.NOT_RUNNING and shown["supervisor_running"] is False
+
+
+def test_the_human_view_says_not_running_and_the_last_state(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = {**StatusBoard(state="READY").to_dict(), "supervisor_create_time": OWN_START - 60}
+    (config.parent / "state" / STATUS_FILE).write_text(json.dumps(status))
+    assert main(["status", "-c", str(config)]) == exitcodes.NOT_RUNNING
+    assert capsys.readouterr().out.startswith("state:     not running (last state READY)")
