@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from niodoo_supervisor.demo.safetensors import encode_safetensors, float32_to_bf16_bits
+from niodoo_supervisor.demo.safetensors import encode_safetensors
 from niodoo_supervisor.demo.tokenizer import (
     ENDOFTEXT,
     IM_END,
@@ -55,8 +55,6 @@ __all__ = [
     "AdapterSpec",
     "DemoModel",
     "ModelShape",
-    "encode_safetensors",
-    "float32_to_bf16_bits",
     "generate",
     "layout",
     "main",
