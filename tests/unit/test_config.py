@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from niodoo_supervisor.config.loader import Adapter, load_config, parse_config
+from niodoo_supervisor.config.engine_sections import Adapter
+from niodoo_supervisor.config.loader import load_config, parse_config
 from niodoo_supervisor.config.problems import Problem
 
 BASE = "server:\n  python: /v/bin/python\nmodel:\n  path: /models/m\n"

@@ -12,13 +12,16 @@ import yaml
 
 from niodoo_supervisor.config import loader as config_module
 from niodoo_supervisor.config import yamldoc
-from niodoo_supervisor.config.fields import Kind
-from niodoo_supervisor.config.loader import load_config, parse_config
+from niodoo_supervisor.config.fields import Field, Kind
+from niodoo_supervisor.config.loader import ALL_FIELDS, load_config, parse_config
 from niodoo_supervisor.config.problems import Problem
-from niodoo_supervisor.config.supervisor_settings import SUPERVISOR_SETTINGS
 
 BASE = "server:\n  python: /v/bin/python\nmodel:\n  path: /models/m\n"
-NUMBER_SETTINGS = [spec for spec in SUPERVISOR_SETTINGS if spec.kind in (Kind.INT, Kind.FLOAT)]
+NUMBER_SETTINGS = [
+    spec
+    for spec in ALL_FIELDS
+    if spec.key.startswith("supervisor.") and spec.kind in (Kind.INT, Kind.FLOAT)
+]
 
 
 @pytest.fixture(params=["libyaml", "python"])
@@ -179,8 +182,6 @@ def test_an_integer_beyond_64_bits_is_out_of_range() -> None:
 
 @pytest.mark.parametrize("spec", NUMBER_SETTINGS, ids=lambda spec: spec.key)
 def test_every_supervisor_number_has_a_maximum(spec: object) -> None:
-    from niodoo_supervisor.config.fields import Field
-
     assert isinstance(spec, Field) and spec.maximum is not None
     section, _, rest = spec.key.partition(".")
     *parents, leaf = rest.split(".")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["ConfigError", "Problem", "Severity", "errors_in"]
+__all__ = ["Problem", "Severity", "line_in"]
 
 
 class Severity(enum.Enum):
@@ -40,13 +40,10 @@ class Problem:
         return self.severity is Severity.ERROR
 
 
-def errors_in(problems: Iterable[Problem]) -> list[Problem]:
-    return [problem for problem in problems if problem.is_error]
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; carries every problem found, not only the first."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problem.format() for problem in problems))
+def line_in(lines: Mapping[str, int], path: str) -> int | None:
+    """The line of `path` (`lora.adapters[1].path`), else of the list it is in
+    (`lora.adapters`): a key that is missing, or a path preflight made up, has no line."""
+    line = lines.get(path)
+    if line is None and "[" in path:
+        line = lines.get(path.split("[", 1)[0])
+    return line

