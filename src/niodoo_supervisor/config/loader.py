@@ -10,7 +10,7 @@ belong to `launch/preflight.py`. The only I/O here is reading the YAML file itse
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -201,7 +201,8 @@ class _Loading:
         try:
             config = Config.model_validate(data, context={"base_dir": self.base_dir})
         except ValidationError as exc:
-            report_errors(exc.errors(), KEYS, self.lines.__contains__, self.validation_problem)
+            written = _written_empty(data)
+            report_errors(exc.errors(), KEYS, written, self.validation_problem)
             return None, self.problems
         config._source = self.source
         config._lines = self.lines
@@ -237,3 +238,16 @@ class _Loading:
                 continue
             expanded[key] = value
         return expanded
+
+
+def _written_empty(data: dict[Any, Any]) -> Callable[[str], bool]:
+    """Whether a dotted key is written in `data` with nothing after it (`python:`)."""
+
+    def check(path: str) -> bool:
+        node: Any = data
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        return isinstance(node, dict) and leaf in node and node[leaf] is None
+
+    return check

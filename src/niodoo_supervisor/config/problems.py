@@ -41,9 +41,10 @@ class Problem:
 
 
 def line_in(lines: Mapping[str, int], path: str) -> int | None:
-    """The line of `path` (`lora.adapters[1].path`), else of the list it is in
-    (`lora.adapters`): a key that is missing, or a path preflight made up, has no line."""
+    """The line of `path`, else of the nearest list item or list it is in: a key that is
+    missing (`lora.adapters[1].path`) is found at its item, then at `lora.adapters`."""
     line = lines.get(path)
-    if line is None and "[" in path:
-        line = lines.get(path.split("[", 1)[0])
+    while line is None and "[" in path:
+        path = path.rsplit("[", 1)[0] if path.endswith("]") else path[: path.rindex("]") + 1]
+        line = lines.get(path)
     return line

@@ -54,9 +54,13 @@ def path_of(loc: Iterable[int | str]) -> str:
 
 
 def report_errors(
-    errors: Iterable[ErrorDetails], keys: KeyTable, given: Callable[[str], bool], report: Report
+    errors: Iterable[ErrorDetails],
+    keys: KeyTable,
+    written_empty: Callable[[str], bool],
+    report: Report,
 ) -> None:
-    """Report each error once; `given(path)` says whether the YAML wrote that key."""
+    """Report each error; `written_empty(path)` says whether the YAML wrote that key with no
+    value (`python:`), which pydantic reports as missing."""
     for error in errors:
         path = path_of(error["loc"])
         kind = error["type"]
@@ -75,7 +79,7 @@ def report_errors(
         elif kind in ("extra_forbidden", "unexpected_keyword_argument"):
             report(path, "unknown key", keys.suggest(path))
         elif kind == "missing":
-            _report_missing(path, keys, given, report)
+            _report_missing(path, keys, written_empty, report)
         elif kind in _NOT_A_MAPPING:
             report(
                 path,
@@ -89,14 +93,14 @@ def report_errors(
 
 
 def _report_missing(
-    path: str, keys: KeyTable, given: Callable[[str], bool], report: Report
+    path: str, keys: KeyTable, written_empty: Callable[[str], bool], report: Report
 ) -> None:
     spec = keys.by_key.get(path)
     if spec is None:  # a required section: each required key in it is missing
         for inner in keys.fields:
             if inner.required and inner.key.startswith(path + "."):
                 report(inner.key, "required key is missing", f"add {inner.key}: {inner.doc}")
-    elif given(path):  # written, but left empty
+    elif written_empty(path):
         report(path, "must not be empty", f"set it: {spec.doc}")
     else:
         report(path, "required key is missing", f"add {path}: {spec.doc}")
