@@ -254,3 +254,42 @@ def test_a_host_that_is_no_address_or_ascii_name_is_refused(host: str, fix: str)
 )
 def test_addresses_and_names_are_accepted_as_hosts(host: str) -> None:
     assert _errors(_with("server", f'  host: "{host}"\n  api_key_env: K')) == []
+
+
+def _nested(key: str, value: str) -> str:
+    """BASE with `key: value` written at its dotted place."""
+    section, _, rest = key.partition(".")
+    *parents, leaf = rest.split(".")
+    lines, indent = [], "  "
+    for parent in parents:
+        lines.append(f"{indent}{parent}:")
+        indent += "  "
+    lines.append(f"{indent}{leaf}: {value}")
+    return _with(section, "\n".join(lines))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [spec for spec in ALL_FIELDS if spec.kind in (Kind.INT, Kind.FLOAT)],
+    ids=lambda spec: spec.key,
+)
+def test_every_number_refuses_an_integer_beyond_64_bits(spec: Field) -> None:
+    problem = _one_error(_nested(spec.key, "0x7fffffffffffffffff"))
+    assert problem.path == spec.key
+    assert problem.message == "an integer of about 22 digits is out of range"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [spec for spec in ALL_FIELDS if spec.kind is Kind.STR and spec.choices],
+    ids=lambda spec: spec.key,
+)
+def test_a_choice_of_words_says_what_is_wrong_with_other_shapes(spec: Field) -> None:
+    problem = _one_error(_nested(spec.key, "[a, 1]"))
+    assert (problem.path, problem.message, problem.fix) == (
+        spec.key,
+        "must be a string, not a list",
+        "quote it",
+    )
+    problem = _one_error(_nested(spec.key, "' '"))
+    assert (problem.message, problem.fix) == ("must not be empty", spec.doc)

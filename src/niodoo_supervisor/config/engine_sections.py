@@ -20,7 +20,7 @@ from niodoo_supervisor.config.value_types import (
     Section,
     Text,
     TextList,
-    WholeNumberChoice,
+    WholeNumberOrAuto,
     rejected,
 )
 from niodoo_supervisor.config.versions import Version
@@ -128,7 +128,7 @@ class LoraSection(Section):
     # 0.12+ makes them argparse choices (exit 2). `vllm_options.lora_ranks_for` has the history.
     max_lora_rank: Annotated[
         Literal[1, 8, 16, 32, 64, 128, 256, 320, 512, "auto"] | None,
-        WholeNumberChoice,
+        WholeNumberOrAuto,
         Field(
             description="Largest adapter rank vLLM reserves memory for: one of 1, 8, 16, 32, 64, "
             "128, 256, 320, 512 (1 only from vLLM 0.12), or `auto`: the smallest of those >= the "

@@ -20,7 +20,14 @@ from niodoo_supervisor.config.fields import Field, Kind
 from niodoo_supervisor.config.keys import KeyTable
 from niodoo_supervisor.config.supervisor_sections import RULE_PROBLEMS
 from niodoo_supervisor.config.value_types import OUT_OF_RANGE, REJECTED
-from niodoo_supervisor.config.values import bound, number_hint, range_text, shown, type_name
+from niodoo_supervisor.config.values import (
+    bound,
+    described,
+    number_hint,
+    range_text,
+    shown,
+    type_name,
+)
 
 __all__ = ["Report", "report_errors"]
 
@@ -70,12 +77,12 @@ def report_errors(
             for text in ctx["problems"]:
                 item_path, _, message = str(text).partition(": ")
                 report(item_path or path, message or str(text), "")
+        elif adapter := _ADAPTER.match(path):
+            report(path, *_adapter_problem(adapter.group("key"), error, ctx))
         elif kind == REJECTED:
             report(path, str(ctx["message"]), ctx["fix"] or (spec.doc if spec else ""))
         elif kind == OUT_OF_RANGE:
             report(path, str(ctx["message"]), _range_fix(spec))
-        elif adapter := _ADAPTER.match(path):
-            report(path, *_adapter_problem(adapter.group("key"), error))
         elif kind in ("extra_forbidden", "unexpected_keyword_argument"):
             report(path, "unknown key", keys.suggest(path))
         elif kind == "missing":
@@ -106,9 +113,11 @@ def _report_missing(
         report(path, "required key is missing", f"add {path}: {spec.doc}")
 
 
-def _adapter_problem(key: str | None, error: ErrorDetails) -> tuple[str, str]:
+def _adapter_problem(key: str | None, error: ErrorDetails, ctx: dict[str, Any]) -> tuple[str, str]:
     """`key` is None for the item itself (`lora.adapters[2]`)."""
     kind = error["type"]
+    if kind == REJECTED and ctx["fix"]:
+        return str(ctx["message"]), str(ctx["fix"])
     if key is None:
         if kind in _NOT_A_MAPPING:
             return (
@@ -121,7 +130,7 @@ def _adapter_problem(key: str | None, error: ErrorDetails) -> tuple[str, str]:
         return "unknown key", (
             f"did you mean {close[0]}?" if close else f"adapter keys are {', '.join(_ADAPTER_KEYS)}"
         )
-    if key in _ADAPTER_NEEDS and kind in ("missing", "string_type"):
+    if key in _ADAPTER_NEEDS and kind in ("missing", "string_type", REJECTED):
         return _ADAPTER_NEEDS[key]
     if kind == "string_type":
         return f"must be a string, not {type_name(error['input'])}", "name the base model"
@@ -144,6 +153,10 @@ def _value_problem(spec: Field, error: ErrorDetails, ctx: dict[str, Any]) -> tup
         name, said = _BOUNDS[kind]
         number = float(value) if spec.kind is Kind.FLOAT else value
         return f"{number!r} {said} {bound(ctx[name])}", _range_fix(spec)
+    if kind == "literal_error" and spec.kind is Kind.STR and not isinstance(value, str):
+        return _wrong_type(spec, value)
+    if kind == "literal_error" and isinstance(value, str) and not value.strip():
+        return "must not be empty", spec.doc
     if kind == "literal_error":
         choices = [str(choice) for choice in spec.choices or ()]
         close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.75)
@@ -156,17 +169,12 @@ def _value_problem(spec: Field, error: ErrorDetails, ctx: dict[str, Any]) -> tup
 
 def _wrong_type(spec: Field, value: Any) -> tuple[str, str]:
     if spec.kind is Kind.BOOL:
-        return (
-            f"must be true or false, not {type_name(value)} {shown(value)}",
-            "write true or false",
-        )
+        return f"must be true or false, not {described(value)}", "write true or false"
     if spec.kind in (Kind.INT, Kind.FLOAT):
         if spec.kind is Kind.INT and isinstance(value, float) and math.isfinite(value):
             return f"must be an integer, not {value!r}", "drop the fraction"
         expected = "an integer" if spec.kind is Kind.INT else "a number"
-        return f"must be {expected}, not {type_name(value)} {shown(value)}", number_hint(
-            value
-        ) or spec.doc
+        return f"must be {expected}, not {described(value)}", number_hint(value) or spec.doc
     return f"must be a string, not {type_name(value)}", "quote it"
 
 

@@ -10,6 +10,7 @@ before validation, see `values.expand_tree`).
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,9 @@ from niodoo_supervisor.config.fields import Kind
 from niodoo_supervisor.config.values import (
     INT_LIMIT,
     check_host,
+    described,
     is_plain_scalar,
+    number_hint,
     shown,
     type_name,
 )
@@ -52,7 +55,7 @@ __all__ = [
     "Section",
     "Text",
     "TextList",
-    "WholeNumberChoice",
+    "WholeNumberOrAuto",
     "rejected",
 ]
 
@@ -68,10 +71,10 @@ def rejected(message: str, fix: str | None = None) -> PydanticCustomError:
     return PydanticCustomError(REJECTED, "{message}", {"message": message, "fix": fix})
 
 
-def _within_64_bits(value: int) -> int:
+def _within_64_bits(value: Any) -> Any:
     # Every integer the supervisor or vLLM reads fits in 64 bits; longer ones are typos or
     # attacks (and Python refuses to print integers of more than 4300 digits).
-    if abs(value) > INT_LIMIT:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
         message = f"{shown(value)} is out of range"
         raise PydanticCustomError(OUT_OF_RANGE, "{message}", {"message": message})
     return value
@@ -132,15 +135,20 @@ def _env_map(value: Any) -> dict[str, str]:
     return {str(name): str(item) for name, item in value.items()}
 
 
-def _whole_number(value: Any) -> Any:
+def _whole_number_or_auto(value: Any) -> Any:
     # Literal[1, 8, ...] alone would take True for 1 and 16.0 for 16.
-    if isinstance(value, (bool, float)):
-        raise rejected(f"must be an integer or auto, not {type_name(value)} {shown(value)}")
-    return value
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+        return _within_64_bits(value)
+    if isinstance(value, float) and math.isfinite(value):
+        raise rejected(f"must be an integer, not {value!r}", "drop the fraction")
+    raise rejected(
+        f"must be an integer or auto, not {described(value)}", number_hint(value) or None
+    )
 
 
 Int = Annotated[int, Strict(), AfterValidator(_within_64_bits)]
-Number = Annotated[float, Strict()]  # an integer is taken and becomes a float
+# An integer is taken and becomes a float.
+Number = Annotated[float, Strict(), BeforeValidator(_within_64_bits)]
 Bool = StrictBool
 Text = Annotated[
     str,
@@ -164,7 +172,7 @@ EnvMap = Annotated[
     BeforeValidator(_env_map),
     WithJsonSchema({"type": "object", "additionalProperties": _SCALAR_ITEMS}),
 ]
-WholeNumberChoice = BeforeValidator(_whole_number)
+WholeNumberOrAuto = BeforeValidator(_whole_number_or_auto)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ __all__ = [
     "bound",
     "check_host",
     "contains_nul",
+    "described",
     "expand_tree",
     "is_plain_scalar",
     "number_hint",
@@ -134,6 +135,12 @@ def contains_nul(value: Any) -> bool:
     if isinstance(value, dict):
         return any(contains_nul(key) or contains_nul(item) for key, item in value.items())
     return False
+
+
+def described(value: Any) -> str:
+    """`a string 'x'`, `a list [3]`; a huge integer only by its size."""
+    text = shown(value)
+    return text if text.startswith("an integer of about") else f"{type_name(value)} {text}"
 
 
 def shown(value: Any, limit: int = 40) -> str:
