@@ -19,11 +19,11 @@ from niodoo_supervisor.logs.rule_types import Rule
 
 __all__ = [
     "RULE_PROBLEMS",
-    "HealthSettings",
-    "LogSettings",
-    "RestartSettings",
+    "HealthSection",
+    "LogSection",
+    "RestartSection",
     "Rules",
-    "StopSettings",
+    "StopSection",
     "SupervisorSection",
 ]
 
@@ -32,7 +32,9 @@ DAY = 24 * HOUR
 WEEK = 7 * DAY
 
 
-class HealthSettings(Section):
+class HealthSection(Section):
+    """supervisor.health: readiness and liveness probes."""
+
     interval: Annotated[
         Number,
         Field(gt=0.0, le=HOUR, description="Seconds between liveness checks once ready."),
@@ -54,7 +56,9 @@ class HealthSettings(Section):
     ] = 3
 
 
-class RestartSettings(Section):
+class RestartSection(Section):
+    """supervisor.restart: backoff after a crash and the crash-loop limit."""
+
     initial_delay: Annotated[
         Number, Field(ge=0.0, le=DAY, description="First backoff delay after a crash.")
     ] = 2.0
@@ -100,7 +104,9 @@ class RestartSettings(Section):
     ] = 900.0
 
 
-class StopSettings(Section):
+class StopSection(Section):
+    """supervisor.stop: how vLLM is stopped."""
+
     grace_period: Annotated[
         Number,
         Field(
@@ -111,7 +117,9 @@ class StopSettings(Section):
     ] = 30.0
 
 
-class LogSettings(Section):
+class LogSection(Section):
+    """supervisor.log: the vLLM log file and crash reports."""
+
     path: Annotated[
         LocalPath | None,
         Field(description="The vLLM log file (size-rotated). Absent: vllm.log in state_dir."),
@@ -163,10 +171,10 @@ class SupervisorSection(Section):
             "time vLLM writes a line; a start that stays silent longer is treated as hung.",
         ),
     ] = 300.0
-    health: HealthSettings = Field(default_factory=HealthSettings)
-    restart: RestartSettings = Field(default_factory=RestartSettings)
-    stop: StopSettings = Field(default_factory=StopSettings)
-    log: LogSettings = Field(default_factory=LogSettings)
+    health: HealthSection = Field(default_factory=HealthSection)
+    restart: RestartSection = Field(default_factory=RestartSection)
+    stop: StopSection = Field(default_factory=StopSection)
+    log: LogSection = Field(default_factory=LogSection)
 
 
 RULE_PROBLEMS = "niodoo_rule_problems"
