@@ -29,9 +29,9 @@ from niodoo_supervisor.config.values import (
     type_name,
 )
 
-__all__ = ["Report", "report_errors"]
+__all__ = ["ProblemSink", "report_errors"]
 
-Report = Callable[[str, str, str], None]  # (path, message, fix)
+ProblemSink = Callable[[str, str, str], None]  # (path, message, fix)
 
 _ADAPTER = re.compile(r"^lora\.adapters\[\d+\](?:\.(?P<key>.+))?$")
 _ADAPTER_KEYS = ("name", "path", "base_model_name")
@@ -49,7 +49,7 @@ _BOUNDS = {
 }
 
 
-def path_of(loc: Iterable[int | str]) -> str:
+def _path_of(loc: Iterable[int | str]) -> str:
     """("lora", "adapters", 1, "path") -> "lora.adapters[1].path"."""
     path = ""
     for part in loc:
@@ -64,12 +64,12 @@ def report_errors(
     errors: Iterable[ErrorDetails],
     keys: KeyTable,
     written_empty: Callable[[str], bool],
-    report: Report,
+    report: ProblemSink,
 ) -> None:
     """Report each error; `written_empty(path)` says whether the YAML wrote that key with no
     value (`python:`), which pydantic reports as missing."""
     for error in errors:
-        path = path_of(error["loc"])
+        path = _path_of(error["loc"])
         kind = error["type"]
         ctx: dict[str, Any] = dict(error.get("ctx") or {})
         spec = keys.by_key.get(path)
@@ -100,7 +100,7 @@ def report_errors(
 
 
 def _report_missing(
-    path: str, keys: KeyTable, written_empty: Callable[[str], bool], report: Report
+    path: str, keys: KeyTable, written_empty: Callable[[str], bool], report: ProblemSink
 ) -> None:
     spec = keys.by_key.get(path)
     if spec is None:  # a required section: each required key in it is missing
