@@ -7,7 +7,11 @@ interleaved round by round:
   (b) the same with PyYAML's pure-Python parser (what the supervisor used before),
   (c) nested aliases: 9 levels of 9 aliases, 800 bytes standing for 387 million values
       (refused; before, 7 levels took 47 s and 1.7 GB and 8 ran out of memory),
-  (d) a 50 MB file (refused unread).
+  (d) a 50 MB file (refused unread),
+  (e) the demo config (config/demo-cpu.yaml): what `run` and `check` load,
+  (f) a valid config with 1,000 adapters (about 80 KiB): the largest honest config,
+
+and the time a fresh interpreter takes to import the loader (median of RUNS imports).
 
 Usage: python benchmarks/config_bench.py [RUNS]. Prints figures; asserts nothing.
 """
@@ -15,6 +19,7 @@ Usage: python benchmarks/config_bench.py [RUNS]. Prints figures; asserts nothing
 from __future__ import annotations
 
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +56,28 @@ def _alias_bomb(levels: int = 9, width: int = 9) -> str:
     return f"{BASE}x_anchors:\n" + "\n".join(lines) + f"\nrules: *l{levels - 1}\n"
 
 
+def _many_adapters(count: int = 1000) -> str:
+    adapters = "".join(
+        f"    - name: adapter-{index}\n      path: /srv/adapters/a{index}\n"
+        for index in range(count)
+    )
+    return (
+        BASE + f"lora:\n  enabled: true\n  max_loras: 4\n  max_cpu_loras: {count}\n"
+        "  max_lora_rank: 16\n  adapters:\n" + adapters
+    )
+
+
+def _import_seconds() -> float:
+    code = (
+        "import time; started = time.perf_counter(); "
+        "import niodoo_supervisor.config.loader; print(time.perf_counter() - started)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    return float(result.stdout)
+
+
 def _timed(path: Path, *, python_parser: bool = False) -> Callable[[], float]:
     def run() -> float:
         saved = yamldoc._Loader
@@ -58,7 +85,8 @@ def _timed(path: Path, *, python_parser: bool = False) -> Callable[[], float]:
             yamldoc._Loader = yamldoc.PythonLoader  # type: ignore[assignment,misc]
         try:
             started = time.perf_counter()
-            load_config(path, {})
+            config, problems = load_config(path, {"NIODOO_VLLM_PYTHON": "/opt/vllm/bin/python"})
+            assert config is not None or problems
             return time.perf_counter() - started
         finally:
             yamldoc._Loader = saved  # type: ignore[misc]
@@ -72,6 +100,8 @@ def main() -> None:
         (root / "limit.yaml").write_text(_at_the_limit())
         (root / "bomb.yaml").write_text(_alias_bomb())
         (root / "huge.yaml").write_text(_at_the_limit() * 200)
+        (root / "adapters.yaml").write_text(_many_adapters())
+        demo = Path(__file__).resolve().parent.parent / "config" / "demo-cpu.yaml"
         variants = {
             f"(a) {MAX_CONFIG_BYTES // 1024} KiB config, libyaml": _timed(root / "limit.yaml"),
             f"(b) {MAX_CONFIG_BYTES // 1024} KiB config, pure Python": _timed(
@@ -79,6 +109,9 @@ def main() -> None:
             ),
             f"(c) alias bomb, {len(_alias_bomb())} bytes, refused": _timed(root / "bomb.yaml"),
             "(d) 50 MB config, refused unread": _timed(root / "huge.yaml"),
+            "(e) demo config": _timed(demo),
+            "(f) 1,000 adapters, valid": _timed(root / "adapters.yaml"),
+            "import niodoo_supervisor.config.loader": _import_seconds,
         }
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(RUNS):

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from niodoo_supervisor.config.loader import Adapter, load_config, parse_config
+import pytest
+from pydantic import ValidationError
+from typing_extensions import assert_type
+
+from niodoo_supervisor.config.engine_sections import Adapter
+from niodoo_supervisor.config.loader import ALL_FIELDS, load_config, parse_config
 from niodoo_supervisor.config.problems import Problem
+from niodoo_supervisor.config.vllm_options import LORA_RANKS, VLLM_OPTIONS
 
 BASE = "server:\n  python: /v/bin/python\nmodel:\n  path: /models/m\n"
 
@@ -200,3 +206,108 @@ def test_a_variable_in_a_string_field_stays_a_string() -> None:
     text = BASE.replace("/models/m", "/models/m\n  served_name: '${N}'")
     config, problems = parse_config(text, base_dir=Path("/"), environ={"N": "on"})
     assert problems == [] and config is not None and config["model.served_name"] == "on"
+
+
+# --- the typed config ----------------------------------------------------------------------
+
+
+def test_keys_are_read_as_typed_attributes() -> None:
+    config, _ = parse_config(
+        BASE + "supervisor: {health: {interval: 5}}\nlora: {enabled: true, max_lora_rank: 16}\n",
+        base_dir=Path("/etc/n"),
+        environ={},
+    )
+    assert config is not None
+    assert_type(config.supervisor.health.interval, float)
+    assert config.supervisor.health.interval == 5.0
+    assert isinstance(config.supervisor.health.interval, float)
+    assert_type(config.server.port, int)
+    assert config.lora.max_lora_rank == 16 and config.model.dtype is None
+    assert config.supervisor.restart.max_starts == 5
+
+
+def test_string_lookups_return_the_attributes_values_for_every_key() -> None:
+    """The transition interface: `config["a.b"]` is `config.a.b` for every declared key."""
+    text = BASE + (
+        "lora:\n  enabled: true\n  adapters: [{name: a, path: ad/a}]\n"
+        "rules: [{name: my_rule, pattern: 'boom'}]\nserver2: {}\n"
+    )
+    config, _ = parse_config(text.replace("server2: {}\n", ""), base_dir=Path("/etc/n"), environ={})
+    assert config is not None
+    for spec in ALL_FIELDS:
+        assert config[spec.key] is spec.value_in(config), spec.key
+    assert config["lora.adapters"] == (Adapter("a", "/etc/n/ad/a"),)
+    assert config["server.extra_args"] == () and config["server.env"] == {}
+    assert config["supervisor.state_dir"] == "/var/lib/niodoo-supervisor"
+    assert [rule.name for rule in config["rules"]] == ["my_rule"]
+    with pytest.raises(KeyError):
+        config["supervisor.health"]
+
+
+def test_the_config_is_frozen() -> None:
+    config, _ = parse_config(BASE, base_dir=Path("/etc/n"), environ={})
+    assert config is not None
+    with pytest.raises(ValidationError):
+        config.supervisor.health.interval = 1.0  # type: ignore[misc]
+
+
+def test_the_vllm_option_table_is_read_off_the_declarations() -> None:
+    flagged = {spec.key for spec in ALL_FIELDS if spec.flag}
+    assert [option.key for option in VLLM_OPTIONS][:4] == [
+        "model.path",
+        "model.served_name",
+        "server.host",
+        "server.port",
+    ]
+    assert {option.key for option in VLLM_OPTIONS} == flagged
+    assert len({option.flag for option in VLLM_OPTIONS}) == len(VLLM_OPTIONS)
+    swap = next(option for option in VLLM_OPTIONS if option.key == "engine.swap_space")
+    assert swap.flag == "--swap-space" and swap.versions_text() == (
+        "vLLM before 0.18.0 (removed in 0.18.0)"
+    )
+    assert LORA_RANKS == (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def test_line_of_falls_back_to_the_item_or_list_a_key_is_in() -> None:
+    text = BASE + "lora:\n  enabled: true\n  adapters:\n    - name: a\n      path: x\n"
+    config, _ = parse_config(text, base_dir=Path("/etc/n"), environ={})
+    assert config is not None
+    assert config.line_of("lora.adapters[0].path") == 9
+    assert config.line_of("lora.adapters[0].base_model_name") == 8
+    assert config.line_of("lora.adapters[3]") == 7
+    assert config.line_of("engine.seed") is None
+
+
+def test_adapter_items_are_checked_key_by_key() -> None:
+    text = BASE + (
+        "lora:\n  enabled: true\n  adapters:\n"
+        "    - {name: a, pth: x}\n    - {name: 'b c', path: y, base_model_name: 3}\n    - 7\n"
+    )
+    assert _lines(text) == [
+        "c.yaml:8: error: lora.adapters[0].path: an adapter needs a path (a string); give the adapter's directory",
+        "c.yaml:8: error: lora.adapters[0].pth: unknown key; did you mean path?",
+        "c.yaml:9: error: lora.adapters[1].name: 'b c' contains whitespace or '='; use letters, digits, '-', '_' or '.'",
+        "c.yaml:9: error: lora.adapters[1].base_model_name: must be a string, not an integer; name the base model",
+        "c.yaml:10: error: lora.adapters[2]: must be a mapping with name and path; write `- name: a` and ` path: /adapters/a`",
+    ]
+
+
+def test_a_variable_in_a_boolean_or_number_field_is_typed() -> None:
+    text = BASE + "engine: {enforce_eager: '${EAGER}', seed: '${SEED:-7}'}\n"
+    config, problems = parse_config(text, base_dir=Path("/"), environ={"EAGER": "true"})
+    assert problems == [] and config is not None
+    assert config.engine.enforce_eager is True and config.engine.seed == 7
+    text = BASE.replace("python: /v/bin/python", "python: /v/bin/python\n  port: ${PORT}")
+    assert _lines(text, {"PORT": "eighty"}) == [
+        "c.yaml:3: error: server.port: must be an integer, not a string 'eighty'; "
+        "TCP port of vLLM's OpenAI-compatible API; the supervisor probes it."
+    ]
+
+
+def test_yaml_values_are_not_coerced() -> None:
+    lines = _lines(BASE + "server: {port: '8000'}\nlora: {enabled: true, max_lora_rank: true}\n")
+    assert any("server.port: must be an integer, not a string '8000'" in line for line in lines)
+    assert any(
+        "lora.max_lora_rank: must be an integer or auto, not a boolean True" in line
+        for line in lines
+    )

@@ -12,13 +12,16 @@ import yaml
 
 from niodoo_supervisor.config import loader as config_module
 from niodoo_supervisor.config import yamldoc
-from niodoo_supervisor.config.fields import Kind
-from niodoo_supervisor.config.loader import load_config, parse_config
+from niodoo_supervisor.config.fields import Field, Kind
+from niodoo_supervisor.config.loader import ALL_FIELDS, load_config, parse_config
 from niodoo_supervisor.config.problems import Problem
-from niodoo_supervisor.config.supervisor_settings import SUPERVISOR_SETTINGS
 
 BASE = "server:\n  python: /v/bin/python\nmodel:\n  path: /models/m\n"
-NUMBER_SETTINGS = [spec for spec in SUPERVISOR_SETTINGS if spec.kind in (Kind.INT, Kind.FLOAT)]
+NUMBER_SETTINGS = [
+    spec
+    for spec in ALL_FIELDS
+    if spec.key.startswith("supervisor.") and spec.kind in (Kind.INT, Kind.FLOAT)
+]
 
 
 @pytest.fixture(params=["libyaml", "python"])
@@ -179,8 +182,6 @@ def test_an_integer_beyond_64_bits_is_out_of_range() -> None:
 
 @pytest.mark.parametrize("spec", NUMBER_SETTINGS, ids=lambda spec: spec.key)
 def test_every_supervisor_number_has_a_maximum(spec: object) -> None:
-    from niodoo_supervisor.config.fields import Field
-
     assert isinstance(spec, Field) and spec.maximum is not None
     section, _, rest = spec.key.partition(".")
     *parents, leaf = rest.split(".")
@@ -253,3 +254,42 @@ def test_a_host_that_is_no_address_or_ascii_name_is_refused(host: str, fix: str)
 )
 def test_addresses_and_names_are_accepted_as_hosts(host: str) -> None:
     assert _errors(_with("server", f'  host: "{host}"\n  api_key_env: K')) == []
+
+
+def _nested(key: str, value: str) -> str:
+    """BASE with `key: value` written at its dotted place."""
+    section, _, rest = key.partition(".")
+    *parents, leaf = rest.split(".")
+    lines, indent = [], "  "
+    for parent in parents:
+        lines.append(f"{indent}{parent}:")
+        indent += "  "
+    lines.append(f"{indent}{leaf}: {value}")
+    return _with(section, "\n".join(lines))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [spec for spec in ALL_FIELDS if spec.kind in (Kind.INT, Kind.FLOAT)],
+    ids=lambda spec: spec.key,
+)
+def test_every_number_refuses_an_integer_beyond_64_bits(spec: Field) -> None:
+    problem = _one_error(_nested(spec.key, "0x7fffffffffffffffff"))
+    assert problem.path == spec.key
+    assert problem.message == "an integer of about 22 digits is out of range"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [spec for spec in ALL_FIELDS if spec.kind is Kind.STR and spec.choices],
+    ids=lambda spec: spec.key,
+)
+def test_a_choice_of_words_says_what_is_wrong_with_other_shapes(spec: Field) -> None:
+    problem = _one_error(_nested(spec.key, "[a, 1]"))
+    assert (problem.path, problem.message, problem.fix) == (
+        spec.key,
+        "must be a string, not a list",
+        "quote it",
+    )
+    problem = _one_error(_nested(spec.key, "' '"))
+    assert (problem.message, problem.fix) == ("must not be empty", spec.doc)

@@ -136,3 +136,13 @@ def test_variables_and_auto_pass_schema_validation(repo: Path) -> None:
     document["lora"]["max_lora_rank"] = "auto"
     document["engine"] = {"enforce_eager": "${EAGER}"}
     assert _errors(validator, document) == []
+
+
+def test_empty_sections_and_keys_pass_schema_validation_as_the_loader_takes_them(
+    repo: Path,
+) -> None:
+    document = _demo(repo)
+    document["engine"] = None
+    document["model"]["max_model_len"] = None
+    document["supervisor"]["health"] = None
+    assert _errors(_validator(repo), document) == []

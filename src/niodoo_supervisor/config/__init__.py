@@ -1,6 +1,7 @@
-"""YAML -> a validated config: the key tables (vLLM options and the supervisor's own settings),
-loading with every problem at once, and the generated docs and JSON Schema.
+"""YAML -> a validated config: the config models (one pydantic declaration per key, vLLM
+options carrying their flag), the vLLM option table read off them, loading with every problem
+at once, and the generated docs and JSON Schema.
 
-May import: `files` (reading the YAML), `logs.operator_rules` (compiling the `rules` key).
-Nothing here touches the network, the installed vLLM or a process.
+May import: `files` (reading the YAML), `logs.rule_types` and `logs.operator_rules` (the
+`rules` key). Nothing here touches the network, the installed vLLM or a process.
 """

@@ -1,4 +1,4 @@
-"""Generate docs/configuration.md and the config's JSON Schema from the field tables.
+"""Generate docs/configuration.md and the config's JSON Schema from the config models.
 
 `python -m niodoo_supervisor.config.docs` rewrites both; a test fails when either is stale.
 """
@@ -10,13 +10,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from niodoo_supervisor.config.fields import Field, Kind
-from niodoo_supervisor.config.loader import ALL_FIELDS
+from niodoo_supervisor.config.fields import Kind
+from niodoo_supervisor.config.loader import ALL_FIELDS, KEYS, Config
 from niodoo_supervisor.config.values import range_text
 
 __all__ = ["configuration_markdown", "json_schema", "write_all"]
 
 _VARIABLE = {"type": "string", "pattern": r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$"}
+# pydantic writes a constraint it could not fold into the type under its own name.
+_JSON_SCHEMA_NAMES = {
+    "ge": "minimum",
+    "le": "maximum",
+    "gt": "exclusiveMinimum",
+    "lt": "exclusiveMaximum",
+}
 _SECTION_TITLES = {
     "server": "server: how vLLM is started and reached",
     "model": "model: what vLLM serves",
@@ -27,94 +34,63 @@ _SECTION_TITLES = {
 }
 
 
-def _schema_for(spec: Field) -> dict[str, Any]:
-    kind = spec.kind
-    schema: dict[str, Any]
-    if kind in (Kind.STR, Kind.PATH):
-        schema = {"type": "string", "minLength": 1}
-    elif kind is Kind.BOOL:
-        schema = {"type": "boolean"}
-    elif kind in (Kind.INT, Kind.FLOAT):
-        schema = {"type": "integer" if kind is Kind.INT else "number"}
-        if spec.minimum is not None:
-            schema["minimum"] = spec.minimum
-        if spec.maximum is not None:
-            schema["maximum"] = spec.maximum
-        if spec.exclusive_minimum is not None:
-            schema["exclusiveMinimum"] = spec.exclusive_minimum
-    elif kind is Kind.STR_LIST:
-        schema = {"type": "array", "items": {"type": ["string", "number"]}}
-    elif kind is Kind.STR_MAP:
-        schema = {"type": "object", "additionalProperties": {"type": ["string", "number"]}}
-    elif kind is Kind.ADAPTERS:
-        schema = {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["name", "path"],
-                "properties": {
-                    "name": {"type": "string", "pattern": r"^[^\s=]+$"},
-                    "path": {"type": "string", "minLength": 1},
-                    "base_model_name": {"type": "string"},
-                },
-            },
-        }
-    else:  # Kind.RULES
-        schema = {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name", "pattern"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "pattern": {"type": "string"},
-                    "severity": {"enum": ["info", "warning", "error", "critical"]},
-                    "action": {"enum": ["log", "check_now", "fatal"]},
-                    "hint": {"type": "string"},
-                },
-            },
-        }
-    if spec.choices is not None and spec.key != "model.quantization":
-        schema["enum"] = list(spec.choices) + (["auto"] if spec.allow_auto else [])
-        schema.pop("minLength", None)
-        if spec.allow_auto:
-            schema.pop("type", None)
-    schema["description"] = spec.doc
-    if spec.default not in (None, [], {}):
-        schema["default"] = spec.default
-    if kind in (Kind.INT, Kind.FLOAT, Kind.BOOL):
-        return {"anyOf": [schema, _VARIABLE], "description": spec.doc}
-    return schema
-
-
 def json_schema() -> dict[str, Any]:
-    root: dict[str, Any] = {
+    """The config models' own JSON Schema (`Config.model_json_schema()`), made self-contained
+    for editors: sections inlined and nullable (`engine:` left empty is valid), and every
+    number or boolean key also taking a `${VAR}` reference, as the loader does."""
+    schema = Config.model_json_schema()
+    definitions = schema.pop("$defs", {})
+    root = _editor_node(schema, definitions, "")
+    root.pop("description")  # the class's docstring, written for programmers
+    return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "niodoo-supervisor config",
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {},
-        "required": [],
+        **root,
     }
-    for spec in ALL_FIELDS:
-        node = root
-        parts = spec.key.split(".")
-        for part in parts[:-1]:
-            node = node["properties"].setdefault(
-                part, {"type": ["object", "null"], "additionalProperties": False, "properties": {}}
-            )
-        node["properties"][parts[-1]] = _schema_for(spec)
-        if spec.required:
-            # Sections holding a required key are required themselves.
-            node.setdefault("required", []).append(parts[-1])
-            if len(parts) == 2 and parts[0] not in root["required"]:
-                root["required"].append(parts[0])
-    return root
+
+
+def _editor_node(node: Any, definitions: dict[str, Any], path: str | None) -> Any:
+    """`node` with references inlined; `path` is the YAML path of a property's own schema
+    (None inside it: its alternatives, items, ...)."""
+    if isinstance(node, list):
+        return [_editor_node(item, definitions, path) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        siblings = {key: value for key, value in node.items() if key != "$ref"}
+        node = {**definitions[node["$ref"].rsplit("/", 1)[-1]], **siblings}
+    result: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "title":
+            continue
+        if key == "properties":
+            prefix = f"{path}." if path else ""
+            result[key] = {
+                name: _editor_node(child, definitions, prefix + name)
+                for name, child in value.items()
+            }
+        else:
+            result[_JSON_SCHEMA_NAMES.get(key, key)] = _editor_node(value, definitions, None)
+    if path is None:
+        return result
+    if path in KEYS.sections:
+        result["type"] = ["object", "null"]
+    spec = KEYS.by_key.get(path)
+    if spec is not None and spec.kind in (Kind.INT, Kind.FLOAT, Kind.BOOL):
+        return _with_variables(result)
+    return result
+
+
+def _with_variables(node: dict[str, Any]) -> dict[str, Any]:
+    """`port: ${PORT}` is valid: the value may also be one variable reference."""
+    outer: dict[str, Any] = {key: node[key] for key in ("description", "default") if key in node}
+    inner = {key: value for key, value in node.items() if key not in outer}
+    alternatives = inner["anyOf"] if list(inner) == ["anyOf"] else [inner]
+    return {"anyOf": [*alternatives, _VARIABLE], **outer}
 
 
 def _cell(value: object) -> str:
-    if value is None or value in ([], {}):
+    if value is None or value in ([], {}, ()):
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -125,9 +101,10 @@ def configuration_markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from the field tables (`src/niodoo_supervisor/config/vllm_options.py`, `supervisor_settings.py`) by",
-        "`python -m niodoo_supervisor.config.docs`; a test fails when this file is stale. The JSON Schema",
-        "beside it, `schema/niodoo-supervisor.schema.json`, lets editors validate the YAML.",
+        "Generated from the config models (`src/niodoo_supervisor/config/*_sections.py`, one declaration",
+        "per key) by `python -m niodoo_supervisor.config.docs`; a test fails when this file is stale.",
+        "The JSON Schema beside it, `schema/niodoo-supervisor.schema.json`, lets editors validate the",
+        "YAML.",
         "",
         "Strings may use `${VAR}` (an error when VAR is unset), `${VAR:-default}` and `$$` for `$`.",
         "Relative paths are resolved against the config file's folder. A vLLM option that is",

@@ -1,8 +1,9 @@
-"""The declaration of one configuration key, shared by vLLM options and supervisor settings.
+"""What one configuration key is, as read off its declaration in the config models.
 
-A `Field` says what a YAML key may hold and, for vLLM options, which flag it becomes and which
-vLLM versions have that flag. Validation (`loader.py`), rendering (`launch/render.py`), the JSON Schema
-and the documentation (`docs.py`) are all derived from tuples of these.
+Each key is declared once, as a field of a pydantic model (`server_sections.py`,
+`supervisor_sections.py`); a vLLM option carries a `VllmFlag` in its `Annotated` metadata.
+`keys.fields_of` reads every declaration into a `Field`: the flat view that rendering
+(`launch/render.py`), preflight, the error messages and the documentation (`docs.py`) use.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from niodoo_supervisor.config.versions import Version
 
-__all__ = ["Field", "Kind", "RenderStyle"]
+__all__ = ["Field", "Kind", "RenderStyle", "VllmFlag"]
 
 
 class Kind(enum.Enum):
@@ -34,8 +35,26 @@ class RenderStyle(enum.Enum):
 
 
 @dataclass(frozen=True)
+class VllmFlag:
+    """Declaration metadata of a key that is a vLLM option: `Annotated[int | None, VllmFlag(...)]`.
+
+    `vllm_default` is documented only: an absent key is not rendered and vLLM applies its own
+    default. `since`/`removed_in` name the vLLM versions that have the flag. With `allow_auto`,
+    the string "auto" is accepted and resolved by preflight. A `secret` value is redacted.
+    """
+
+    flag: str
+    render: RenderStyle = RenderStyle.VALUE
+    vllm_default: object = None
+    since: Version | None = None
+    removed_in: Version | None = None
+    allow_auto: bool = False
+    secret: bool = False
+
+
+@dataclass(frozen=True)
 class Field:
-    """One YAML key.
+    """One YAML key, derived from its declaration.
 
     `default` is the value the supervisor uses when the key is absent; for a vLLM option it is
     `None` (the flag is not rendered and vLLM applies its own default, `vllm_default`, which is
@@ -67,6 +86,14 @@ class Field:
     @property
     def name(self) -> str:
         return self.key.rsplit(".", 1)[-1]
+
+    def value_in(self, config: object) -> object:
+        """This key's value in a loaded config (`server.port` -> `config.server.port`), for
+        code driven by the table, such as rendering every vLLM option in turn."""
+        value = config
+        for part in self.key.split("."):
+            value = getattr(value, part)
+        return value
 
     def available_in(self, version: Version) -> bool:
         """Whether the installed vLLM `version` accepts this field's flag."""

@@ -1,98 +1,98 @@
 """Load a YAML config into a validated, frozen `Config`, reporting every problem at once.
 
-Validation is driven by the field tables (`vllm_args.VLLM_OPTIONS`,
-`settings.SUPERVISOR_SETTINGS`); checks that need the filesystem, the network or the installed
-vLLM belong to `launch/preflight.py`. The only I/O here is reading the YAML file itself.
+`Config` is the root of the config models: `config.supervisor.health.interval` is typed.
+Loading is: YAML with each key's line (`yamldoc`), `${VAR}` expansion, pydantic validation
+(every error at once, turned into one-line problems by `validation_problems`), then the checks
+between keys (`relations`). Checks that need the filesystem, the network or the installed vLLM
+belong to `launch/preflight.py`. The only I/O here is reading the YAML file itself.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from pydantic import Field, PrivateAttr, ValidationError
+
+from niodoo_supervisor.config.engine_sections import Adapter, EngineSection, LoraSection
 from niodoo_supervisor.config.envexpand import ExpansionError
-from niodoo_supervisor.config.fields import Field, Kind
-from niodoo_supervisor.config.problems import Problem, Severity
+from niodoo_supervisor.config.fields import Kind
+from niodoo_supervisor.config.keys import KeyTable
+from niodoo_supervisor.config.problems import Problem, Severity, line_in
 from niodoo_supervisor.config.relations import check_relations
-from niodoo_supervisor.config.supervisor_settings import SUPERVISOR_SETTINGS
-from niodoo_supervisor.config.values import (
-    Rejection,
-    check_host,
-    check_kind,
-    contains_nul,
-    copy_default,
-    expand_tree,
-    type_name,
-)
-from niodoo_supervisor.config.vllm_options import VLLM_OPTIONS
+from niodoo_supervisor.config.serving_sections import ModelSection, ServerSection
+from niodoo_supervisor.config.supervisor_sections import Rules, SupervisorSection
+from niodoo_supervisor.config.validation_problems import report_errors
+from niodoo_supervisor.config.value_types import Section
+from niodoo_supervisor.config.values import contains_nul, expand_tree
 from niodoo_supervisor.config.yamldoc import YamlSyntaxError, parse_yaml
 from niodoo_supervisor.files.inputs import InputFileError, read_text_file
 
 __all__ = [
     "ALL_FIELDS",
-    "Adapter",
+    "KEYS",
+    "MAX_CONFIG_BYTES",
     "Config",
     "load_config",
     "parse_config",
 ]
 
-ALL_FIELDS: tuple[Field, ...] = VLLM_OPTIONS + SUPERVISOR_SETTINGS
-FIELDS_BY_KEY: Mapping[str, Field] = MappingProxyType({f.key: f for f in ALL_FIELDS})
-# Every mapping that may hold keys: "server", "supervisor", "supervisor.health", ...
-SECTIONS: frozenset[str] = frozenset(
-    ".".join(f.key.split(".")[:depth])
-    for f in ALL_FIELDS
-    for depth in range(1, f.key.count(".") + 1)
-)
-_ADAPTER_KEYS = ("name", "path", "base_model_name")
 # A real config is a few KB, a list of a thousand adapters about 100 KB. Parsing costs about
 # a second per MB on a slow machine, so the limit also bounds the time a bad file can take.
 MAX_CONFIG_BYTES = 256 * 1024
-_LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
+# `port: ${PORT}` is read back as a YAML scalar so that it type-checks as a number.
+_TYPED_KINDS = (Kind.INT, Kind.FLOAT, Kind.BOOL)
 
 
-@dataclass(frozen=True)
-class Adapter:
-    name: str
-    path: str
-    base_model_name: str | None = None
+class Config(Section):
+    """A validated config: the YAML's sections, defaults filled in, paths resolved against the
+    config file's folder. Absent vLLM options are None and are not rendered."""
 
+    model: ModelSection
+    server: ServerSection
+    engine: EngineSection = Field(default_factory=EngineSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    rules: Rules = ()
+    _source: str = PrivateAttr(default="config")
+    _lines: Mapping[str, int] = PrivateAttr(default_factory=dict)
 
-@dataclass(frozen=True)
-class Config:
-    """A validated config. `values` holds every field key (defaults filled in, paths resolved);
-    absent vLLM options are None and are not rendered."""
-
-    values: Mapping[str, Any]
-    source: str = "config"
-    lines: Mapping[str, int] = field(default_factory=dict)
-
+    # transition: removed once every reader uses attributes
     def __getitem__(self, key: str) -> Any:
-        if key not in FIELDS_BY_KEY:
+        """The value of a dotted key (`config["supervisor.health.interval"]`)."""
+        if key not in KEYS.by_key:
             raise KeyError(key)
-        return self.values.get(key)
+        return KEYS.by_key[key].value_in(self)
+
+    @property
+    def source(self) -> str:
+        """The file the config was read from, as given (`config` for text)."""
+        return self._source
+
+    @property
+    def lines(self) -> Mapping[str, int]:
+        """The line of each YAML path written in the file (`lora.adapters[1].path` -> 23)."""
+        return self._lines
 
     @property
     def adapters(self) -> tuple[Adapter, ...]:
-        return tuple(self.values.get("lora.adapters") or ())
+        return self.lora.adapters
 
     @property
     def served_name(self) -> str:
         """The name `/v1/models` lists for the base model and adapters name as `parent`."""
-        return str(self["model.served_name"] or self["model.path"])
+        return self.model.served_name or self.model.path
 
     @property
     def host(self) -> str:
-        return str(self["server.host"])
+        return self.server.host
 
     @property
     def port(self) -> int:
-        return int(self["server.port"])
+        return self.server.port
 
     @property
     def probe_host(self) -> str:
@@ -106,15 +106,20 @@ class Config:
 
     @property
     def state_dir(self) -> Path:
-        return Path(self["supervisor.state_dir"])
+        return Path(self.supervisor.state_dir)
 
     @property
     def log_path(self) -> Path:
-        explicit = self["supervisor.log.path"]
+        explicit = self.supervisor.log.path
         return Path(explicit) if explicit else self.state_dir / "vllm.log"
 
     def line_of(self, path: str) -> int | None:
-        return self.lines.get(path)
+        """The line of a YAML path, or of the list it is in (see `problems.line_in`)."""
+        return line_in(self._lines, path)
+
+
+KEYS = KeyTable.of(Config)
+ALL_FIELDS = KEYS.fields
 
 
 def load_config(
@@ -146,28 +151,30 @@ def parse_config(
     environ: Mapping[str, str] | None = None,
 ) -> tuple[Config | None, list[Problem]]:
     """Validate YAML text. Pure apart from reading `environ` (default: os.environ)."""
-    validator = _Validator(
-        source, base_dir or Path.cwd(), os.environ if environ is None else environ
-    )
-    return validator.run(text)
+    loading = _Loading(source, base_dir or Path.cwd(), os.environ if environ is None else environ)
+    return loading.run(text)
 
 
-class _Validator:
+class _Loading:
+    """One load: the problems found so far, with their lines."""
+
     def __init__(self, source: str, base_dir: Path, environ: Mapping[str, str]) -> None:
         self.source = source
         self.base_dir = base_dir
         self.environ = environ
-        self.lines: dict[str, int] = {}
+        self.lines: Mapping[str, int] = {}
         self.problems: list[Problem] = []
-        self.values: dict[str, Any] = {}
-        self.present: set[str] = set()
+        self.left_out: set[str] = set()  # keys reported before validation
 
     def problem(self, path: str, message: str, fix: str = "", *, warning: bool = False) -> None:
-        line = self.lines.get(path)
-        if line is None and "[" in path:
-            line = self.lines.get(path.split("[", 1)[0])
         severity = Severity.WARNING if warning else Severity.ERROR
+        line = line_in(self.lines, path)
         self.problems.append(Problem(severity, path, message, fix, line, self.source))
+
+    def validation_problem(self, path: str, message: str, fix: str) -> None:
+        # A key left out after its own problem is not also "missing".
+        if not any(path == key or path.startswith(key + ".") for key in self.left_out):
+            self.problem(path, message, fix)
 
     def run(self, text: str) -> tuple[Config | None, list[Problem]]:
         try:
@@ -179,7 +186,7 @@ class _Validator:
                 )
             )
             return None, self.problems
-        self.lines = document.lines
+        self.lines = MappingProxyType(document.lines)
         for duplicate in document.duplicate_keys:
             self.problem(duplicate, "key given twice", "keep one of them")
         if document.data is None:
@@ -190,190 +197,57 @@ class _Validator:
                 "(top)", "the config must be a mapping of sections", "see docs/configuration.md"
             )
             return None, self.problems
-        self.walk_mapping(document.data, "")
-        for spec in ALL_FIELDS:
-            if spec.key not in self.present:
-                if spec.required:
-                    self.problem(spec.key, "required key is missing", f"add {spec.key}: {spec.doc}")
-                self.values.setdefault(spec.key, copy_default(spec.default))
-        check_relations(self.values, self.present, self.problem)
+        data = self.expand(document.data, "")
+        try:
+            config = Config.model_validate(data, context={"base_dir": self.base_dir})
+        except ValidationError as exc:
+            written = _written_empty(data)
+            report_errors(exc.errors(), KEYS, written, self.validation_problem)
+            return None, self.problems
+        config._source = self.source
+        config._lines = self.lines
+        check_relations(config, self.problem)
         if any(problem.is_error for problem in self.problems):
             return None, self.problems
-        config = Config(
-            MappingProxyType(dict(self.values)), self.source, MappingProxyType(self.lines)
-        )
         return config, self.problems
 
-    # --- structure -------------------------------------------------------------------------
+    def leave_out(self, path: str, message: str, fix: str = "") -> None:
+        self.left_out.add(path)
+        self.problem(path, message, fix)
 
-    def walk_mapping(self, data: dict[Any, Any], prefix: str) -> None:
-        for raw_key, value in data.items():
-            key = str(raw_key)
-            path = f"{prefix}.{key}" if prefix else key
-            if path in FIELDS_BY_KEY:
-                self.present.add(path)
-                checked = self.check_value(FIELDS_BY_KEY[path], value, path)
-                if checked is not _INVALID:
-                    self.values[path] = checked
-            elif path in SECTIONS:
-                if value is None:
-                    continue  # an empty section, e.g. `engine:` with everything commented out
-                if not isinstance(value, dict):
-                    self.problem(
-                        path,
-                        f"must be a mapping, not {type_name(value)}",
-                        "indent its keys under it",
-                    )
-                    continue
-                self.walk_mapping(value, path)
-            else:
-                self.problem(path, "unknown key", _suggest_key(path))
-
-    # --- values ----------------------------------------------------------------------------
-
-    def check_value(self, spec: Field, value: Any, path: str) -> Any:
-        value = self.expand_strings(value, path, spec.kind)
-        if value is _INVALID:
-            return _INVALID
-        if contains_nul(value):
-            self.problem(path, "contains a NUL character", "remove it (\\0 in a quoted string)")
-            return _INVALID
-        if value is None:
-            if spec.required:
-                self.problem(path, "must not be empty", f"set it: {spec.doc}")
-                return _INVALID
-            return copy_default(spec.default)
-        if spec.kind is Kind.ADAPTERS:
-            return self.check_adapters(value, path)
-        if spec.kind is Kind.RULES:
-            return self.check_rules(value, path)
-        checked = check_kind(spec, value)
-        if isinstance(checked, Rejection):
-            self.problem(path, checked.message, checked.fix)
-            return _INVALID
-        if spec.key == "server.host":
-            refused = check_host(checked)
-            if refused is not None:
-                self.problem(path, refused.message, refused.fix)
-                return _INVALID
-        if spec.kind is Kind.PATH:
-            return str(self.resolve_path(checked))
-        if spec.key == "model.path" and checked.startswith(_LOCAL_PATH_PREFIXES):
-            return str(self.resolve_path(checked))
-        return checked
-
-    def expand_strings(self, value: Any, path: str, kind: Kind) -> Any:
-        try:
-            return expand_tree(value, self.environ, typed=kind in (Kind.INT, Kind.FLOAT, Kind.BOOL))
-        except ExpansionError as exc:
-            self.problem(path, str(exc))
-            return _INVALID
-
-    def resolve_path(self, text: str) -> Path:
-        # normpath, not resolve(): `..` is folded, symlinks stay as the operator wrote them.
-        path = Path(text).expanduser()
-        return Path(os.path.normpath(path if path.is_absolute() else self.base_dir / path))
-
-    def check_adapters(self, value: Any, path: str) -> Any:
-        if not isinstance(value, list):
-            self.problem(
-                path,
-                f"must be a list of adapters, not {type_name(value)}",
-                "write `- name: a` / `  path: ...` items",
-            )
-            return _INVALID
-        adapters: list[Adapter] = []
-        for index, item in enumerate(value):
-            item_path = f"{path}[{index}]"
-            if not isinstance(item, dict):
-                self.problem(
-                    item_path,
-                    "must be a mapping with name and path",
-                    "write `- name: a` and `  path: /adapters/a`",
+    def expand(self, data: dict[Any, Any], prefix: str) -> dict[Any, Any]:
+        """`${VAR}` expanded in every key's value; a value that cannot be expanded, or that
+        holds a NUL (execve and every path function refuse it), is reported and left out."""
+        expanded: dict[Any, Any] = {}
+        for key, written in data.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            spec = KEYS.by_key.get(path)
+            if spec is None:
+                nested = path in KEYS.sections and isinstance(written, dict)
+                expanded[key] = self.expand(written, path) if nested else written
+                continue
+            try:
+                value = expand_tree(written, self.environ, typed=spec.kind in _TYPED_KINDS)
+            except ExpansionError as exc:
+                self.leave_out(path, str(exc))
+                continue
+            if contains_nul(value):
+                self.leave_out(
+                    path, "contains a NUL character", "remove it (\\0 in a quoted string)"
                 )
                 continue
-            for key in item:
-                if str(key) not in _ADAPTER_KEYS:
-                    close = difflib.get_close_matches(str(key), _ADAPTER_KEYS, n=1)
-                    hint = (
-                        f"did you mean {close[0]}?"
-                        if close
-                        else f"adapter keys are {', '.join(_ADAPTER_KEYS)}"
-                    )
-                    self.problem(f"{item_path}.{key}", "unknown key", hint)
-            adapter = self.check_adapter(item, item_path)
-            if adapter is not None:
-                adapters.append(adapter)
-        return tuple(adapters)
-
-    def check_adapter(self, item: dict[Any, Any], path: str) -> Adapter | None:
-        name, adapter_path, base = item.get("name"), item.get("path"), item.get("base_model_name")
-        ok = True
-        if not isinstance(name, str) or not name.strip():
-            self.problem(
-                f"{path}.name", "an adapter needs a name (a string)", "clients send it as `model`"
-            )
-            ok = False
-        elif any(char.isspace() for char in name) or "=" in name:
-            self.problem(
-                f"{path}.name",
-                f"{name!r} contains whitespace or '='",
-                "use letters, digits, '-', '_' or '.'",
-            )
-            ok = False
-        if not isinstance(adapter_path, str) or not adapter_path.strip():
-            self.problem(
-                f"{path}.path", "an adapter needs a path (a string)", "give the adapter's directory"
-            )
-            ok = False
-        if base is not None and not isinstance(base, str):
-            self.problem(
-                f"{path}.base_model_name",
-                f"must be a string, not {type_name(base)}",
-                "name the base model",
-            )
-            ok = False
-        if not ok:
-            return None
-        assert isinstance(name, str) and isinstance(adapter_path, str)
-        return Adapter(name, str(self.resolve_path(adapter_path)), base)
-
-    def check_rules(self, value: Any, path: str) -> Any:
-        # Imported here: the rule engine is larger than the config and only needed when rules
-        # are given.
-        from niodoo_supervisor.logs.operator_rules import compile_user_rules
-
-        rules, errors = compile_user_rules(value, path)
-        for message in errors:
-            item_path, _, text = message.partition(": ")
-            self.problem(item_path or path, text or message)
-        return tuple(rules)
+            expanded[key] = value
+        return expanded
 
 
-class _Invalid:
-    pass
+def _written_empty(data: dict[Any, Any]) -> Callable[[str], bool]:
+    """Whether a dotted key is written in `data` with nothing after it (`python:`)."""
 
+    def check(path: str) -> bool:
+        node: Any = data
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        return isinstance(node, dict) and leaf in node and node[leaf] is None
 
-_INVALID: Any = _Invalid()
-
-
-def _suggest_key(path: str) -> str:
-    parent, _, leaf = path.rpartition(".")
-    siblings = sorted(
-        {
-            key[len(parent) + 1 :].split(".")[0]
-            for key in FIELDS_BY_KEY
-            if key.startswith(parent + ".")
-        }
-        if parent
-        else {key.split(".")[0] for key in FIELDS_BY_KEY}
-    )
-    close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {(parent + '.') if parent else ''}{close[0]}?"
-    elsewhere = [key for key in FIELDS_BY_KEY if key.rsplit(".", 1)[-1] == leaf]
-    if elsewhere:
-        return f"did you mean {elsewhere[0]}?"
-    if siblings:
-        return f"known keys here: {', '.join(siblings)}"
-    return "see docs/configuration.md"
+    return check

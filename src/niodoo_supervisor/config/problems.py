@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["ConfigError", "Problem", "Severity", "errors_in"]
+__all__ = ["Problem", "Severity", "line_in"]
 
 
 class Severity(enum.Enum):
@@ -40,13 +40,11 @@ class Problem:
         return self.severity is Severity.ERROR
 
 
-def errors_in(problems: Iterable[Problem]) -> list[Problem]:
-    return [problem for problem in problems if problem.is_error]
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; carries every problem found, not only the first."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problem.format() for problem in problems))
+def line_in(lines: Mapping[str, int], path: str) -> int | None:
+    """The line of `path`, else of the nearest list item or list it is in: a key that is
+    missing (`lora.adapters[1].path`) is found at its item, then at `lora.adapters`."""
+    line = lines.get(path)
+    while line is None and "[" in path:
+        path = path.rsplit("[", 1)[0] if path.endswith("]") else path[: path.rindex("]") + 1]
+        line = lines.get(path)
+    return line

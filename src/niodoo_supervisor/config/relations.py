@@ -1,13 +1,19 @@
 """Checks between keys of a config: LoRA settings while disabled, cache sizes, adapter names,
-where the API key comes from. Pure: problems go to `report(path, message, fix, warning=...)`."""
+where the API key comes from. Pure: problems go to `report(path, message, fix, warning=...)`.
+
+They run once every key is valid on its own (a relation between invalid values says nothing).
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
-__all__ = ["Report", "check_relations"]
+from niodoo_supervisor.config.engine_sections import LoraSection
+from niodoo_supervisor.config.serving_sections import ModelSection, ServerSection
+from niodoo_supervisor.config.supervisor_sections import SupervisorSection
+
+__all__ = ["Report", "Sections", "check_relations"]
 
 
 class Report(Protocol):
@@ -16,31 +22,43 @@ class Report(Protocol):
     ) -> None: ...
 
 
-def check_relations(values: Mapping[str, Any], present: set[str], report: Report) -> None:
-    lora_enabled = bool(values.get("lora.enabled"))
-    lora_keys = sorted(key for key in present if key.startswith("lora.") and key != "lora.enabled")
-    if not lora_enabled and lora_keys:
+class Sections(Protocol):
+    """The sections the relations read (a `loader.Config`)."""
+
+    @property
+    def model(self) -> ModelSection: ...
+    @property
+    def server(self) -> ServerSection: ...
+    @property
+    def lora(self) -> LoraSection: ...
+    @property
+    def supervisor(self) -> SupervisorSection: ...
+
+
+def check_relations(config: Sections, report: Report) -> None:
+    lora = config.lora
+    lora_keys = sorted(f"lora.{key}" for key in lora.model_fields_set - {"enabled"})
+    if not lora.enabled and lora_keys:
         report(
             lora_keys[0],
             f"LoRA settings ({', '.join(lora_keys)}) are set but lora.enabled is false",
             "set lora.enabled: true (vLLM decides at start), or remove them",
         )
-    max_loras = values.get("lora.max_loras")
-    max_cpu_loras = values.get("lora.max_cpu_loras")
-    if isinstance(max_loras, int) and isinstance(max_cpu_loras, int) and max_cpu_loras < max_loras:
+    if (
+        lora.max_loras is not None
+        and lora.max_cpu_loras is not None
+        and lora.max_cpu_loras < lora.max_loras
+    ):
         report(
             "lora.max_cpu_loras",
-            f"max_cpu_loras ({max_cpu_loras}) must be >= max_loras ({max_loras}); vLLM refuses it at start",
-            f"raise it to at least {max_loras} or remove it",
+            f"max_cpu_loras ({lora.max_cpu_loras}) must be >= max_loras ({lora.max_loras}); vLLM refuses it at start",
+            f"raise it to at least {lora.max_loras} or remove it",
         )
-    _check_adapter_names(values, report)
-    _check_adapter_counts(values, lora_enabled, report)
-    _check_api_key(values, report)
-    shutdown, grace = (
-        values.get("server.shutdown_timeout"),
-        values.get("supervisor.stop.grace_period"),
-    )
-    if isinstance(shutdown, int) and isinstance(grace, float) and shutdown >= grace:
+    _check_adapter_names(config, report)
+    _check_adapter_counts(lora, report)
+    _check_api_key(config.server, report)
+    shutdown, grace = config.server.shutdown_timeout, config.supervisor.stop.grace_period
+    if shutdown is not None and shutdown >= grace:
         report(
             "server.shutdown_timeout",
             f"vLLM may drain for {shutdown}s but the supervisor kills it after {grace:g}s",
@@ -49,10 +67,10 @@ def check_relations(values: Mapping[str, Any], present: set[str], report: Report
         )
 
 
-def _check_adapter_names(values: Mapping[str, Any], report: Report) -> None:
-    served = values.get("model.served_name") or values.get("model.path")
+def _check_adapter_names(config: Sections, report: Report) -> None:
+    served = config.model.served_name or config.model.path
     seen: dict[str, int] = {}
-    for index, adapter in enumerate(values.get("lora.adapters") or ()):
+    for index, adapter in enumerate(config.lora.adapters):
         path = f"lora.adapters[{index}].name"
         if adapter.name in seen:
             report(
@@ -69,12 +87,12 @@ def _check_adapter_names(values: Mapping[str, Any], report: Report) -> None:
             )
 
 
-def _check_adapter_counts(values: Mapping[str, Any], lora_enabled: bool, report: Report) -> None:
-    adapters = values.get("lora.adapters") or ()
-    if not lora_enabled or not adapters:
+def _check_adapter_counts(lora: LoraSection, report: Report) -> None:
+    adapters = lora.adapters
+    if not lora.enabled or not adapters:
         return
-    max_loras = values.get("lora.max_loras") or 1
-    max_cpu = values.get("lora.max_cpu_loras") or max_loras
+    max_loras = lora.max_loras or 1
+    max_cpu = lora.max_cpu_loras or max_loras
     if len(adapters) > max_cpu:
         report(
             "lora.adapters",
@@ -93,21 +111,17 @@ def _check_adapter_counts(values: Mapping[str, Any], lora_enabled: bool, report:
         )
 
 
-def _check_api_key(values: Mapping[str, Any], report: Report) -> None:
-    key_env, key_file = (
-        values.get("server.api_key_env"),
-        values.get("server.api_key_file"),
-    )
-    if key_env and key_file:
+def _check_api_key(server: ServerSection, report: Report) -> None:
+    if server.api_key_env and server.api_key_file:
         report(
             "server.api_key_file",
             "both api_key_env and api_key_file are set",
             "keep one of them",
         )
-    if not key_env and not key_file and not _is_loopback(str(values.get("server.host"))):
+    if not server.api_key_env and not server.api_key_file and not _is_loopback(server.host):
         report(
             "server.host",
-            f"vLLM listens on {values.get('server.host')} without an API key: anyone on the network can use it",
+            f"vLLM listens on {server.host} without an API key: anyone on the network can use it",
             "set server.api_key_file or server.api_key_env, or listen on 127.0.0.1",
             warning=True,
         )

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.config.fields import Field, RenderStyle
-from niodoo_supervisor.config.loader import Adapter, Config
+from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.config.problems import Problem, Severity
 from niodoo_supervisor.config.versions import Version
 from niodoo_supervisor.config.vllm_options import VLLM_OPTIONS, lora_ranks_for
