@@ -121,7 +121,7 @@ def test_the_child_environment_drops_systemds_variables_and_adds_server_env(
     assert child["HOME"] == "/h" and child["PATH"] == "/opt" and child["MODE"] == "x"
     assert child["PYTHONUNBUFFERED"] == "1"
     # vLLM's version and --help probes see the same, without what only a launch adds.
-    probe = vllm_environment(environ, config["server.env"])
+    probe = vllm_environment(environ, config.server.env)
     assert {key: child[key] for key in probe} == probe
     assert set(child) - set(probe) == {"PYTHONUNBUFFERED", "VLLM_LOGGING_CONFIG_PATH"}
 

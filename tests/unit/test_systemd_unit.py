@@ -90,13 +90,8 @@ def test_unit_has_what_the_daemon_relies_on(repo: Path) -> None:
     # each taking up to the interval plus two probe timeouts (/health, then /v1/models).
     config, _ = load_config(repo / "config" / "niodoo.yaml", {"NIODOO_API_KEY": "k"})
     assert config is not None
-    health = {
-        name: config[f"supervisor.health.{name}"]
-        for name in ("interval", "timeout", "failure_threshold")
-    }
-    assert int(watchdog[0]) > health["failure_threshold"] * (
-        health["interval"] + 2 * health["timeout"]
-    )
+    health = config.supervisor.health
+    assert int(watchdog[0]) > health.failure_threshold * (health.interval + 2 * health.timeout)
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert any(
         value.lstrip("-").startswith("/etc/niodoo-supervisor/")

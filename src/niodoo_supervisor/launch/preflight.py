@@ -112,7 +112,7 @@ class _Preflight:
         infos = self.check_adapters()
         self.check_ranks(infos)
         self.operator_loggers = read_logging_loggers(self.config, self.problem)
-        probe_env = vllm_environment(self.environ, self.config["server.env"])
+        probe_env = vllm_environment(self.environ, self.config.server.env)
         install = self.inspect_install(probe_env)
         self.result.install = install
         if install is not None:
@@ -139,7 +139,7 @@ class _Preflight:
             infos.append((index, info))
             base = adapter.base_model_name or info.base_model
             verdict = same_base_model(
-                base or "", self.config.served_name, str(self.config["model.path"])
+                base or "", self.config.served_name, str(self.config.model.path)
             )
             if verdict is None:
                 self.problem(
@@ -151,14 +151,14 @@ class _Preflight:
             elif not verdict:
                 self.problem(
                     f"lora.adapters[{index}]",
-                    f"adapter {adapter.name!r} was trained on {base!r}, the served model is {self.config['model.path']!r}",
+                    f"adapter {adapter.name!r} was trained on {base!r}, the served model is {self.config.model.path!r}",
                     "serve it with the model it was trained on; outputs are wrong or loading fails otherwise",
                     warning=True,
                 )
         return infos
 
     def check_ranks(self, infos: list[tuple[int, AdapterInfo]]) -> None:
-        limit = self.config["lora.max_lora_rank"]
+        limit = self.config.lora.max_lora_rank
         if not isinstance(limit, int):
             return  # absent: vLLM's default; auto: sized to cover every adapter
         for index, info in infos:
@@ -185,7 +185,7 @@ class _Preflight:
     # --- the installed vLLM -------------------------------------------------------------------
 
     def inspect_install(self, probe_env: Mapping[str, str]) -> VllmInstall | None:
-        python = str(self.config["server.python"])
+        python = str(self.config.server.python)
         if not reachable("server.python", python, self.problem, os.X_OK):
             return None
         if is_script(python):
@@ -217,7 +217,7 @@ class _Preflight:
                 warning=True,
             )
         for option in VLLM_OPTIONS:
-            value = self.config[option.key]
+            value = option.value_in(self.config)
             if not is_rendered(value) or option.available_in(version):
                 continue
             self.problem(
@@ -239,11 +239,11 @@ class _Preflight:
                 )
 
     def check_flags(self, install: VllmInstall, probe_env: Mapping[str, str]) -> None:
-        extra = [arg for arg in self.config["server.extra_args"] if arg.startswith("--")]
+        extra = [arg for arg in self.config.server.extra_args if arg.startswith("--")]
         rendered = {
             option.flag
             for option in VLLM_OPTIONS
-            if option.flag and is_rendered(self.config[option.key])
+            if option.flag and is_rendered(option.value_in(self.config))
         }
         for arg in extra:
             flag = arg.split("=", 1)[0]

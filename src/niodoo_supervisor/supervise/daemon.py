@@ -149,7 +149,7 @@ async def _end_leftovers(config: Config) -> None:
         return
     # Only processes running the interpreter this config launches: a record naming anything
     # else is stale or planted.
-    executable = os.path.realpath(config["server.python"])
+    executable = os.path.realpath(config.server.python)
     leftovers = run_record.leftover_processes(record, executable)
     if leftovers:
         log.warning(
@@ -158,7 +158,7 @@ async def _end_leftovers(config: Config) -> None:
             reason="a previous supervisor did not stop its vLLM",
         )
         killed, survivors = await terminate_processes(
-            leftovers, config["supervisor.stop.grace_period"]
+            leftovers, config.supervisor.stop.grace_period
         )
         if survivors:
             log.error("leftovers_survive", processes=[p.describe() for p in survivors])
