@@ -101,7 +101,7 @@ class _Preflight:
                 path,
                 message,
                 fix,
-                self.config.line_of(path) or self.config.line_of(path.split("[", maxsplit=1)[0]),
+                self.config.line_of(path),
                 self.config.source,
             )
         )
