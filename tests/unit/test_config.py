@@ -311,3 +311,47 @@ def test_yaml_values_are_not_coerced() -> None:
         "lora.max_lora_rank: must be an integer or auto, not a boolean True" in line
         for line in lines
     )
+
+
+def test_checks_between_keys_run_beside_a_wrong_key_elsewhere() -> None:
+    """A type error in one key does not hide a relation problem between other, valid keys."""
+    text = (
+        BASE.replace("python: /v/bin/python", "python: /v/bin/python\n  host: 0.0.0.0")
+        + "lora:\n  enabled: true\n  max_loras: 4\n  max_cpu_loras: 2\n"
+        + "supervisor:\n  health:\n    interval: abc\n"
+    )
+    paths = {(problem.path, problem.is_error) for problem in _problems(text)}
+    assert ("supervisor.health.interval", True) in paths
+    assert ("lora.max_cpu_loras", True) in paths
+    assert ("server.host", False) in paths
+
+
+@pytest.mark.parametrize(
+    ("wrong", "quiet_relation"),
+    [
+        ("lora:\n  enabled: 1\n  max_loras: 2\n", "lora.max_loras"),
+        ("server:\n  api_key_env: [K]\n  host: 0.0.0.0\n", "server.host"),
+        (
+            "server:\n  shutdown_timeout: 40\nsupervisor:\n  stop:\n    grace_period: x\n",
+            "server.shutdown_timeout",
+        ),
+        (
+            "lora:\n  enabled: true\n  max_loras: x\n  adapters:\n"
+            "    - {name: a, path: /a}\n    - {name: b, path: /b}\n",
+            "lora.adapters",
+        ),
+    ],
+)
+def test_a_check_between_keys_says_nothing_about_a_wrong_key(
+    wrong: str, quiet_relation: str
+) -> None:
+    """A relation that reads a wrong key is not checked against that key's default."""
+    text = "server:\n  python: /v/bin/python\nmodel:\n  path: /models/m\n"
+    section = wrong.split(":", 1)[0]
+    if section == "server":
+        text = text.replace("server:\n", wrong, 1)
+    else:
+        text += wrong
+    problems = _problems(text)
+    assert any(problem.is_error for problem in problems)
+    assert quiet_relation not in {problem.path for problem in problems}

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pydantic import Field, PrivateAttr, ValidationError
+from pydantic_core import ErrorDetails
 
 from niodoo_supervisor.config.engine_sections import Adapter, EngineSection, LoraSection
 from niodoo_supervisor.config.envexpand import ExpansionError
@@ -201,15 +202,25 @@ class _Loading:
         try:
             config = Config.model_validate(data, context={"base_dir": self.base_dir})
         except ValidationError as exc:
-            written = _written_empty(data)
-            report_errors(exc.errors(), KEYS, written, self.validation_problem)
+            errors = exc.errors()
+            report_errors(errors, KEYS, _written_empty(data), self.validation_problem)
+            self.check_relations_of_the_rest(data, self.left_out | _wrong_keys(errors))
             return None, self.problems
         config._source = self.source
         config._lines = self.lines
-        check_relations(config, self.problem)
+        check_relations(config, self.problem, self.left_out)
         if any(problem.is_error for problem in self.problems):
             return None, self.problems
         return config, self.problems
+
+    def check_relations_of_the_rest(self, data: dict[Any, Any], wrong: set[str]) -> None:
+        """The checks between keys still run on the valid keys, so that every problem is
+        reported at once; without a required key there is nothing to relate."""
+        try:
+            rest = Config.model_validate(_without(data, wrong), context={"base_dir": self.base_dir})
+        except ValidationError:
+            return
+        check_relations(rest, self.problem, wrong)
 
     def leave_out(self, path: str, message: str, fix: str = "") -> None:
         self.left_out.add(path)
@@ -238,6 +249,32 @@ class _Loading:
                 continue
             expanded[key] = value
         return expanded
+
+
+def _wrong_keys(errors: list[ErrorDetails]) -> set[str]:
+    """The declared key (or section, or unknown key) each error is in: ("lora", "adapters", 2,
+    "name") -> "lora.adapters"."""
+    wrong: set[str] = set()
+    for error in errors:
+        path = ""
+        for part in error["loc"]:
+            if path in KEYS.by_key or not isinstance(part, str):
+                break
+            path = f"{path}.{part}" if path else part
+        wrong.add(path)
+    return wrong
+
+
+def _without(data: dict[Any, Any], wrong: set[str], prefix: str = "") -> dict[Any, Any]:
+    """`data` without the dotted keys in `wrong`."""
+    kept: dict[Any, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if path in wrong:
+            continue
+        nested = path in KEYS.sections and isinstance(value, dict)
+        kept[key] = _without(value, wrong, path) if nested else value
+    return kept
 
 
 def _written_empty(data: dict[Any, Any]) -> Callable[[str], bool]:

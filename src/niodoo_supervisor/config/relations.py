@@ -1,12 +1,15 @@
 """Checks between keys of a config: LoRA settings while disabled, cache sizes, adapter names,
 where the API key comes from. Pure: problems go to `report(path, message, fix, warning=...)`.
 
-They run once every key is valid on its own (a relation between invalid values says nothing).
+A check between keys runs when every key it reads is valid on its own (`wrong` names the keys
+and sections that are not): a relation between invalid values says nothing, and one read off a
+wrong key's default would mislead.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Collection
 from typing import Protocol
 
 from niodoo_supervisor.config.engine_sections import LoraSection
@@ -35,10 +38,13 @@ class Sections(Protocol):
     def supervisor(self) -> SupervisorSection: ...
 
 
-def check_relations(config: Sections, report: Report) -> None:
+def check_relations(config: Sections, report: Report, wrong: Collection[str] = ()) -> None:
+    def valid(*keys: str) -> bool:
+        return not any(key == bad or key.startswith(bad + ".") for key in keys for bad in wrong)
+
     lora = config.lora
     lora_keys = sorted(f"lora.{key}" for key in lora.model_fields_set - {"enabled"})
-    if not lora.enabled and lora_keys:
+    if not lora.enabled and lora_keys and valid("lora.enabled"):
         report(
             lora_keys[0],
             f"LoRA settings ({', '.join(lora_keys)}) are set but lora.enabled is false",
@@ -54,11 +60,18 @@ def check_relations(config: Sections, report: Report) -> None:
             f"max_cpu_loras ({lora.max_cpu_loras}) must be >= max_loras ({lora.max_loras}); vLLM refuses it at start",
             f"raise it to at least {lora.max_loras} or remove it",
         )
-    _check_adapter_names(config, report)
-    _check_adapter_counts(lora, report)
-    _check_api_key(config.server, report)
+    if valid("lora.adapters", "model.served_name", "model.path"):
+        _check_adapter_names(config, report)
+    if valid("lora.enabled", "lora.max_loras", "lora.max_cpu_loras", "lora.adapters"):
+        _check_adapter_counts(lora, report)
+    if valid("server.api_key_env", "server.api_key_file", "server.host"):
+        _check_api_key(config.server, report)
     shutdown, grace = config.server.shutdown_timeout, config.supervisor.stop.grace_period
-    if shutdown is not None and shutdown >= grace:
+    if (
+        shutdown is not None
+        and shutdown >= grace
+        and valid("server.shutdown_timeout", "supervisor.stop.grace_period")
+    ):
         report(
             "server.shutdown_timeout",
             f"vLLM may drain for {shutdown}s but the supervisor kills it after {grace:g}s",
