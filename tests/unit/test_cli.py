@@ -14,6 +14,8 @@ import yaml
 
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.cli.main import main
+from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.launch.named_files import read_api_key
 from niodoo_supervisor.launch.plan import LaunchPlan, PlanError, plan_launch
 from niodoo_supervisor.launch.render import REDACTED, redacted_env
 
@@ -376,6 +378,31 @@ def test_check_and_render_make_the_same_plan(
     assert checked.max_lora_rank == rendered.max_lora_rank == 16
     assert redacted_env(checked) == redacted_env(rendered)
     assert checked.api_key == SECRET and rendered.api_key is None  # render reads no secret
+
+
+def test_render_never_reads_the_api_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever renders may not be allowed to read the key: neither preflight nor the plan
+    asks for it, and its place shows redacted."""
+    reads: list[str] = []
+
+    def recording_read_api_key(config: Config, *args: Any) -> str | None:
+        reads.append(str(config.server.api_key_file))
+        return read_api_key(config, *args)
+
+    monkeypatch.setattr("niodoo_supervisor.launch.preflight.read_api_key", recording_read_api_key)
+    monkeypatch.setattr("niodoo_supervisor.launch.plan.read_api_key", recording_read_api_key)
+    key_file = tmp_path / "key"
+    key_file.write_text(SECRET + "\n")
+    document = _document(tmp_path)
+    document["server"]["api_key_file"] = str(key_file)
+    config = _write(tmp_path, document)
+    code, out, _ = _run(capsys, "render", "-c", str(config))
+    assert code == exitcodes.OK and reads == []
+    assert "VLLM_API_KEY='<redacted>'" in out and SECRET not in "\n".join(out)
+    assert _run(capsys, "check", "-c", str(config), "--no-port")[0] == exitcodes.OK
+    assert reads  # the recording sees the reads `check` makes
 
 
 def test_check_reports_a_plan_that_cannot_be_made_after_preflight_passed(

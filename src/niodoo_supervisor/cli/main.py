@@ -103,16 +103,17 @@ def _cmd_render(args: argparse.Namespace) -> int:
     if config is None:
         return exitcodes.CONFIG
     # The same two steps as `run` and `check`. Preflight's problems are `check`'s to show:
-    # render prints what would be launched; only the installed vLLM is taken from it.
-    checked = preflight(config, os.environ, PreflightOptions(check_port=False, check_flags=False))
+    # render prints what would be launched; only the installed vLLM is taken from it. The key
+    # is read by neither step: it is shown redacted anyway, and whoever renders may not be
+    # allowed to read it.
+    options = PreflightOptions(check_port=False, check_flags=False, check_api_key=False)
+    checked = preflight(config, os.environ, options)
     if checked.install is None:
         print(
             f"note: {_install_problem(checked)}; the logging config assumes a recent vLLM",
             file=sys.stderr,
         )
     try:
-        # The key is not read: it is shown redacted anyway, and whoever renders may not be
-        # allowed to read it.
         plan = plan_launch(config, checked.install, os.environ, read_secret=False)
     except PlanError as exc:
         print(f"{config.source}: error: {exc.key}: {exc.message}", file=sys.stderr)

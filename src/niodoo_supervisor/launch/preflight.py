@@ -61,6 +61,7 @@ NEWEST_KNOWN = Version(0, 33, 0)
 class PreflightOptions:
     check_port: bool = True
     check_flags: bool = True  # asks vLLM's --help once per install (cached): seconds when cold
+    check_api_key: bool = True  # False for `render`, which never reads the secret
 
 
 @dataclass
@@ -107,7 +108,8 @@ class _Preflight:
         )
 
     def run(self) -> PreflightResult:
-        read_api_key(self.config, self.environ, self.problem)  # read to check; the plan uses it
+        if self.options.check_api_key:
+            read_api_key(self.config, self.environ, self.problem)  # read to check; the plan too
         check_model_path(self.config, self.problem)
         infos = self.check_adapters()
         self.check_ranks(infos)
