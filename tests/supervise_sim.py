@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import random
 import selectors
 import signal
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import yaml
 from structlog.testing import capture_logs
 
@@ -36,6 +38,9 @@ T = TypeVar("T")
 
 START = 1000.0  # the virtual clock's first reading (0 would read as "never")
 EPOCH = 1_700_000_000.0  # wall time at START
+
+
+_TICK = 1e-9
 
 
 class _Now:
@@ -67,10 +72,15 @@ class _FastForwardSelector(selectors.BaseSelector):
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         ready = self._real.select(0)
         if ready or timeout == 0:
+            # Running code takes time too. asyncio fires a timer up to a clock tick early; a
+            # waiter that finds its deadline not quite reached waits again, and only time
+            # moving on ends that.
+            self._now.value += _TICK
             return ready
         if timeout is None:
             raise RuntimeError("stuck: nothing can run and nothing is scheduled")
-        self._now.value += timeout
+        # At least one step of the float: a wait shorter than that would never end.
+        self._now.value = max(self._now.value + timeout, math.nextafter(self._now.value, math.inf))
         return []
 
 
@@ -100,6 +110,11 @@ class LoopClock:
 
     def wall(self) -> float:
         return EPOCH + asyncio.get_running_loop().time() - START
+
+
+def after_start(seconds: float) -> Any:
+    """`seconds` after the history started, as an equality that allows the clock's ticks."""
+    return pytest.approx(START + seconds, abs=1e-6)
 
 
 def now() -> float:

@@ -12,12 +12,10 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from niodoo_supervisor.logs.pump import LogPump
 from niodoo_supervisor.logs.rule_types import Action, Event
 from niodoo_supervisor.logs.rules import RuleSet
-from supervise_sim import START, FakeRun, Sim, boots, event
+from supervise_sim import FakeRun, Sim, after_start, boots, event
 
 # --- engine death -----------------------------------------------------------------------------
 
@@ -43,7 +41,7 @@ def test_an_engine_death_confirmed_by_health_503_restarts_at_once(tmp_path: Path
         "engine died (EngineCore encountered a fatal error.); /health: HTTP 503"
     )
     # Checked at once, not at the next 10 s interval; one 503 was enough.
-    assert sim.runs[0].stopped_at == pytest.approx(START + 5 + 12.3 + 0.005)
+    assert sim.runs[0].stopped_at == after_start(5 + 12.3 + 0.005)
     assert "UNHEALTHY" not in sim.states()[:3]
 
 

@@ -24,6 +24,7 @@ from supervise_sim import (
     LoopClock,
     RecordingNotifier,
     Sim,
+    after_start,
     boots,
     event,
     sim_config,
@@ -66,7 +67,7 @@ def test_a_healthy_start_becomes_ready_and_a_stop_ends_it(tmp_path: Path) -> Sim
     run = sim.runs[0]
     assert sim.transition("STARTING")["vllm_pid"] == run.pid
     assert run.serving  # /health answered: the pump no longer believes fatal lines
-    assert run.stopped_at == START + 60
+    assert run.stopped_at == after_start(60)
     assert sim.transition("STOPPING")["reason"] == "SIGTERM received"
     assert sim.notifier.times("READY=1") and sim.notifier.times("STOPPING=1")
     return sim
@@ -96,7 +97,7 @@ def test_a_fatal_line_while_starting_is_fatal_at_once(tmp_path: Path) -> Sim:
     assert sim.play() == 78
     assert sim.states() == ["STARTING", "FATAL"]
     assert sim.transition("FATAL")["reason"] == "lora_rank_too_big: LoRA rank 64 is greater than 16"
-    assert sim.runs[0].stopped_at == START + 3  # ended at once, not after a timeout
+    assert sim.runs[0].stopped_at == after_start(3)  # ended at once, not after a timeout
     assert sim.supervisor.reporter.status.last_crash is not None
     return sim
 
@@ -139,7 +140,7 @@ def test_a_crash_while_starting_backs_off_and_starts_again(tmp_path: Path) -> Si
     assert sim.play() == 0
     assert sim.states() == ["STARTING", "BACKOFF", "STARTING", "READY", "STOPPING", "STOPPED"]
     assert sim.transition("BACKOFF")["reason"] == "vLLM exited with code 1"
-    assert sim.runs[1].started == START + 3 + sim.stop_takes + 2.0  # initial_delay, no jitter
+    assert sim.runs[1].started == after_start(3 + sim.stop_takes + 2.0)  # initial_delay, no jitter
     assert sim.supervisor.reporter.status.restarts == 1
     return sim
 
@@ -150,7 +151,7 @@ def test_a_stop_while_starting_ends_vllm(tmp_path: Path) -> Sim:
     sim.at(10, sim.signal(signal.SIGINT))
     assert sim.play() == 0
     assert sim.states() == ["STARTING", "STOPPING", "STOPPED"]
-    assert sim.runs[0].stopped_at == START + 10
+    assert sim.runs[0].stopped_at == after_start(10)
     return sim
 
 
@@ -272,7 +273,9 @@ def test_backoff_grows_and_a_long_ready_stretch_resets_it(tmp_path: Path) -> Non
     sim.play()
     gaps = [later.started - (earlier.stopped_at or 0) - sim.stop_takes
             for earlier, later in zip(sim.runs, sim.runs[1:], strict=False)]  # fmt: skip
-    assert gaps[:3] == [2.0, 4.0, 2.0]  # 400 s ready (> reset_after 300) started the backoff over
+    assert gaps[:3] == pytest.approx(
+        [2.0, 4.0, 2.0]
+    )  # 400 s ready (> reset_after 300) started the backoff over
 
 
 def test_watchdog_is_fed_during_a_long_backoff(tmp_path: Path) -> None:
