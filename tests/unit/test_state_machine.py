@@ -210,6 +210,18 @@ def test_failed_checks_up_to_the_threshold_restart_vllm(tmp_path: Path) -> Sim:
     return sim
 
 
+def test_an_adapter_that_vanishes_is_a_failure(tmp_path: Path) -> None:
+    def drops_a(run: FakeRun) -> None:
+        run.sim.after(12, lambda: setattr(run.sim.server, "missing", ("a",)))
+
+    sim = Sim(tmp_path, scripts=[boots(5.0, then=drops_a), boots(5.0)])
+    sim.at(120, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert sim.states()[:4] == ["STARTING", "READY", "UNHEALTHY", "BACKOFF"]
+    assert sim.transition("UNHEALTHY")["reason"] == "check failed (1/3): /v1/models: missing a"
+    assert sim.transition("BACKOFF")["reason"] == "3 failed checks in a row: /v1/models: missing a"
+
+
 @covers((S.UNHEALTHY, S.STOPPING))
 def test_a_stop_while_unhealthy_ends_vllm(tmp_path: Path) -> Sim:
     sim = Sim(tmp_path, scripts=[boots(5.0, then=lambda run: run.sim.after(6, lambda: setattr(run.sim.server, "health", 500)))])  # fmt: skip
