@@ -65,7 +65,8 @@ def test_a_healthy_start_becomes_ready_and_a_stop_ends_it(tmp_path: Path) -> Sim
     assert sim.play() == 0
     assert sim.states() == ["STARTING", "READY", "STOPPING", "STOPPED"]
     run = sim.runs[0]
-    assert sim.transition("STARTING")["vllm_pid"] == run.pid
+    starting = sim.transition("STARTING")
+    assert (starting["vllm_pid"], starting["reason"]) == (run.pid, "launched vLLM")
     assert run.serving  # /health answered: the pump no longer believes fatal lines
     assert run.stopped_at == after_start(60)
     assert sim.transition("STOPPING")["reason"] == "SIGTERM received"
@@ -281,7 +282,7 @@ def test_a_crash_loop_ends_in_fatal_69(tmp_path: Path) -> Sim:
 def test_backoff_grows_and_a_long_ready_stretch_resets_it(tmp_path: Path) -> None:
     long_ready = boots(5.0, then=crash_after(400))
     sim = Sim(tmp_path, scripts=[crash_after(1), crash_after(1), long_ready, crash_after(1)])
-    sim.at(1000, sim.signal(signal.SIGTERM))
+    sim.at(420, sim.signal(signal.SIGTERM))  # in the backoff after the fourth run
     sim.play()
     gaps = [later.started - (earlier.stopped_at or 0) - sim.stop_takes
             for earlier, later in zip(sim.runs, sim.runs[1:], strict=False)]  # fmt: skip

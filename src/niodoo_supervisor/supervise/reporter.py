@@ -84,7 +84,7 @@ class Reporter:
         self.transition(
             {State.STOPPED, State.BACKOFF},
             State.STARTING,
-            "vLLM launched",
+            "launched vLLM",
             notify=systemd.status(f"starting vLLM (pid {pid})"),
             vllm_pid=pid,
         )
