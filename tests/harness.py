@@ -183,7 +183,7 @@ def stop_supervisor(run: SupervisorRun) -> None:
 
 def sessions_descended_from(run: SupervisorRun) -> list[int]:
     """Pids of processes in sessions led by any vLLM the supervisor started (from its log)."""
-    leaders = {int(record["pid"]) for record in _launches(run)}
+    leaders = set(launched_pids(run))
     found = []
     for process in psutil.process_iter():
         try:
@@ -195,16 +195,16 @@ def sessions_descended_from(run: SupervisorRun) -> list[int]:
 
 
 def _launches(run: SupervisorRun) -> list[dict[str, str]]:
-    records = []
-    for record in run.events():
-        reason = record.get("reason", "")
-        if record.get("event") == "state_changed" and reason.startswith("launched vLLM pid "):
-            records.append({"pid": reason.rsplit(" ", 1)[-1]})
-    return records
+    """The STARTING transitions, each naming the vLLM it launched in its `vllm_pid` field."""
+    return [
+        record
+        for record in run.events()
+        if record.get("event") == "state_changed" and record.get("new") == "STARTING"
+    ]
 
 
 def launched_pids(run: SupervisorRun) -> list[int]:
-    return [int(record["pid"]) for record in _launches(run)]
+    return [int(record["vllm_pid"]) for record in _launches(run)]
 
 
 def _parse_logfmt(line: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ class ProbeResult:
     status: int | None  # HTTP status; None when no answer came
     latency: float
     reason: str = ""
+    timed_out: bool = False  # asked, and no answer within the probe timeout
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class CheckResult:
         if self.models is None or not self.models.ok:
             return f"/v1/models: {self.models.reason if self.models else 'not asked'}"
         return "ok"
+
+    @property
+    def timed_out(self) -> bool:
+        return self.health.timed_out or (self.models is not None and self.models.timed_out)
 
 
 def models_problems(payload: object, served: str, adapters: Sequence[str]) -> tuple[list[str], str]:
@@ -103,7 +108,9 @@ class HttpProber:
         try:
             response = await self.client.get(path)
         except httpx.TimeoutException:
-            return ProbeResult(False, None, time.monotonic() - started, "timed out"), None
+            return ProbeResult(
+                False, None, time.monotonic() - started, "timed out", timed_out=True
+            ), None
         except httpx.HTTPError as exc:
             return ProbeResult(
                 False, None, time.monotonic() - started, _error_reason(exc, self.secrets)

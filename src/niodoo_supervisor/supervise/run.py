@@ -29,7 +29,7 @@ from niodoo_supervisor.logs.sinks import RotatingLogFile
 from niodoo_supervisor.supervise import run_record
 from niodoo_supervisor.supervise.process_tree import VllmProcess, spawn
 
-__all__ = ["LaunchError", "VllmRun"]
+__all__ = ["LaunchError", "VllmLauncher", "VllmRun"]
 
 log = structlog.get_logger("niodoo_supervisor")
 
@@ -69,6 +69,17 @@ class VllmRun:
     @property
     def pid(self) -> int:
         return self.child.pid
+
+    @property
+    def started(self) -> float:
+        return self.child.started
+
+    @property
+    def dropped_bytes(self) -> int:
+        return self.pump.stats.dropped_bytes
+
+    def mark_serving(self) -> None:
+        self.pump.mark_serving()
 
     @classmethod
     async def launch(
@@ -168,6 +179,40 @@ class VllmRun:
         self.child.close()
         if not survivors:
             run_record.clear(self.config.state_dir)
+
+
+class VllmLauncher:
+    """Launches vLLM runs that share one rotating log file and one echo of vLLM's output."""
+
+    def __init__(self, config: Config, environ: dict[str, str], echo: BinaryIO | None) -> None:
+        self.environ = environ
+        self.echo = echo
+        self.log_file = RotatingLogFile(
+            config.log_path,
+            config["supervisor.log.max_bytes"],
+            config["supervisor.log.backup_count"],
+        )
+
+    async def launch(
+        self,
+        config: Config,
+        launch: LaunchPlan,
+        *,
+        on_event: Callable[[Event], None],
+        on_exit: Callable[[int, int], None],
+    ) -> VllmRun:
+        return await VllmRun.launch(
+            config,
+            launch,
+            self.environ,
+            log_file=self.log_file,
+            echo=self.echo,
+            on_event=on_event,
+            on_exit=on_exit,
+        )
+
+    def close(self) -> None:
+        self.log_file.close()
 
 
 def _write_logging_config(launch: LaunchPlan) -> None:

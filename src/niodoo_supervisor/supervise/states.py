@@ -1,14 +1,16 @@
 """The supervisor's states and the transitions allowed between them. A leaf: no imports.
 
 STARTING -> BACKOFF -> FATAL keeps "failed to start" apart from "crashed later" (READY ->
-UNHEALTHY -> BACKOFF), as supervisord does.
+UNHEALTHY -> BACKOFF), as supervisord does. FATAL comes only from where it is decided: a
+start that cannot work (STARTING: a fatal log line, an argparse exit) and the loop between
+runs (STOPPED/BACKOFF: vLLM cannot be executed, or the crash-loop limit).
 """
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["ALLOWED", "State"]
+__all__ = ["ALLOWED", "IllegalTransition", "State"]
 
 
 class State(enum.Enum):
@@ -24,9 +26,19 @@ class State(enum.Enum):
 ALLOWED: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.STARTING, State.FATAL, State.STOPPING}),
     State.STARTING: frozenset({State.READY, State.BACKOFF, State.STOPPING, State.FATAL}),
-    State.READY: frozenset({State.UNHEALTHY, State.BACKOFF, State.STOPPING, State.FATAL}),
-    State.UNHEALTHY: frozenset({State.READY, State.BACKOFF, State.STOPPING, State.FATAL}),
+    State.READY: frozenset({State.UNHEALTHY, State.BACKOFF, State.STOPPING}),
+    State.UNHEALTHY: frozenset({State.READY, State.BACKOFF, State.STOPPING}),
     State.BACKOFF: frozenset({State.STARTING, State.STOPPING, State.FATAL}),
-    State.STOPPING: frozenset({State.STOPPED, State.FATAL}),
+    State.STOPPING: frozenset({State.STOPPED}),
     State.FATAL: frozenset(),
 }
+
+
+class IllegalTransition(RuntimeError):
+    """A transition the table does not allow, or from a state the caller did not expect: a
+    bug in the supervisor, raised (an `assert` would vanish under `python -O`)."""
+
+    def __init__(self, old: State, new: State, why: str) -> None:
+        super().__init__(f"{old.value} -> {new.value}: {why}")
+        self.old = old
+        self.new = new

@@ -1,0 +1,132 @@
+"""The one queue everything that happens goes through, with one set of rules for it wherever
+the loop waits (before a start, in a backoff, while watching a run):
+
+- a stop (SIGTERM/SIGINT) is recorded for good: `stop_asked` stays set, so whoever looks next
+  acts on it, and a probe in flight is cut short;
+- a reload (SIGHUP) runs as a task that posts its result (`ReloadDone`): probes, watchdog pings
+  and a stop go on while a preflight takes minutes; a SIGHUP during a reload reads the config
+  once more when that reload ends;
+- everything else (a child's exit, a log event, a reload's result) goes to the waiting caller,
+  which knows the run it belongs to.
+
+Signal handlers only record (gunicorn #3198 is the lesson): `signal` posts and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from niodoo_supervisor.logs.rule_types import Event
+from niodoo_supervisor.supervise.incidents import (
+    Incident,
+    LogEvent,
+    ReloadAsked,
+    ReloadDone,
+    ReloadResult,
+    StopAsked,
+)
+from niodoo_supervisor.supervise.ports import Clock
+
+__all__ = ["STOP_SIGNALS", "Dispatcher", "Reloader"]
+
+log = structlog.get_logger("niodoo_supervisor")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+Reloader = Callable[[], Awaitable[ReloadResult]]
+
+
+class Dispatcher:
+    def __init__(self, clock: Clock, reloader: Reloader | None) -> None:
+        self.clock = clock
+        self.reloader = reloader
+        self.stop_asked = asyncio.Event()
+        self._queue: asyncio.Queue[Incident] = asyncio.Queue()
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
+
+    @property
+    def reloading(self) -> bool:
+        """A reload is under way (its `ReloadDone` is still to come)."""
+        return self._reload_task is not None and not self._reload_task.done()
+
+    def post(self, incident: Incident) -> None:
+        if isinstance(incident, StopAsked):
+            self.stop_asked.set()
+        self._queue.put_nowait(incident)
+
+    def signal(self, signum: int) -> None:
+        """A signal handler: records what the signal asks for, nothing more."""
+        if signum in STOP_SIGNALS:
+            self.post(StopAsked(f"{signal.Signals(signum).name} received"))
+        elif signum == signal.SIGHUP:
+            self.post(ReloadAsked())
+
+    async def next(self, timeout: float) -> Incident | None:
+        """The next incident for the caller, waiting at most `timeout` seconds (None when the
+        time is up). Queued ones come first even when no time is left. A reload request is
+        taken here: it starts the reload task, and its result comes back later."""
+        deadline = self.clock.monotonic() + timeout
+        while True:
+            incident = await self._get(deadline - self.clock.monotonic())
+            if not isinstance(incident, ReloadAsked):
+                return incident
+            self._start_reload()
+
+    async def _get(self, timeout: float) -> Incident | None:
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if timeout <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout=timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    def take_log_events(self, run: int) -> list[Event]:
+        """Remove and return the queued log events of `run` (the lines read while it exited),
+        keeping everything else queued in order."""
+        taken: list[Event] = []
+        kept: list[Incident] = []
+        while not self._queue.empty():
+            incident = self._queue.get_nowait()
+            if isinstance(incident, LogEvent) and incident.run == run:
+                taken.append(incident.event)
+            else:
+                kept.append(incident)
+        for incident in kept:
+            self._queue.put_nowait(incident)
+        return taken
+
+    def _start_reload(self) -> None:
+        if self.reloader is None:
+            return
+        if self.reloading:
+            self._reload_again = True  # the file may have changed again since this one began
+            return
+        self._reload_task = asyncio.get_running_loop().create_task(self._reload(self.reloader))
+
+    async def _reload(self, reloader: Reloader) -> None:
+        while True:
+            self._reload_again = False
+            log.info("reload_requested")
+            try:
+                result = await reloader()
+            except Exception as exc:
+                result = ReloadResult(None, None, [f"reload failed: {type(exc).__name__}: {exc}"])
+            self.post(ReloadDone(result))
+            if not self._reload_again:
+                return
+
+    async def close(self) -> None:
+        """End a reload still under way (a stop does not wait for it)."""
+        task = self._reload_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

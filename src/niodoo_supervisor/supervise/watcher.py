@@ -1,0 +1,311 @@
+"""One run of vLLM, from launch to how it ended: readiness (STARTING -> READY), liveness
+(READY <-> UNHEALTHY), and the outcome the loop acts on (stop, fatal, failed, reload).
+
+Readiness without lag: once vLLM's log says its HTTP server starts (or /health answers), it
+is probed at once and then every `SERVING_PROBE_INTERVAL` until ready, so READY=1 follows
+vLLM's first complete answer closely rather than wherever the slower start-up cycle stands.
+From the first answer of /health on, a probe that times out counts as a failure: a server
+that hangs right after listening is restarted after `failure_threshold` of them, not after
+`startup_stall_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.logs.builtin_rules import SERVING_PHASES
+from niodoo_supervisor.logs.rule_types import Action, Event
+from niodoo_supervisor.supervise import systemd
+from niodoo_supervisor.supervise.dispatch import Dispatcher
+from niodoo_supervisor.supervise.exits import describe_exit
+from niodoo_supervisor.supervise.incidents import (
+    ChildExited,
+    Incident,
+    LogEvent,
+    Outcome,
+    OutcomeKind,
+    ReloadDone,
+    ReloadResult,
+    StopAsked,
+)
+from niodoo_supervisor.supervise.ports import Clock, Prober, Run
+from niodoo_supervisor.supervise.probes import CheckResult
+from niodoo_supervisor.supervise.reporter import Reporter
+from niodoo_supervisor.supervise.states import State
+
+__all__ = ["SERVING_PROBE_INTERVAL", "RunWatcher", "WatchSettings"]
+
+log = structlog.get_logger("niodoo_supervisor")
+
+SERVING_PROBE_INTERVAL = 0.1
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    startup_timeout: float
+    stall_timeout: float
+    startup_interval: float
+    interval: float
+    failure_threshold: int
+    ready_text: str  # systemd's STATUS= while ready
+
+    @classmethod
+    def from_config(cls, config: Config) -> WatchSettings:
+        return cls(
+            startup_timeout=config["supervisor.startup_timeout"],
+            stall_timeout=config["supervisor.startup_stall_timeout"],
+            startup_interval=config["supervisor.health.startup_interval"],
+            interval=config["supervisor.health.interval"],
+            failure_threshold=config["supervisor.health.failure_threshold"],
+            ready_text=f"ready: serving {config.served_name} with {len(config.adapters)} "
+            f"adapter(s) on port {config.port}",
+        )
+
+
+class RunWatcher:
+    def __init__(
+        self,
+        run: Run,
+        serial: int,
+        prober: Prober,
+        *,
+        settings: WatchSettings,
+        dispatcher: Dispatcher,
+        reporter: Reporter,
+        clock: Clock,
+        apply_reload: Callable[[ReloadResult], bool],
+    ) -> None:
+        self.run = run
+        self.serial = serial  # which run's log events are this one's
+        self.prober = prober
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.reporter = reporter
+        self.clock = clock
+        self.apply_reload = apply_reload
+        self.ready_since: float | None = None
+        self.server_up = False  # vLLM's log said its HTTP server starts, or /health answered
+        self.answered = False  # /health answered (any status) while starting
+        self.timeouts = 0  # probes timed out in a row since then
+        self.failures = 0  # failed liveness checks in a row
+        self.engine_death: Event | None = None
+        self.next_check = 0.0
+
+    @property
+    def state(self) -> State:
+        return self.reporter.state
+
+    async def watch(self) -> Outcome:
+        started = self.clock.monotonic()
+        deadline = started + self.settings.startup_timeout
+        self.next_check = started
+        while True:
+            incident = await self.dispatcher.next(self.next_check - self.clock.monotonic())
+            if incident is not None:
+                outcome = await self._on_incident(incident)
+                if outcome is not None:
+                    return outcome
+            now = self.clock.monotonic()
+            if now < self.next_check:
+                continue
+            result = await self._check_unless_stopped()
+            if result is None:
+                continue  # a stop was asked mid-probe; the queued stop is handled next
+            outcome = self._on_check(result, now, deadline)
+            if outcome is not None:
+                return outcome
+            self.run.record_processes()
+
+    # --- incidents ----------------------------------------------------------------------------
+
+    async def _on_incident(self, incident: Incident) -> Outcome | None:
+        if isinstance(incident, StopAsked):
+            return Outcome(OutcomeKind.STOP, incident.reason)
+        if isinstance(incident, ReloadDone):
+            if self.apply_reload(incident.result):
+                return Outcome(OutcomeKind.RELOAD, "config reloaded (SIGHUP)")
+            return None
+        if isinstance(incident, ChildExited):
+            if incident.pid != self.run.pid:
+                return None  # the exit of a child stopped earlier
+            return await self._exit_outcome(incident.returncode)
+        if isinstance(incident, LogEvent) and incident.run == self.serial:
+            return self._on_event(incident.event)
+        return None
+
+    def _on_event(self, event: Event) -> Outcome | None:
+        fatal = self._fatal_outcome(line=event)
+        if fatal is not None:
+            return fatal
+        if event.action is Action.CHECK_NOW:
+            self.engine_death = event
+            self.next_check = self.clock.monotonic()
+        elif event.action is Action.PHASE and self.state is State.STARTING:
+            phase = str(event.details.get("phase", event.rule))
+            self.reporter.status.phase = phase
+            self.reporter.notify(*systemd.status(f"starting vLLM: {phase}"))
+            if phase in SERVING_PHASES and not self.server_up:
+                self.server_up = True
+                self.next_check = self.clock.monotonic()  # probe at once
+        return None
+
+    async def _exit_outcome(self, returncode: int) -> Outcome:
+        how = describe_exit(returncode)
+        self.reporter.status.last_exit = how
+        log.warning("vllm_exited", vllm_pid=self.run.pid, how=how, state=self.state.value)
+        await self.run.drain(2.0)  # the line that explains the exit may still be in the pipe
+        for event in self.dispatcher.take_log_events(self.serial):
+            fatal = self._fatal_outcome(line=event)
+            if fatal is not None:
+                return fatal
+        fatal = self._fatal_outcome(returncode=returncode)
+        if fatal is not None:
+            return fatal
+        if returncode == 0:
+            return Outcome(
+                OutcomeKind.FAILED,
+                f"vLLM {how} without being asked to stop (vLLM exits 0 when its engine dies)",
+            )
+        return Outcome(OutcomeKind.FAILED, f"vLLM {how}")
+
+    def _fatal_outcome(
+        self, *, line: Event | None = None, returncode: int | None = None
+    ) -> Outcome | None:
+        """The one place FATAL is decided: while starting, a log line naming a deterministic
+        start failure (the pump no longer calls a line fatal once vLLM serves), or an argparse
+        error (exit 2)."""
+        if self.state is not State.STARTING:
+            return None
+        if line is not None and line.action is Action.FATAL:
+            return Outcome(OutcomeKind.FATAL, f"{line.rule}: {line.message.strip()}", line.rule)
+        if returncode == 2:
+            return Outcome(
+                OutcomeKind.FATAL,
+                f"vLLM {describe_exit(returncode)} while starting: a command-line (argparse) "
+                f"error; {self.run.last_line()}",
+            )
+        return None
+
+    # --- checks -------------------------------------------------------------------------------
+
+    async def _check_unless_stopped(self) -> CheckResult | None:
+        """One check, abandoned (None) when a stop is asked meanwhile: a hung vLLM must not
+        hold up a stop for two probe timeouts."""
+        check = asyncio.ensure_future(self.prober.check())
+        stop = asyncio.ensure_future(self.dispatcher.stop_asked.wait())
+        await asyncio.wait({check, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if check.done():
+            return check.result()
+        check.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await check
+        return None
+
+    def _on_check(self, result: CheckResult, now: float, deadline: float) -> Outcome | None:
+        if result.health.status is not None:
+            # vLLM answers HTTP, so clients can reach it: its later fatal lines may be theirs.
+            self.run.mark_serving()
+        self.reporter.note_check(result, self.run.dropped_bytes)
+        if self.state is State.STARTING:
+            outcome = self._starting_check(result, now, deadline)
+            interval = self.settings.startup_interval
+            if self.server_up:
+                interval = min(interval, SERVING_PROBE_INTERVAL)
+            self.engine_death = None  # a death seen while starting does not shorten later checks
+        else:
+            outcome = self._liveness_check(result)
+            interval = self.settings.interval
+        self.next_check = self.clock.monotonic() + interval
+        return outcome
+
+    def _starting_check(self, result: CheckResult, now: float, deadline: float) -> Outcome | None:
+        settings = self.settings
+        if result.ok:
+            self.ready_since = now
+            # STARTING -> READY: /health 200 and /v1/models lists the model and every adapter
+            self.reporter.transition(
+                {State.STARTING},
+                State.READY,
+                f"ready after {now - self.run.started:.1f}s",
+                notify=(*systemd.ready(settings.ready_text), *systemd.WATCHDOG),
+            )
+            return None
+        if result.health.status is not None:
+            self.server_up = self.answered = True
+            self.timeouts = 0
+        elif self.answered and result.timed_out:
+            self.timeouts += 1
+            if self.timeouts >= settings.failure_threshold:
+                return Outcome(
+                    OutcomeKind.FAILED,
+                    f"{self.timeouts} probes in a row timed out after vLLM had answered "
+                    f"/health while starting: {result.reason}",
+                )
+        if now >= deadline:
+            return Outcome(
+                OutcomeKind.FAILED,
+                f"not ready within startup_timeout ({settings.startup_timeout:g}s): {result.reason}",
+            )
+        silent = self.run.silent_for(now)
+        if silent >= settings.stall_timeout:
+            return Outcome(
+                OutcomeKind.FAILED,
+                f"vLLM wrote nothing for {silent:.0f}s while starting "
+                f"(startup_stall_timeout {settings.stall_timeout:g}s)",
+            )
+        # Still making progress: keep systemd's start timeout ahead of us.
+        self.reporter.notify(
+            *systemd.extend_timeout(settings.stall_timeout + settings.startup_interval * 2),
+            *systemd.WATCHDOG,
+        )
+        self.reporter.write_status()
+        return None
+
+    def _liveness_check(self, result: CheckResult) -> Outcome | None:
+        threshold = self.settings.failure_threshold
+        engine_death = self.engine_death
+        if result.ok:
+            self.failures, self.engine_death = 0, None
+        else:
+            self.failures += 1
+        self.reporter.status.consecutive_failures = self.failures
+        if result.ok:
+            if self.state is State.UNHEALTHY:
+                # UNHEALTHY -> READY: checks pass again
+                self.reporter.transition(
+                    {State.UNHEALTHY},
+                    State.READY,
+                    "checks pass again",
+                    notify=systemd.status(self.settings.ready_text),
+                )
+            self.reporter.notify(*systemd.WATCHDOG)
+            self.reporter.write_status()
+            return None
+        # An engine-death line may be forged by a client (a request id with a newline in it),
+        # so it only skips the threshold when vLLM itself confirms: /health answers 503.
+        if engine_death is not None and result.health.status == 503:
+            return Outcome(
+                OutcomeKind.FAILED,
+                f"engine died ({engine_death.message.strip()}); {result.reason}",
+                engine_death.rule,
+            )
+        if self.failures >= threshold:
+            return Outcome(
+                OutcomeKind.FAILED, f"{self.failures} failed checks in a row: {result.reason}"
+            )
+        if self.state is State.READY:
+            # READY -> UNHEALTHY: a check failed, below the threshold
+            self.reporter.transition(
+                {State.READY},
+                State.UNHEALTHY,
+                f"check failed ({self.failures}/{threshold}): {result.reason}",
+                notify=systemd.status(f"unhealthy ({self.failures}/{threshold}): {result.reason}"),
+            )
+        return None
