@@ -331,12 +331,11 @@ class Sim:
         self.supervisor = Supervisor(
             self.config,
             sim_plan("python3"),
-            api_key=None,
             notifier=self.notifier,
             environ={},
             reloader=self._reload,
             prober_factory=lambda config, key: ScriptedProber(
-                self, config["supervisor.health.timeout"]
+                self, config.supervisor.health.timeout
             ),
             rng=random.Random(0),
             clock=LoopClock(),

@@ -21,6 +21,7 @@ import httpx
 import psutil
 import pytest
 
+from niodoo_supervisor.config.supervisor_sections import RestartSection
 from niodoo_supervisor.supervise import run_record
 from niodoo_supervisor.supervise.exits import describe_exit
 from niodoo_supervisor.supervise.probes import CheckResult, HttpProber, models_problems
@@ -30,13 +31,13 @@ from niodoo_supervisor.supervise.process_tree import (
     session_members,
     terminate_processes,
 )
-from niodoo_supervisor.supervise.restart_policy import RestartPolicy, RestartSettings
+from niodoo_supervisor.supervise.restart_policy import RestartPolicy
 
 # --- backoff ------------------------------------------------------------------------------------
 
 
 def _policy(seed: int = 0, **changes: Any) -> RestartPolicy:
-    return RestartPolicy(RestartSettings(**changes), random.Random(seed))
+    return RestartPolicy(RestartSection(**changes), random.Random(seed))
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:

@@ -61,13 +61,6 @@ class Config(Section):
     _source: str = PrivateAttr(default="config")
     _lines: Mapping[str, int] = PrivateAttr(default_factory=dict)
 
-    # transition: removed once every reader uses attributes
-    def __getitem__(self, key: str) -> Any:
-        """The value of a dotted key (`config["supervisor.health.interval"]`)."""
-        if key not in KEYS.by_key:
-            raise KeyError(key)
-        return KEYS.by_key[key].value_in(self)
-
     @property
     def source(self) -> str:
         """The file the config was read from, as given (`config` for text)."""

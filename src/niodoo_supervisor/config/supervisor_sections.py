@@ -41,7 +41,14 @@ class HealthSection(Section):
     ] = 10.0
     startup_interval: Annotated[
         Number,
-        Field(gt=0.0, le=HOUR, description="Seconds between readiness probes while starting."),
+        Field(
+            gt=0.0,
+            le=HOUR,
+            description="Seconds between readiness probes while vLLM loads. Once its log says "
+            "the HTTP server is up, or /health first answers, probes come every 0.1 s (or this, "
+            "if shorter) until ready; after /health has answered once, `failure_threshold` probe "
+            "time-outs in a row restart vLLM.",
+        ),
     ] = 1.0
     timeout: Annotated[Number, Field(gt=0.0, le=HOUR, description="Timeout of one HTTP probe.")] = (
         5.0

@@ -10,10 +10,12 @@ start between two steps; a SIGHUP re-reads the config before vLLM's first start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import structlog
@@ -106,11 +108,9 @@ def _run_locked(
     supervisor = Supervisor(
         config,
         plan,
-        api_key=plan.api_key,
         notifier=notifier,
         environ=environ,
         reloader=lambda: _reload(config_path, environ),
-        vllm_version=plan.vllm_version,
     )
     log.info("starting", config=str(config_path), argv=" ".join(redacted_argv(plan)))
     try:
@@ -131,11 +131,11 @@ def _reload_before_start(
     A config with errors is refused and the one already checked is kept, as on any reload."""
     log.info("reload_requested", when="before vLLM's first start")
     reloaded = _load_checked(config_path, environ, PreflightOptions(check_flags=check_flags))
-    if reloaded.config is None or reloaded.launch is None:
+    if reloaded.config is None or reloaded.plan is None:
         for error in reloaded.errors:
             log.error("reload_refused", problem=error)
         return config, plan
-    return reloaded.config, reloaded.launch
+    return reloaded.config, reloaded.plan
 
 
 def _log_problem(text: str, is_error: bool) -> None:
@@ -177,9 +177,33 @@ async def _end_leftovers(config: Config) -> None:
 
 
 async def _reload(config_path: Path, environ: dict[str, str]) -> ReloadResult:
+    """The reloaded config and its plan, worked out in a daemon thread: a preflight can take
+    minutes (a cold flag cache), and a stop must neither wait for it nor be held at exit by it,
+    as `asyncio.to_thread`'s executor would be when `asyncio.run` shuts it down."""
     # vLLM holds the port while it runs: the port is not checked on a reload.
     options = PreflightOptions(check_port=False)
-    return await asyncio.to_thread(_load_checked, config_path, environ, options)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[ReloadResult] = loop.create_future()
+
+    def deliver(result: ReloadResult) -> None:
+        if not done.done():  # done: the reload was given up (a stop)
+            done.set_result(result)
+
+    def fail(error: Exception) -> None:
+        if not done.done():
+            done.set_exception(error)  # the dispatcher reports it as a refused reload
+
+    def work() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            try:
+                result = _load_checked(config_path, environ, options)
+            except Exception as exc:
+                loop.call_soon_threadsafe(fail, exc)
+            else:
+                loop.call_soon_threadsafe(deliver, result)
+
+    threading.Thread(target=work, name="niodoo-reload", daemon=True).start()
+    return await done
 
 
 def _load_checked(

@@ -30,7 +30,7 @@ from niodoo_supervisor.supervise.incidents import (
     ReloadResult,
     StopAsked,
 )
-from niodoo_supervisor.supervise.ports import Clock
+from niodoo_supervisor.supervise.seams import Clock
 
 __all__ = ["STOP_SIGNALS", "Dispatcher", "Reloader"]
 

@@ -49,12 +49,8 @@ class ReloadResult:
     """A reload's config and its launch plan, or (both None) the errors that refused it."""
 
     config: Config | None
-    launch: LaunchPlan | None
+    plan: LaunchPlan | None
     errors: list[str] = field(default_factory=list)
-
-    @property
-    def api_key(self) -> str | None:
-        return self.launch.api_key if self.launch else None
 
 
 @dataclass(frozen=True)

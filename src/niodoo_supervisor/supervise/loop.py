@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import random
 import signal
 import sys
@@ -30,11 +29,11 @@ from niodoo_supervisor.supervise.incidents import (
     ReloadResult,
     StopAsked,
 )
-from niodoo_supervisor.supervise.ports import Clock, Launcher, ProberFactory, Run, SystemClock
 from niodoo_supervisor.supervise.probes import prober_for
 from niodoo_supervisor.supervise.reporter import Reporter
-from niodoo_supervisor.supervise.restart_policy import RestartPolicy, RestartSettings
+from niodoo_supervisor.supervise.restart_policy import RestartPolicy
 from niodoo_supervisor.supervise.run import LaunchError, VllmLauncher
+from niodoo_supervisor.supervise.seams import Clock, Launcher, ProberFactory, Run, SystemClock
 from niodoo_supervisor.supervise.states import State
 from niodoo_supervisor.supervise.status_file import StatusBoard
 from niodoo_supervisor.supervise.systemd import Notifier
@@ -47,40 +46,33 @@ _RUNNING = {State.STARTING, State.READY, State.UNHEALTHY}
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def _restart_settings(config: Config) -> RestartSettings:
-    names = (spec.name for spec in dataclasses.fields(RestartSettings))
-    return RestartSettings(**{name: config[f"supervisor.restart.{name}"] for name in names})
-
-
 class Supervisor:
     def __init__(
         self,
         config: Config,
-        launch: LaunchPlan,
+        plan: LaunchPlan,
         *,
-        api_key: str | None,
         notifier: Notifier,
         environ: dict[str, str],
         reloader: Reloader | None = None,
         prober_factory: ProberFactory | None = None,
         echo: BinaryIO | None = None,
         rng: random.Random | None = None,
-        vllm_version: str | None = None,
         clock: Clock | None = None,
         launcher: Launcher | None = None,
     ) -> None:
-        # What the next start runs; a reload replaces the three together (`_apply_reload`).
-        self.config, self.launch, self.api_key = config, launch, api_key
+        # What the next start runs; a reload replaces the two together (`_apply_reload`).
+        self.config, self.plan = config, plan
         self.clock = clock or SystemClock()
         if launcher is None:
-            echo_to = sys.stdout.buffer if config["supervisor.log.echo"] else None
+            echo_to = sys.stdout.buffer if config.supervisor.log.echo else None
             launcher = VllmLauncher(config, environ, echo if echo is not None else echo_to)
         self.launcher = launcher
         self.prober_factory = prober_factory or prober_for
-        self.policy = RestartPolicy(_restart_settings(config), rng)
+        self.policy = RestartPolicy(config.supervisor.restart, rng)
         counters = EventCounters()
         self.vllm_events = VllmEventLog(counters)
-        status = StatusBoard(vllm_version=vllm_version)
+        status = StatusBoard(vllm_version=plan.vllm_version)
         self.reporter = Reporter(notifier, self.clock, config.state_dir, status, counters)
         self.dispatcher = Dispatcher(self.clock, reloader)
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
@@ -104,7 +96,7 @@ class Supervisor:
             # A bug must not leave vLLM (and its GPU memory) behind: stop it, then report.
             if self.current is not None:
                 with contextlib.suppress(Exception):
-                    await self.current.stop(self.config["supervisor.stop.grace_period"])
+                    await self.current.stop(self.config.supervisor.stop.grace_period)
             raise
         finally:
             for signum in _HANDLED_SIGNALS:
@@ -147,7 +139,7 @@ class Supervisor:
                 self.reporter.transition(_RUNNING, State.BACKOFF, outcome.reason)
                 reloaded = True
                 continue
-            lines = run.tail(self.config["supervisor.log.crash_report_lines"])
+            lines = run.tail(self.config.supervisor.log.crash_report_lines)
             self.reporter.crash_report(outcome.reason, outcome.rule, lines)
             if outcome.kind is OutcomeKind.FATAL:
                 return self.reporter.fatal(outcome.reason, exitcodes.CONFIG)
@@ -164,13 +156,13 @@ class Supervisor:
                 return self.reporter.stopped_while_idle("stop requested during backoff")
 
     async def _start(self) -> Run | LaunchError:
-        """LaunchPlan vLLM, or say why it cannot even be executed."""
+        """Launch vLLM, or say why it cannot even be executed."""
         self.run_serial += 1
         serial = self.run_serial
         try:
             run = await self.launcher.launch(
                 self.config,
-                self.launch,
+                self.plan,
                 on_event=lambda event: self._on_log_event(serial, event),
                 on_exit=lambda pid, code: self.dispatcher.post(ChildExited(pid, code)),
             )
@@ -186,7 +178,7 @@ class Supervisor:
             self.dispatcher.post(LogEvent(event, serial))
 
     async def _watch(self, run: Run) -> Outcome:
-        prober = self.prober_factory(self.config, self.api_key)
+        prober = self.prober_factory(self.config, self.plan.api_key)
         watcher = RunWatcher(
             run,
             self.run_serial,
@@ -220,17 +212,18 @@ class Supervisor:
 
     def _apply_reload(self, result: ReloadResult) -> bool:
         """Take a reloaded config for the next start; False (and said why) when refused."""
-        if result.config is None or result.launch is None:
+        if result.config is None or result.plan is None:
             self.reporter.reload_refused(result.errors)
             return False
         self.reporter.notify(*systemd.reloading("restarting vLLM with the new config"))
-        self.config, self.launch, self.api_key = result.config, result.launch, result.api_key
-        self.policy.settings = _restart_settings(result.config)
+        self.config, self.plan = result.config, result.plan
+        self.reporter.status.vllm_version = result.plan.vllm_version
+        self.policy.settings = result.config.supervisor.restart
         self.reporter.state_dir = result.config.state_dir
         return True
 
     async def _stop_run(self, run: Run) -> None:
-        grace = self.config["supervisor.stop.grace_period"]
+        grace = self.config.supervisor.stop.grace_period
         # Ending a stubborn vLLM takes up to the grace period plus the SIGKILL check.
         async with self.reporter.watchdog_fed(extend=grace + 20.0):
             await run.stop(grace)

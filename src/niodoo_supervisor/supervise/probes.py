@@ -176,5 +176,5 @@ def prober_for(config: Config, api_key: str | None) -> HttpProber:
         served=config.served_name,
         adapters=[adapter.name for adapter in config.adapters],
         api_key=api_key,
-        timeout=config["supervisor.health.timeout"],
+        timeout=config.supervisor.health.timeout,
     )

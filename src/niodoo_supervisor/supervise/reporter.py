@@ -16,8 +16,8 @@ from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.supervise import systemd
-from niodoo_supervisor.supervise.ports import Clock
 from niodoo_supervisor.supervise.probes import CheckResult
+from niodoo_supervisor.supervise.seams import Clock
 from niodoo_supervisor.supervise.states import ALLOWED, IllegalTransition, State
 from niodoo_supervisor.supervise.status_file import CrashReport, StatusBoard
 from niodoo_supervisor.supervise.systemd import Notifier

@@ -1,28 +1,19 @@
 """Restart policy: exponential backoff with jitter, a reset after a healthy stretch, and a
-crash-loop limit. Pure: the caller passes the time and the random source."""
+crash-loop limit. Pure: the caller passes the time and the random source. The settings are the
+config's `supervisor.restart` section itself, so its defaults are declared once."""
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
 
-__all__ = ["RestartPolicy", "RestartSettings"]
+from niodoo_supervisor.config.supervisor_sections import RestartSection
 
-
-@dataclass(frozen=True)
-class RestartSettings:
-    initial_delay: float = 2.0
-    factor: float = 2.0
-    max_delay: float = 120.0
-    jitter: float = 0.1
-    reset_after: float = 300.0
-    max_starts: int = 5
-    window: float = 900.0
+__all__ = ["RestartPolicy"]
 
 
 class RestartPolicy:
-    def __init__(self, settings: RestartSettings, rng: random.Random | None = None) -> None:
+    def __init__(self, settings: RestartSection, rng: random.Random | None = None) -> None:
         self.settings = settings
         self.rng = rng or random.Random()
         self.failures = 0  # consecutive, since the last reset

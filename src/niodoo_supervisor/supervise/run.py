@@ -106,15 +106,15 @@ class VllmRun:
         try:
             pump = LogPump(
                 child.output_fd,
-                ruleset=RuleSet(config["rules"]),
+                ruleset=RuleSet(config.rules),
                 on_event=on_event,
                 log_file=log_file,
                 echo=echo,
-                tail_lines=max(200, config["supervisor.log.crash_report_lines"]),
+                tail_lines=max(200, config.supervisor.log.crash_report_lines),
             )
             run = cls(child, pump, config)
         except BaseException:
-            await child.terminate(config["supervisor.stop.grace_period"])  # never leave it running
+            await child.terminate(config.supervisor.stop.grace_period)  # never leave it running
             child.close()
             raise
         run.record_processes()
@@ -189,8 +189,8 @@ class VllmLauncher:
         self.echo = echo
         self.log_file = RotatingLogFile(
             config.log_path,
-            config["supervisor.log.max_bytes"],
-            config["supervisor.log.backup_count"],
+            config.supervisor.log.max_bytes,
+            config.supervisor.log.backup_count,
         )
 
     async def launch(

@@ -34,9 +34,9 @@ from niodoo_supervisor.supervise.incidents import (
     ReloadResult,
     StopAsked,
 )
-from niodoo_supervisor.supervise.ports import Clock, Prober, Run
 from niodoo_supervisor.supervise.probes import CheckResult
 from niodoo_supervisor.supervise.reporter import Reporter
+from niodoo_supervisor.supervise.seams import Clock, Prober, Run
 from niodoo_supervisor.supervise.states import State
 
 __all__ = ["SERVING_PROBE_INTERVAL", "RunWatcher", "WatchSettings"]
@@ -58,11 +58,11 @@ class WatchSettings:
     @classmethod
     def from_config(cls, config: Config) -> WatchSettings:
         return cls(
-            startup_timeout=config["supervisor.startup_timeout"],
-            stall_timeout=config["supervisor.startup_stall_timeout"],
-            startup_interval=config["supervisor.health.startup_interval"],
-            interval=config["supervisor.health.interval"],
-            failure_threshold=config["supervisor.health.failure_threshold"],
+            startup_timeout=config.supervisor.startup_timeout,
+            stall_timeout=config.supervisor.startup_stall_timeout,
+            startup_interval=config.supervisor.health.startup_interval,
+            interval=config.supervisor.health.interval,
+            failure_threshold=config.supervisor.health.failure_threshold,
             ready_text=f"ready: serving {config.served_name} with {len(config.adapters)} "
             f"adapter(s) on port {config.port}",
         )
