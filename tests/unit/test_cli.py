@@ -227,7 +227,8 @@ def test_render_auto_without_adapters_is_one_line_and_78(
     assert code == exitcodes.CONFIG
     assert out == []
     assert err == [
-        f"{config}: error: lora.max_lora_rank: auto cannot be resolved: no adapters are listed"
+        f"{config}:11: error: lora.max_lora_rank: auto cannot be resolved: no adapters are "
+        "listed; give a number (vLLM's default is 16)"
     ]
 
 
@@ -323,8 +324,8 @@ def test_render_auto_above_the_largest_rank_is_a_config_error_not_a_crash(
     assert code == exitcodes.CONFIG
     assert out == []
     assert err == [
-        f"{config}: error: lora.max_lora_rank: auto cannot be resolved: the largest adapter "
-        "rank 1024 is above vLLM's maximum 512"
+        f"{config}:11: error: lora.max_lora_rank: auto cannot be resolved: the largest adapter "
+        "rank 1024 is above vLLM's maximum 512; retrain the adapter with a smaller rank"
     ]
 
 

@@ -116,7 +116,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     try:
         plan = plan_launch(config, checked.install, os.environ, read_secret=False)
     except PlanError as exc:
-        print(f"{config.source}: error: {exc.key}: {exc.message}", file=sys.stderr)
+        print(exc.as_problem(config).format(), file=sys.stderr)
         return exitcodes.CONFIG
     if args.json:
         print(plan_json(plan))
