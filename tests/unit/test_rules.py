@@ -257,6 +257,18 @@ def test_every_rule_runs_on_a_linear_time_engine() -> None:
     ]
 
 
+def test_a_pattern_re2_refuses_gets_the_fix_for_its_reason() -> None:
+    _, errors = compile_user_rules(
+        [rule_item(pattern="Killed a{1000000}"), rule_item(pattern=r"(Killed) \1")]
+    )
+    assert errors == [
+        "rules[0].pattern: invalid repetition size: {1000000}: rules run on RE2 (linear time), "
+        "which allows at most 1000 repetitions; use a smaller count or `+`/`*`",
+        "rules[1].pattern: invalid escape sequence: \\1: rules run on RE2 (linear time), "
+        "which has no look-around or back-references; rewrite the pattern without them",
+    ]
+
+
 def test_a_huge_field_name_is_cut_before_matching_and_counted() -> None:
     line = ignored_line("x" * 100_000 + " is not a local folder", "lora_name")
     scanner = RULES.scanner()

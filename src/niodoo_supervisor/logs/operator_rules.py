@@ -34,6 +34,21 @@ def compile_linear(pattern: str) -> Any:
     return re2.compile(pattern, _RE2_OPTIONS)
 
 
+def _re2_fix(reason: str) -> str:
+    """What to do about a pattern Python's `re` takes and RE2 refuses, by RE2's reason."""
+    if "repetition" in reason:
+        return (
+            "rules run on RE2 (linear time), which allows at most 1000 repetitions; "
+            "use a smaller count or `+`/`*`"
+        )
+    if "perl operator" in reason or "escape sequence" in reason:
+        return (
+            "rules run on RE2 (linear time), which has no look-around or back-references; "
+            "rewrite the pattern without them"
+        )
+    return "rules run on RE2 (linear time); rewrite the pattern in RE2's syntax"
+
+
 _MIN_ANCHOR = 3
 _REPEATS = ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
 
@@ -150,10 +165,7 @@ def _user_rule(item: object, where: str, errors: list[str]) -> Rule | None:
             errors.append(f"{where}.pattern: invalid regex: {exc}; fix the pattern")
         except re2.error as exc:
             reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
-            errors.append(
-                f"{where}.pattern: {reason}: rules run on RE2 (linear time), which has no "
-                "look-around or back-references; rewrite the pattern without them"
-            )
+            errors.append(f"{where}.pattern: {reason}: {_re2_fix(str(reason))}")
         else:
             anchors = _user_anchors(item.get("anchors"), pattern, where, errors)
     if len(errors) > n_errors or anchors is None:
