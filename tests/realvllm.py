@@ -36,21 +36,21 @@ def write_demo_config(tmp: Path, vllm_python: str, model: DemoModel) -> Path:
     """config/demo-cpu.yaml with absolute paths, a free port, a private state folder and
     probe timings short enough for tests."""
     config = yaml.safe_load((REPO / "config" / "demo-cpu.yaml").read_text())
-    config.server["python"] = vllm_python
-    config.server["port"] = free_port()
-    config.model["path"] = str(model.base)
-    config.lora["adapters"] = [
+    config["server"]["python"] = vllm_python
+    config["server"]["port"] = free_port()
+    config["model"]["path"] = str(model.base)
+    config["lora"]["adapters"] = [
         {"name": "alpha", "path": str(model.adapters["alpha"])},
         {"name": "beta", "path": str(model.adapters["beta"])},
     ]
-    config.supervisor["state_dir"] = str(tmp / "state")
-    config.supervisor["health"] = {
+    config["supervisor"]["state_dir"] = str(tmp / "state")
+    config["supervisor"]["health"] = {
         "interval": 1,
         "startup_interval": 0.5,
         "timeout": 3,
         "failure_threshold": 2,
     }
-    config.supervisor["restart"] = {
+    config["supervisor"]["restart"] = {
         "initial_delay": 0.5,
         "max_delay": 5,
         "max_starts": 6,
