@@ -143,11 +143,13 @@ class RecordingNotifier:
 @dataclass
 class Server:
     """What vLLM's HTTP API answers now: `health` None refuses the connection; `hang`
-    accepts and never answers; `missing` are adapters /v1/models does not list."""
+    accepts and never answers; `hang_models` answers /health but never /v1/models;
+    `missing` are adapters /v1/models does not list."""
 
     health: int | None = None
     hang: bool = False
     missing: tuple[str, ...] = ()
+    hang_models: bool = False
 
     @property
     def ready(self) -> bool:
@@ -255,6 +257,9 @@ class ScriptedProber:
         if server.health != 200:
             return CheckResult(ProbeResult(False, server.health, latency, f"HTTP {server.health}"), None)  # fmt: skip
         health = ProbeResult(True, 200, latency)
+        if server.hang_models:
+            await asyncio.sleep(self.timeout)
+            return CheckResult(health, ProbeResult(False, None, self.timeout, "timed out", True))
         if server.missing:
             reason = f"missing {', '.join(server.missing)}"
             return CheckResult(health, ProbeResult(False, 200, latency, reason), server.missing)
