@@ -180,6 +180,8 @@ class FakeRun:
         self.exit_code: int | None = None
         self.stopped_at: float | None = None
         self.argv: tuple[str, ...] = ()
+        self.in_pipe: list[tuple[str, tuple[Event, ...]]] = []  # written, read only by `drain`
+        self.processes_recorded = 0
 
     # --- what the supervisor calls ------------------------------------------------------------
 
@@ -196,10 +198,13 @@ class FakeRun:
         self.serving = True
 
     def record_processes(self) -> None:
-        pass
+        self.processes_recorded += 1
 
     async def drain(self, timeout: float) -> None:
         await asyncio.sleep(0)
+        while self.in_pipe:
+            line, events = self.in_pipe.pop(0)
+            self.say(line, *events)
 
     async def stop(self, grace: float) -> None:
         self.stopped_at = now()
@@ -215,6 +220,10 @@ class FakeRun:
         self.last_output = now()
         for each in events:
             self.on_event(each)
+
+    def leave_in_pipe(self, line: str, *events: Event) -> None:
+        """A line written just before the exit, read only when the pipe is drained."""
+        self.in_pipe.append((line, events))
 
     def exit(self, code: int) -> None:
         self.exit_code = code
