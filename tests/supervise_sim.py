@@ -361,7 +361,7 @@ class Sim:
     async def launch(
         self,
         config: Config,
-        launch: LaunchPlan,
+        plan: LaunchPlan,
         *,
         on_event: Callable[[Event], None],
         on_exit: Callable[[int, int], None],
@@ -371,7 +371,7 @@ class Sim:
             self.runs.append(FakeRun(self, 0, on_event, on_exit))  # counted, never started
             raise script
         run = FakeRun(self, 4000 + len(self.runs), on_event, on_exit)
-        run.argv = launch.argv
+        run.argv = plan.argv
         self.runs.append(run)
         if script is not None:
             script(run)

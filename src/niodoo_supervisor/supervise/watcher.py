@@ -136,7 +136,7 @@ class RunWatcher:
                 return None  # the exit of a child stopped earlier
             return await self._exit_outcome(incident.returncode)
         if isinstance(incident, LogEvent) and incident.run == self.serial:
-            return self._on_event(incident.event)
+            return self._on_event(incident.event)  # a stopped run's late lines steer nothing
         return None
 
     def _on_event(self, event: Event) -> Outcome | None:
