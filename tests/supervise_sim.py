@@ -143,11 +143,13 @@ class RecordingNotifier:
 @dataclass
 class Server:
     """What vLLM's HTTP API answers now: `health` None refuses the connection; `hang`
-    accepts and never answers; `missing` are adapters /v1/models does not list."""
+    accepts and never answers; `hang_models` answers /health but never /v1/models;
+    `missing` are adapters /v1/models does not list."""
 
     health: int | None = None
     hang: bool = False
     missing: tuple[str, ...] = ()
+    hang_models: bool = False
 
     @property
     def ready(self) -> bool:
@@ -178,6 +180,8 @@ class FakeRun:
         self.exit_code: int | None = None
         self.stopped_at: float | None = None
         self.argv: tuple[str, ...] = ()
+        self.in_pipe: list[tuple[str, tuple[Event, ...]]] = []  # written, read only by `drain`
+        self.processes_recorded = 0
 
     # --- what the supervisor calls ------------------------------------------------------------
 
@@ -194,10 +198,13 @@ class FakeRun:
         self.serving = True
 
     def record_processes(self) -> None:
-        pass
+        self.processes_recorded += 1
 
     async def drain(self, timeout: float) -> None:
         await asyncio.sleep(0)
+        while self.in_pipe:
+            line, events = self.in_pipe.pop(0)
+            self.say(line, *events)
 
     async def stop(self, grace: float) -> None:
         self.stopped_at = now()
@@ -213,6 +220,10 @@ class FakeRun:
         self.last_output = now()
         for each in events:
             self.on_event(each)
+
+    def leave_in_pipe(self, line: str, *events: Event) -> None:
+        """A line written just before the exit, read only when the pipe is drained."""
+        self.in_pipe.append((line, events))
 
     def exit(self, code: int) -> None:
         self.exit_code = code
@@ -255,6 +266,9 @@ class ScriptedProber:
         if server.health != 200:
             return CheckResult(ProbeResult(False, server.health, latency, f"HTTP {server.health}"), None)  # fmt: skip
         health = ProbeResult(True, 200, latency)
+        if server.hang_models:
+            await asyncio.sleep(self.timeout)
+            return CheckResult(health, ProbeResult(False, None, self.timeout, "timed out", True))
         if server.missing:
             reason = f"missing {', '.join(server.missing)}"
             return CheckResult(health, ProbeResult(False, 200, latency, reason), server.missing)
@@ -347,7 +361,7 @@ class Sim:
     async def launch(
         self,
         config: Config,
-        launch: LaunchPlan,
+        plan: LaunchPlan,
         *,
         on_event: Callable[[Event], None],
         on_exit: Callable[[int, int], None],
@@ -357,7 +371,7 @@ class Sim:
             self.runs.append(FakeRun(self, 0, on_event, on_exit))  # counted, never started
             raise script
         run = FakeRun(self, 4000 + len(self.runs), on_event, on_exit)
-        run.argv = launch.argv
+        run.argv = plan.argv
         self.runs.append(run)
         if script is not None:
             script(run)

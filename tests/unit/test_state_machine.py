@@ -124,8 +124,8 @@ def test_a_fatal_line_read_while_vllm_exits_is_fatal(tmp_path: Path) -> None:
 
     def exits_then_says(run: FakeRun) -> None:
         def exit_first() -> None:
+            run.leave_in_pipe("rank", line)
             run.exit(1)
-            run.say("rank", line)
 
         run.sim.after(2, exit_first)
 

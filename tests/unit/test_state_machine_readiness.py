@@ -95,3 +95,36 @@ def test_probe_timeouts_before_any_answer_do_not_count(tmp_path: Path) -> None:
     sim.at(25, sim.signal(signal.SIGTERM))
     sim.play()
     assert sim.states() == ["STARTING", "STOPPING", "STOPPED"]
+
+
+def test_a_models_list_that_never_answers_after_health_is_restarted_after_the_threshold(
+    tmp_path: Path,
+) -> None:
+    # /health answers, /v1/models hangs: its time-outs are probe time-outs too.
+    def models_hang(run: FakeRun) -> None:
+        _up_at(_UP, missing=("b",))(run)
+        run.sim.after(_UP + 0.5, lambda: setattr(run.sim.server, "hang_models", True))
+
+    sim = Sim(tmp_path, scripts=[models_hang, boots(5.0)])
+    sim.at(200, sim.signal(signal.SIGTERM))
+    sim.play()
+    assert sim.transition("BACKOFF")["reason"] == (
+        "3 probes in a row timed out after vLLM had answered /health while starting: "
+        "/v1/models: timed out"
+    )
+    stopped = sim.runs[0].stopped_at
+    assert stopped is not None and stopped - START < _UP + 0.5 + 3 * (5 + 0.1) + 0.1
+
+
+def test_probe_time_outs_count_only_in_a_row(tmp_path: Path) -> None:
+    # Two time-outs, an answer, two time-outs, an answer...: never three in a row.
+    def flaky(run: FakeRun) -> None:
+        _up_at(_UP, missing=("b",))(run)
+        for start in range(6, 60, 12):
+            run.sim.after(start, lambda: setattr(run.sim.server, "hang", True))
+            run.sim.after(start + 9, lambda: setattr(run.sim.server, "hang", False))
+
+    sim = Sim(tmp_path, scripts=[flaky])
+    sim.at(62, sim.signal(signal.SIGTERM))
+    sim.play()
+    assert sim.states() == ["STARTING", "STOPPING", "STOPPED"]

@@ -174,8 +174,7 @@ class Supervisor:
 
     def _on_log_event(self, serial: int, event: Event) -> None:
         self.vllm_events.record(event, self.clock.monotonic())
-        if serial == self.run_serial:  # a stopped run's last lines are counted, not acted on
-            self.dispatcher.post(LogEvent(event, serial))
+        self.dispatcher.post(LogEvent(event, serial))  # the watcher of run `serial` acts on it
 
     async def _watch(self, run: Run) -> Outcome:
         prober = self.prober_factory(self.config, self.plan.api_key)

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import BinaryIO
 
 import psutil
@@ -85,7 +84,7 @@ class VllmRun:
     async def launch(
         cls,
         config: Config,
-        launch: LaunchPlan,
+        plan: LaunchPlan,
         environ: dict[str, str],
         *,
         log_file: RotatingLogFile,
@@ -95,14 +94,14 @@ class VllmRun:
     ) -> VllmRun:
         """Spawn vLLM; raises LaunchError when it cannot be started at all."""
         try:
-            _write_logging_config(launch)
+            _write_logging_config(plan)
         except OSError as exc:
-            path = launch.env.get("VLLM_LOGGING_CONFIG_PATH")
+            path = plan.logging_config_path
             raise _launch_error(f"cannot write vLLM's logging config {path}", exc) from None
         try:
-            child = await spawn(launch.argv, launch.child_environment(environ))
+            child = await spawn(plan.argv, plan.child_environment(environ))
         except OSError as exc:
-            raise _launch_error(f"cannot execute {launch.argv[0]}", exc) from None
+            raise _launch_error(f"cannot execute {plan.argv[0]}", exc) from None
         try:
             pump = LogPump(
                 child.output_fd,
@@ -196,14 +195,14 @@ class VllmLauncher:
     async def launch(
         self,
         config: Config,
-        launch: LaunchPlan,
+        plan: LaunchPlan,
         *,
         on_event: Callable[[Event], None],
         on_exit: Callable[[int, int], None],
     ) -> VllmRun:
         return await VllmRun.launch(
             config,
-            launch,
+            plan,
             self.environ,
             log_file=self.log_file,
             echo=self.echo,
@@ -215,12 +214,11 @@ class VllmLauncher:
         self.log_file.close()
 
 
-def _write_logging_config(launch: LaunchPlan) -> None:
-    path = launch.env.get("VLLM_LOGGING_CONFIG_PATH")
-    if launch.logging_config is None or not path:
-        return
+def _write_logging_config(plan: LaunchPlan) -> None:
+    if plan.logging_config is None:
+        return  # the operator's own file
     # Replaced by a rename, never written through: a link planted there is not followed.
-    atomic_write(Path(path), json.dumps(launch.logging_config, indent=1), 0o640)
+    atomic_write(plan.logging_config_path, json.dumps(plan.logging_config, indent=1), 0o640)
 
 
 def _report_pump_failure(task: asyncio.Task[None]) -> None:

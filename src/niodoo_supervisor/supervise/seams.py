@@ -80,7 +80,7 @@ class Launcher(Protocol):
     async def launch(
         self,
         config: Config,
-        launch: LaunchPlan,
+        plan: LaunchPlan,
         *,
         on_event: Callable[[Event], None],
         on_exit: Callable[[int, int], None],

@@ -136,7 +136,7 @@ class RunWatcher:
                 return None  # the exit of a child stopped earlier
             return await self._exit_outcome(incident.returncode)
         if isinstance(incident, LogEvent) and incident.run == self.serial:
-            return self._on_event(incident.event)
+            return self._on_event(incident.event)  # a stopped run's late lines steer nothing
         return None
 
     def _on_event(self, event: Event) -> Outcome | None:
@@ -239,8 +239,7 @@ class RunWatcher:
             return None
         if result.health.status is not None:
             self.server_up = self.answered = True
-            self.timeouts = 0
-        elif self.answered and result.timed_out:
+        if self.answered and result.timed_out:  # /health's time-out or /v1/models'
             self.timeouts += 1
             if self.timeouts >= settings.failure_threshold:
                 return Outcome(
@@ -248,6 +247,8 @@ class RunWatcher:
                     f"{self.timeouts} probes in a row timed out after vLLM had answered "
                     f"/health while starting: {result.reason}",
                 )
+        else:
+            self.timeouts = 0  # in a row: a probe that did not time out ends the count
         if now >= deadline:
             return Outcome(
                 OutcomeKind.FAILED,
