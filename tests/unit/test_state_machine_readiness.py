@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+from niodoo_supervisor.supervise.watcher import FAST_PROBES
 from supervise_sim import START, FakeRun, Script, Server, Sim, boots
 
 _UP = 5.37  # off the 1 s probe cycle on purpose
@@ -49,6 +50,20 @@ def test_ready_follows_the_last_adapter_within_a_tenth_of_a_second(tmp_path: Pat
     assert 0 < _ready_lag(sim, listed) <= 0.1
     fast = [at - START for at in sim.probes if START + _UP <= at < START + listed]
     assert len(fast) >= 15  # every 0.1 s once the server was up
+
+
+def test_fast_probes_end_when_an_adapter_is_never_listed(tmp_path: Path) -> None:
+    # Each start-up probe also writes status.json and pings systemd: a server that listens but
+    # never lists an adapter goes back to the 1 s start-up interval after FAST_PROBES.
+    sim = Sim(tmp_path, scripts=[_up_at(_UP, missing=("b",))])
+    sim.at(40, sim.signal(signal.SIGTERM))
+    sim.play()
+    assert "READY" not in [t["new"] for t in sim.transitions()]
+    after_up = [at - START - _UP for at in sim.probes if at >= START + _UP]
+    fast = [at for at in after_up if at < 15]
+    late = [at for at in after_up if 20 <= at < 30]
+    assert FAST_PROBES <= len(fast) <= FAST_PROBES + 6  # the fast ones, then 1 s apart
+    assert 9 <= len(late) <= 11
 
 
 def test_without_the_log_line_the_first_answer_starts_the_fast_probes(tmp_path: Path) -> None:

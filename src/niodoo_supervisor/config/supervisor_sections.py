@@ -45,9 +45,9 @@ class HealthSection(Section):
             gt=0.0,
             le=HOUR,
             description="Seconds between readiness probes while vLLM loads. Once its log says "
-            "the HTTP server is up, or /health first answers, probes come every 0.1 s (or this, "
-            "if shorter) until ready; after /health has answered once, `failure_threshold` probe "
-            "time-outs in a row restart vLLM.",
+            "the HTTP server is up, or /health first answers, probes come every 0.05 s (or "
+            "this, if shorter) until ready, for at most 200 probes; after /health has answered "
+            "once, `failure_threshold` probe time-outs in a row restart vLLM.",
         ),
     ] = 1.0
     timeout: Annotated[Number, Field(gt=0.0, le=HOUR, description="Timeout of one HTTP probe.")] = (

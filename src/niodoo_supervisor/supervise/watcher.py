@@ -4,6 +4,10 @@
 Readiness without lag: once vLLM's log says its HTTP server starts (or /health answers), it
 is probed at once and then every `SERVING_PROBE_INTERVAL` until ready, so READY=1 follows
 vLLM's first complete answer closely rather than wherever the slower start-up cycle stands.
+vLLM lists the adapters of `--lora-modules` as soon as it listens, so at most `FAST_PROBES`
+probes are fast (10 s of them); a server still not ready then (an adapter never listed) is
+probed at the start-up interval again, not 20 times a second for the rest of `startup_timeout`
+(each probe also writes the status file and pings systemd).
 From the first answer of /health on, a probe that times out counts as a failure: a server
 that hangs right after listening is restarted after `failure_threshold` of them, not after
 `startup_stall_timeout`.
@@ -39,11 +43,13 @@ from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.seams import Clock, Prober, Run
 from niodoo_supervisor.supervise.states import State
 
-__all__ = ["SERVING_PROBE_INTERVAL", "RunWatcher", "WatchSettings"]
+__all__ = ["FAST_PROBES", "SERVING_PROBE_INTERVAL", "RunWatcher", "WatchSettings"]
 
 log = structlog.get_logger("niodoo_supervisor")
 
-SERVING_PROBE_INTERVAL = 0.1
+# Half the 0.1 s ready-lag target: the lag is this interval plus one probe's own time.
+SERVING_PROBE_INTERVAL = 0.05
+FAST_PROBES = 200
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,9 @@ class RunWatcher:
         self.clock = clock
         self.apply_reload = apply_reload
         self.ready_since: float | None = None
-        self.server_up = False  # vLLM's log said its HTTP server starts, or /health answered
+        # When vLLM's log said its HTTP server starts, or /health first answered (monotonic).
+        self.server_up_at: float | None = None
+        self.fast_probes = 0  # probes made at SERVING_PROBE_INTERVAL since then
         self.answered = False  # /health answered (any status) while starting
         self.timeouts = 0  # probes timed out in a row since then
         self.failures = 0  # failed liveness checks in a row
@@ -150,9 +158,9 @@ class RunWatcher:
             phase = str(event.details.get("phase", event.rule))
             self.reporter.status.phase = phase
             self.reporter.notify(*systemd.status(f"starting vLLM: {phase}"))
-            if phase in SERVING_PHASES and not self.server_up:
-                self.server_up = True
-                self.next_check = self.clock.monotonic()  # probe at once
+            if phase in SERVING_PHASES and self.server_up_at is None:
+                self.server_up_at = self.clock.monotonic()
+                self.next_check = self.server_up_at  # probe at once
         return None
 
     async def _exit_outcome(self, returncode: int) -> Outcome:
@@ -216,7 +224,8 @@ class RunWatcher:
         if self.state is State.STARTING:
             outcome = self._starting_check(result, now, deadline)
             interval = self.settings.startup_interval
-            if self.server_up:
+            if self.server_up_at is not None and self.fast_probes < FAST_PROBES:
+                self.fast_probes += 1
                 interval = min(interval, SERVING_PROBE_INTERVAL)
             self.engine_death = None  # a death seen while starting does not shorten later checks
         else:
@@ -238,7 +247,9 @@ class RunWatcher:
             )
             return None
         if result.health.status is not None:
-            self.server_up = self.answered = True
+            self.answered = True
+            if self.server_up_at is None:
+                self.server_up_at = now
         if self.answered and result.timed_out:  # /health's time-out or /v1/models'
             self.timeouts += 1
             if self.timeouts >= settings.failure_threshold:
