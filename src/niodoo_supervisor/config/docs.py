@@ -30,6 +30,7 @@ _SECTION_TITLES = {
     "engine": "engine: GPU memory, parallelism, batching",
     "lora": "lora: adapters",
     "supervisor": "supervisor: watching, restarting, stopping, logging",
+    "maintenance": "maintenance: when planned restarts may happen",
     "rules": "rules: operator log rules",
 }
 

@@ -26,6 +26,7 @@ class Kind(enum.Enum):
     STR_MAP = "mapping of strings"
     ADAPTERS = "list of adapters"  # lora.adapters: {name, path, base_model_name}
     RULES = "list of log rules"  # rules: {name, pattern, severity, action, hint}
+    WINDOWS = "list of windows"  # maintenance.windows: {days, start, end, tz}
 
 
 class RenderStyle(enum.Enum):

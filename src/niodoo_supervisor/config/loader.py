@@ -22,6 +22,7 @@ from niodoo_supervisor.config.engine_sections import Adapter, EngineSection, Lor
 from niodoo_supervisor.config.envexpand import ExpansionError
 from niodoo_supervisor.config.fields import Kind
 from niodoo_supervisor.config.keys import KeyTable
+from niodoo_supervisor.config.maintenance_sections import MaintenanceSection
 from niodoo_supervisor.config.problems import Problem, Severity, line_in
 from niodoo_supervisor.config.relations import check_relations
 from niodoo_supervisor.config.serving_sections import ModelSection, ServerSection
@@ -57,6 +58,7 @@ class Config(Section):
     engine: EngineSection = Field(default_factory=EngineSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    maintenance: MaintenanceSection = Field(default_factory=MaintenanceSection)
     rules: Rules = ()
     _source: str = PrivateAttr(default="config")
     _lines: Mapping[str, int] = PrivateAttr(default_factory=dict)

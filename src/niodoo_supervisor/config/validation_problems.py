@@ -19,7 +19,7 @@ from pydantic_core import ErrorDetails
 from niodoo_supervisor.config.fields import Field, Kind
 from niodoo_supervisor.config.keys import KeyTable
 from niodoo_supervisor.config.supervisor_sections import RULE_PROBLEMS
-from niodoo_supervisor.config.value_types import OUT_OF_RANGE, REJECTED
+from niodoo_supervisor.config.value_types import ITEM_PROBLEMS, OUT_OF_RANGE, REJECTED
 from niodoo_supervisor.config.values import (
     bound,
     described,
@@ -77,6 +77,9 @@ def report_errors(
             for text in ctx["problems"]:
                 item_path, _, message = str(text).partition(": ")
                 report(item_path or path, message or str(text), "")
+        elif kind == ITEM_PROBLEMS:
+            for item_path, message, fix in ctx["problems"]:
+                report(item_path, message, fix)
         elif adapter := _ADAPTER.match(path):
             report(path, *_adapter_problem(adapter.group("key"), error, ctx))
         elif kind == REJECTED:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,12 +43,14 @@ from niodoo_supervisor.config.values import (
 )
 
 __all__ = [
+    "ITEM_PROBLEMS",
     "OUT_OF_RANGE",
     "REJECTED",
     "Bool",
     "EnvMap",
     "HostName",
     "Int",
+    "ItemProblem",
     "KnownValues",
     "LocalPath",
     "ModelPath",
@@ -56,11 +59,14 @@ __all__ = [
     "Text",
     "TextList",
     "WholeNumberOrAuto",
+    "item_problems",
     "rejected",
 ]
 
 REJECTED = "niodoo_rejected"
 OUT_OF_RANGE = "niodoo_out_of_range"  # the loader adds the key's range as the fix
+ITEM_PROBLEMS = "niodoo_item_problems"
+ItemProblem = tuple[str, str, str]  # (YAML path, message, fix)
 _LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
 _SCALAR_ITEMS = {"type": ["string", "number"]}
 
@@ -69,6 +75,14 @@ def rejected(message: str, fix: str | None = None) -> PydanticCustomError:
     """The error a validator raises. Without a `fix`, the loader gives the key's documentation."""
     # The message is passed as context, not as the template: it may hold braces (`${NAME}`).
     return PydanticCustomError(REJECTED, "{message}", {"message": message, "fix": fix})
+
+
+def item_problems(problems: Sequence[ItemProblem]) -> PydanticCustomError:
+    """The error of a list validator that checks each item itself: the loader reports each
+    problem at its own path (`maintenance.windows[1].tz`)."""
+    return PydanticCustomError(
+        ITEM_PROBLEMS, "{message}", {"message": problems[0][1], "problems": tuple(problems)}
+    )
 
 
 def _within_64_bits(value: Any) -> Any:
