@@ -13,6 +13,7 @@ from collections.abc import Collection
 from typing import Protocol
 
 from niodoo_supervisor.config.engine_sections import LoraSection
+from niodoo_supervisor.config.maintenance_sections import MaintenanceSection
 from niodoo_supervisor.config.serving_sections import ModelSection, ServerSection
 from niodoo_supervisor.config.supervisor_sections import SupervisorSection
 
@@ -36,6 +37,8 @@ class Sections(Protocol):
     def lora(self) -> LoraSection: ...
     @property
     def supervisor(self) -> SupervisorSection: ...
+    @property
+    def maintenance(self) -> MaintenanceSection: ...
 
 
 def check_relations(config: Sections, report: Report, wrong: Collection[str] = ()) -> None:
@@ -76,6 +79,17 @@ def check_relations(config: Sections, report: Report, wrong: Collection[str] = (
             "server.shutdown_timeout",
             f"vLLM may drain for {shutdown}s but the supervisor kills it after {grace:g}s",
             "make supervisor.stop.grace_period longer than server.shutdown_timeout",
+            warning=True,
+        )
+    if config.maintenance.windows and valid("maintenance.windows"):
+        # Accepted and checked now so configs can be written; acting on them (pending
+        # restarts) lands with the operations work. Saying so beats a key that silently does
+        # nothing.
+        report(
+            "maintenance.windows",
+            "windows are checked but not acted on yet by this version: a reload still restarts "
+            "vLLM at once",
+            "reload only inside your window until pending restarts are supported",
             warning=True,
         )
 
