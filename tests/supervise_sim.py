@@ -252,6 +252,7 @@ class ScriptedProber:
     def __init__(self, sim: Sim, timeout: float) -> None:
         self.sim = sim
         self.timeout = timeout
+        self.closed = False
 
     async def check(self) -> CheckResult:
         self.sim.probes.append(now())
@@ -275,7 +276,7 @@ class ScriptedProber:
         return CheckResult(health, ProbeResult(True, 200, latency))
 
     async def aclose(self) -> None:
-        pass
+        self.closed = True
 
 
 SETTINGS: dict[str, Any] = {
@@ -303,10 +304,10 @@ def sim_plan(*argv: str) -> LaunchPlan:
     )
 
 
-def sim_config(tmp: Path, **supervisor: Any) -> Config:
+def sim_config(tmp: Path, *, port: int = 8000, **supervisor: Any) -> Config:
     settings = {**SETTINGS, **supervisor, "state_dir": str(tmp / "state")}
     document = {
-        "server": {"python": "python3", "port": 8000},
+        "server": {"python": "python3", "port": port},
         "model": {"path": str(tmp / "model"), "served_name": "tiny"},
         "lora": {"enabled": True, "max_loras": 2, "max_lora_rank": 16,
                  "adapters": [{"name": "a", "path": str(tmp / "a")},
@@ -335,6 +336,7 @@ class Sim:
     reload_result: ReloadResult | None = None
     runs: list[FakeRun] = field(default_factory=list)
     probes: list[float] = field(default_factory=list)
+    probers: list[ScriptedProber] = field(default_factory=list)
     logs: list[MutableMapping[str, Any]] = field(default_factory=list)
     notifier: RecordingNotifier = field(default_factory=RecordingNotifier)
     _timers: list[tuple[float, Callable[[], None]]] = field(default_factory=list)
@@ -348,9 +350,7 @@ class Sim:
             notifier=self.notifier,
             environ={},
             reloader=self._reload,
-            prober_factory=lambda config, key: ScriptedProber(
-                self, config.supervisor.health.timeout
-            ),
+            prober_factory=self._prober,
             rng=random.Random(0),
             clock=LoopClock(),
             launcher=self,
@@ -379,6 +379,11 @@ class Sim:
 
     def close(self) -> None:
         pass
+
+    def _prober(self, config: Config, api_key: str | None) -> ScriptedProber:
+        prober = ScriptedProber(self, config.supervisor.health.timeout)
+        self.probers.append(prober)
+        return prober
 
     async def _reload(self) -> ReloadResult:
         if self.reload_gate is not None:

@@ -14,6 +14,7 @@ import pytest
 
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.logs.rule_types import Action
+from niodoo_supervisor.supervise.incidents import ReloadResult
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.run import LaunchError
 from niodoo_supervisor.supervise.states import ALLOWED, IllegalTransition, State
@@ -28,6 +29,7 @@ from supervise_sim import (
     boots,
     event,
     sim_config,
+    sim_plan,
 )
 
 S = State
@@ -277,6 +279,58 @@ def test_a_crash_loop_ends_in_fatal_69(tmp_path: Path) -> Sim:
         "crash loop: 5 starts within 900s; last: exited with code 1"
     )
     return sim
+
+
+# --- planned restarts (a reload that changes vLLM's command line) -------------------------------
+
+
+def _port_reload(sim: Sim, tmp_path: Path) -> None:
+    sim.reload_result = ReloadResult(
+        sim_config(tmp_path, port=8001), sim_plan("python3", "--port", "8001")
+    )
+
+
+@covers((S.STOPPING, S.STARTING))
+def test_a_reload_that_changes_the_command_line_is_a_planned_restart(tmp_path: Path) -> Sim:
+    sim = Sim(tmp_path, scripts=[boots(5.0), boots(5.0)])
+    _port_reload(sim, tmp_path)
+    sim.at(20, sim.signal(signal.SIGHUP))
+    sim.at(60, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert sim.states() == ["STARTING", "READY", "STOPPING", "STARTING", "READY", "STOPPING", "STOPPED"]  # fmt: skip
+    planned = sim.transition("STOPPING")
+    assert (planned["old"], planned["reason"]) == ("READY", "config changed: server.port")
+    assert planned["planned_restart"] is True
+    restart = sim.event("reload_restart")
+    assert restart is not None and restart["keys"] == ["server.port"]
+    assert restart["changes"] == ["server.port: 8000 -> 8001"]
+    assert [run.argv for run in sim.runs] == [("python3",), ("python3", "--port", "8001")]
+    assert sim.runs[1].started == after_start(20 + sim.stop_takes)  # no backoff delay
+    assert sim.supervisor.reporter.status.restarts == 0  # not a crash
+    assert sim.event("crash_report") is None
+    assert not any("STOPPING=1" in n.fields for n in sim.notifier.sent if n.at < START + 59)
+    return sim
+
+
+@covers((S.STOPPING, S.FATAL))
+def test_a_planned_restart_whose_vllm_cannot_be_executed_is_fatal(tmp_path: Path) -> Sim:
+    sim = Sim(tmp_path, scripts=[boots(5.0), LaunchError("cannot execute python3: gone", 78)])
+    _port_reload(sim, tmp_path)
+    sim.at(20, sim.signal(signal.SIGHUP))
+    assert sim.play() == 78
+    assert sim.states() == ["STARTING", "READY", "STOPPING", "FATAL"]
+    assert sim.transition("FATAL")["reason"] == "cannot execute python3: gone"
+    return sim
+
+
+def test_a_stop_during_a_planned_restart_starts_nothing(tmp_path: Path) -> None:
+    sim = Sim(tmp_path, scripts=[boots(5.0), boots(5.0)])
+    _port_reload(sim, tmp_path)
+    sim.at(20, sim.signal(signal.SIGHUP))
+    sim.at(20.2, sim.signal(signal.SIGTERM))  # while the old vLLM is being stopped
+    assert sim.play() == 0
+    assert sim.states() == ["STARTING", "READY", "STOPPING", "STOPPED"] and len(sim.runs) == 1
+    assert sim.notifier.times("STOPPING=1")
 
 
 def test_backoff_grows_and_a_long_ready_stretch_resets_it(tmp_path: Path) -> None:

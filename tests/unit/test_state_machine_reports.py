@@ -168,8 +168,8 @@ def test_each_check_records_vllm_s_processes(tmp_path: Path) -> None:
 def test_lines_written_while_a_reload_stops_vllm_steer_nothing(tmp_path: Path) -> None:
     line = event("lora_rank_too_big", Action.FATAL, "LoRA rank 64 is greater than 16")
     sim = Sim(tmp_path, scripts=[boots(5.0), boots(5.0)])
-    sim.reload_result = ReloadResult(sim_config(tmp_path), sim_plan("python3"))
-    sim.at(20, sim.signal(signal.SIGHUP))
+    sim.reload_result = ReloadResult(sim_config(tmp_path), sim_plan("python3", "--new"))
+    sim.at(20, sim.signal(signal.SIGHUP))  # a new command line: vLLM restarts
     sim.at(20.2, lambda: sim.runs[0].say("late", line))  # while it is being stopped
     sim.at(60, sim.signal(signal.SIGTERM))
     assert sim.play() == 0

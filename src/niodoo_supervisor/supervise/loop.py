@@ -30,6 +30,7 @@ from niodoo_supervisor.supervise.incidents import (
     StopAsked,
 )
 from niodoo_supervisor.supervise.probes import prober_for
+from niodoo_supervisor.supervise.reload_diff import ConfigDiff, diff
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.restart_policy import RestartPolicy
 from niodoo_supervisor.supervise.run import LaunchError, VllmLauncher
@@ -38,7 +39,7 @@ from niodoo_supervisor.supervise.states import State
 from niodoo_supervisor.supervise.status_file import StatusBoard
 from niodoo_supervisor.supervise.systemd import Notifier
 from niodoo_supervisor.supervise.vllm_events import VllmEventLog
-from niodoo_supervisor.supervise.watcher import RunWatcher, WatchSettings
+from niodoo_supervisor.supervise.watcher import Reloaded, RunWatcher, WatchSettings
 
 __all__ = ["Supervisor"]
 
@@ -133,12 +134,20 @@ class Supervisor:
                 # STOPPING -> STOPPED: the whole session of vLLM is gone
                 self.reporter.transition({State.STOPPING}, State.STOPPED, "vLLM stopped")
                 return exitcodes.OK
-            await self._stop_run(run)
             if outcome.kind is OutcomeKind.RELOAD:
-                # STARTING/READY/UNHEALTHY -> BACKOFF, no delay: the new config starts at once
-                self.reporter.transition(_RUNNING, State.BACKOFF, outcome.reason)
+                # STARTING/READY/UNHEALTHY -> STOPPING: a planned restart, no crash (no
+                # backoff, not counted); STOPPING -> STARTING follows with the new config
+                self.reporter.transition(
+                    _RUNNING,
+                    State.STOPPING,
+                    outcome.reason,
+                    notify=systemd.status(f"restarting vLLM: {outcome.reason}"),
+                    planned_restart=True,
+                )
+                await self._stop_run(run)
                 reloaded = True
                 continue
+            await self._stop_run(run)
             lines = run.tail(self.config.supervisor.log.crash_report_lines)
             self.reporter.crash_report(outcome.reason, outcome.rule, lines)
             if outcome.kind is OutcomeKind.FATAL:
@@ -177,21 +186,19 @@ class Supervisor:
         self.dispatcher.post(LogEvent(event, serial))  # the watcher of run `serial` acts on it
 
     async def _watch(self, run: Run) -> Outcome:
-        prober = self.prober_factory(self.config, self.plan.api_key)
         watcher = RunWatcher(
             run,
             self.run_serial,
-            prober,
+            self.prober_factory(self.config, self.plan.api_key),
             settings=WatchSettings.from_config(self.config),
             dispatcher=self.dispatcher,
             reporter=self.reporter,
             clock=self.clock,
-            apply_reload=self._apply_reload,
+            apply_reload=self._reload_while_watching,
         )
         try:
             return await watcher.watch()
         finally:
-            await prober.aclose()
             if watcher.ready_since is not None:
                 self.policy.record_ready_for(self.clock.monotonic() - watcher.ready_since)
 
@@ -206,20 +213,31 @@ class Supervisor:
             if isinstance(incident, StopAsked):
                 return True
             if isinstance(incident, ReloadDone):
-                self._apply_reload(incident.result)
+                self._apply_reload(incident.result, vllm_running=False)
         return False
 
-    def _apply_reload(self, result: ReloadResult) -> bool:
-        """Take a reloaded config for the next start; False (and said why) when refused."""
+    def _reload_while_watching(self, result: ReloadResult) -> Reloaded | None:
+        change = self._apply_reload(result, vllm_running=True)
+        if change is None:
+            return None
+        # Only a change of the supervisor's settings keeps the run: it gets them at once.
+        retune = not change.unchanged and not change.needs_restart
+        prober = self.prober_factory(self.config, self.plan.api_key) if retune else None
+        return Reloaded(change, WatchSettings.from_config(self.config), prober)
+
+    def _apply_reload(self, result: ReloadResult, *, vllm_running: bool) -> ConfigDiff | None:
+        """Take a reloaded config, and say what it changes; None (and said why) when refused.
+        The supervisor's own settings apply at once; the rest is the next start's config."""
         if result.config is None or result.plan is None:
             self.reporter.reload_refused(result.errors)
-            return False
-        self.reporter.notify(*systemd.reloading("restarting vLLM with the new config"))
+            return None
+        change = diff(self.config, result.config, self.plan, result.plan)
         self.config, self.plan = result.config, result.plan
         self.reporter.status.vllm_version = result.plan.vllm_version
         self.policy.settings = result.config.supervisor.restart
         self.reporter.state_dir = result.config.state_dir
-        return True
+        self.reporter.reload_taken(change, vllm_running=vllm_running)
+        return change
 
     async def _stop_run(self, run: Run) -> None:
         grace = self.config.supervisor.stop.grace_period

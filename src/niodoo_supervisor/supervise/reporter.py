@@ -17,6 +17,7 @@ from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.probes import CheckResult
+from niodoo_supervisor.supervise.reload_diff import ConfigDiff, KeyClass
 from niodoo_supervisor.supervise.seams import Clock
 from niodoo_supervisor.supervise.states import ALLOWED, IllegalTransition, State
 from niodoo_supervisor.supervise.status_file import CrashReport, StatusBoard
@@ -80,9 +81,9 @@ class Reporter:
         status.vllm_pid = pid
         status.served_model = served
         status.adapters = [adapter.name for adapter in adapters]
-        # STOPPED/BACKOFF -> STARTING: vLLM launched
+        # STOPPED/BACKOFF -> STARTING: vLLM launched; STOPPING -> STARTING: a planned restart
         self.transition(
-            {State.STOPPED, State.BACKOFF},
+            {State.STOPPED, State.BACKOFF, State.STOPPING},
             State.STARTING,
             "launched vLLM",
             notify=systemd.status(f"starting vLLM (pid {pid})"),
@@ -90,20 +91,25 @@ class Reporter:
         )
 
     def stopped_while_idle(self, reason: str) -> int:
-        # BACKOFF/STOPPED -> STOPPING -> STOPPED: no vLLM is running, nothing to end
-        self.transition(
-            {State.BACKOFF, State.STOPPED},
-            State.STOPPING,
-            reason,
-            notify=systemd.stopping("stopping: nothing running"),
-        )
+        # BACKOFF/STOPPED -> STOPPING -> STOPPED: no vLLM is running, nothing to end (from
+        # STOPPING, a planned restart's old vLLM has just been stopped)
+        if self.state is not State.STOPPING:
+            self.transition(
+                {State.BACKOFF, State.STOPPED},
+                State.STOPPING,
+                reason,
+                notify=systemd.stopping("stopping: nothing running"),
+            )
+        else:
+            self.notify(*systemd.stopping(f"stopping: {reason}"))
         self.transition({State.STOPPING}, State.STOPPED, "nothing running")
         return exitcodes.OK
 
     def fatal(self, reason: str, code: int) -> int:
-        # STOPPED/BACKOFF/STARTING -> FATAL: retrying cannot help, or the crash-loop limit
+        # STOPPED/BACKOFF/STARTING -> FATAL: retrying cannot help, or the crash-loop limit;
+        # STOPPING -> FATAL: a planned restart's new vLLM cannot be executed
         self.transition(
-            {State.STOPPED, State.BACKOFF, State.STARTING},
+            {State.STOPPED, State.BACKOFF, State.STARTING, State.STOPPING},
             State.FATAL,
             reason,
             notify=systemd.status(f"FATAL: {reason}"),
@@ -119,6 +125,43 @@ class Reporter:
                 f"reload refused ({len(errors)} problem(s)); still running the old config"
             )
         )
+
+    def reload_taken(self, change: ConfigDiff, *, vllm_running: bool) -> None:
+        """Say what a reloaded config changes: nothing, settings applied at once, or a
+        restart of vLLM (now, or at the next start when none runs)."""
+        changes = [each.describe() for each in change.changes]
+        if change.needs_restart:
+            reason = change.restart_reason()
+            when = "now" if vllm_running else "at the next start"
+            keys = change.keys(KeyClass.RESTART)
+            log.info("reload_restart", keys=keys, changes=changes, reason=reason, when=when)
+            self.notify(*systemd.reloading(f"restarting vLLM {when}: {reason}"))
+        elif change.unchanged:
+            log.info("reload_unchanged", reason="the config is the running one: nothing to do")
+            self._reload_done("reloaded: config unchanged, vLLM keeps serving", vllm_running)
+        else:
+            keys = change.keys(KeyClass.SUPERVISOR)
+            log.info("reload_applied", keys=keys, changes=changes, restart=False)
+            self._reload_done(
+                f"reloaded: applied {', '.join(keys)} without a restart", vllm_running
+            )
+        not_applied = change.keys(KeyClass.DAEMON)
+        if not_applied:
+            log.warning(
+                "reload_not_applied",
+                keys=not_applied,
+                reason="read once when the supervisor starts: `systemctl restart` applies them",
+            )
+
+    def _reload_done(self, text: str, vllm_running: bool) -> None:
+        if not vllm_running:
+            return  # the backoff's status (when the next start comes) still holds
+        if self.state in (State.READY, State.UNHEALTHY):
+            # systemd (Type=notify-reload) pairs RELOADING=1 with the READY=1 that ends it.
+            self.notify(*systemd.reloading(text))
+            self.notify("READY=1")
+        else:
+            self.notify(*systemd.status(text))  # not ready yet: READY=1 comes with readiness
 
     @contextlib.asynccontextmanager
     async def watchdog_fed(self, extend: float) -> AsyncIterator[None]:

@@ -4,6 +4,11 @@ STARTING -> BACKOFF -> FATAL keeps "failed to start" apart from "crashed later" 
 UNHEALTHY -> BACKOFF), as supervisord does. FATAL comes only from where it is decided: a
 start that cannot work (STARTING: a fatal log line, an argparse exit) and the loop between
 runs (STOPPED/BACKOFF: vLLM cannot be executed, or the crash-loop limit).
+
+A planned restart (a reload whose config changes vLLM's command line) is no crash: STARTING/
+READY/UNHEALTHY -> STOPPING -> STARTING, never BACKOFF. Between the two, a stop ends it
+(STOPPING -> STOPPED) and a new config whose vLLM cannot be executed is FATAL (STOPPING ->
+FATAL).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ class State(enum.Enum):
     READY = "READY"  # serving: the last checks passed
     UNHEALTHY = "UNHEALTHY"  # running, but the last check(s) failed; below the threshold
     BACKOFF = "BACKOFF"  # vLLM died or was stopped for a restart; waiting before the next start
-    STOPPING = "STOPPING"  # asked to stop: vLLM's process group is being terminated
+    STOPPING = "STOPPING"  # asked to stop, or a planned restart: vLLM is being stopped
     FATAL = "FATAL"  # will not heal by retrying; the supervisor exits non-zero
 
 
@@ -29,7 +34,7 @@ ALLOWED: dict[State, frozenset[State]] = {
     State.READY: frozenset({State.UNHEALTHY, State.BACKOFF, State.STOPPING}),
     State.UNHEALTHY: frozenset({State.READY, State.BACKOFF, State.STOPPING}),
     State.BACKOFF: frozenset({State.STARTING, State.STOPPING, State.FATAL}),
-    State.STOPPING: frozenset({State.STOPPED}),
+    State.STOPPING: frozenset({State.STOPPED, State.STARTING, State.FATAL}),
     State.FATAL: frozenset(),
 }
 

@@ -11,6 +11,9 @@ probed at the start-up interval again, not 20 times a second for the rest of `st
 From the first answer of /health on, a probe that times out counts as a failure: a server
 that hangs right after listening is restarted after `failure_threshold` of them, not after
 `startup_stall_timeout`.
+A reload that changes only the supervisor's settings retunes the run being watched: its probe
+intervals, timeouts and thresholds apply from the next check on (the startup deadline counts
+from the launch as before).
 """
 
 from __future__ import annotations
@@ -39,11 +42,12 @@ from niodoo_supervisor.supervise.incidents import (
     StopAsked,
 )
 from niodoo_supervisor.supervise.probes import CheckResult
+from niodoo_supervisor.supervise.reload_diff import ConfigDiff
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.seams import Clock, Prober, Run
 from niodoo_supervisor.supervise.states import State
 
-__all__ = ["FAST_PROBES", "SERVING_PROBE_INTERVAL", "RunWatcher", "WatchSettings"]
+__all__ = ["FAST_PROBES", "SERVING_PROBE_INTERVAL", "Reloaded", "RunWatcher", "WatchSettings"]
 
 log = structlog.get_logger("niodoo_supervisor")
 
@@ -74,6 +78,16 @@ class WatchSettings:
         )
 
 
+@dataclass(frozen=True)
+class Reloaded:
+    """A reload the loop took while a run is watched: what it changes and, when that is the
+    supervisor's settings only, the run's new settings and the prober of the new config."""
+
+    change: ConfigDiff
+    settings: WatchSettings
+    prober: Prober | None
+
+
 class RunWatcher:
     def __init__(
         self,
@@ -85,11 +99,11 @@ class RunWatcher:
         dispatcher: Dispatcher,
         reporter: Reporter,
         clock: Clock,
-        apply_reload: Callable[[ReloadResult], bool],
+        apply_reload: Callable[[ReloadResult], Reloaded | None],
     ) -> None:
         self.run = run
         self.serial = serial  # which run's log events are this one's
-        self.prober = prober
+        self.prober = prober  # this watcher's own: closed when the watch ends
         self.settings = settings
         self.dispatcher = dispatcher
         self.reporter = reporter
@@ -103,16 +117,23 @@ class RunWatcher:
         self.timeouts = 0  # probes timed out in a row since then
         self.failures = 0  # failed liveness checks in a row
         self.engine_death: Event | None = None
+        self.started = 0.0  # when the watch began (monotonic)
         self.next_check = 0.0
+        self.last_check: float | None = None  # when the last check ended
 
     @property
     def state(self) -> State:
         return self.reporter.state
 
     async def watch(self) -> Outcome:
-        started = self.clock.monotonic()
-        deadline = started + self.settings.startup_timeout
-        self.next_check = started
+        try:
+            return await self._watch()
+        finally:
+            await self.prober.aclose()
+
+    async def _watch(self) -> Outcome:
+        self.started = self.clock.monotonic()
+        self.next_check = self.started
         while True:
             incident = await self.dispatcher.next(self.next_check - self.clock.monotonic())
             if incident is not None:
@@ -125,7 +146,7 @@ class RunWatcher:
             result = await self._check_unless_stopped()
             if result is None:
                 continue  # a stop was asked mid-probe; the queued stop is handled next
-            outcome = self._on_check(result, now, deadline)
+            outcome = self._on_check(result, now)
             if outcome is not None:
                 return outcome
             self.run.record_processes()
@@ -136,15 +157,34 @@ class RunWatcher:
         if isinstance(incident, StopAsked):
             return Outcome(OutcomeKind.STOP, incident.reason)
         if isinstance(incident, ReloadDone):
-            if self.apply_reload(incident.result):
-                return Outcome(OutcomeKind.RELOAD, "config reloaded (SIGHUP)")
-            return None
+            return await self._on_reload(incident.result)
         if isinstance(incident, ChildExited):
             if incident.pid != self.run.pid:
                 return None  # the exit of a child stopped earlier
             return await self._exit_outcome(incident.returncode)
         if isinstance(incident, LogEvent) and incident.run == self.serial:
             return self._on_event(incident.event)  # a stopped run's late lines steer nothing
+        return None
+
+    async def _on_reload(self, result: ReloadResult) -> Outcome | None:
+        reloaded = self.apply_reload(result)
+        if reloaded is None or reloaded.change.unchanged:
+            return None  # refused, or nothing to do
+        if reloaded.change.needs_restart:
+            return Outcome(OutcomeKind.RELOAD, reloaded.change.restart_reason())
+        self.settings = reloaded.settings
+        if reloaded.prober is not None:  # no probe is in flight between incidents
+            old, self.prober = self.prober, reloaded.prober
+            await old.aclose()
+        fast = self.state is State.STARTING and self.server_up_at is not None
+        if self.last_check is not None and not fast and self.engine_death is None:
+            # The next check at the new interval (fast probes are 0.05 s apart anyway).
+            interval = (
+                self.settings.startup_interval
+                if self.state is State.STARTING
+                else self.settings.interval
+            )
+            self.next_check = self.last_check + interval
         return None
 
     def _on_event(self, event: Event) -> Outcome | None:
@@ -216,13 +256,14 @@ class RunWatcher:
             await check
         return None
 
-    def _on_check(self, result: CheckResult, now: float, deadline: float) -> Outcome | None:
+    def _on_check(self, result: CheckResult, now: float) -> Outcome | None:
+        self.last_check = self.clock.monotonic()
         if result.health.status is not None:
             # vLLM answers HTTP, so clients can reach it: its later fatal lines may be theirs.
             self.run.mark_serving()
         self.reporter.note_check(result, self.run.dropped_bytes)
         if self.state is State.STARTING:
-            outcome = self._starting_check(result, now, deadline)
+            outcome = self._starting_check(result, now)
             interval = self.settings.startup_interval
             if self.server_up_at is not None and self.fast_probes < FAST_PROBES:
                 self.fast_probes += 1
@@ -234,8 +275,9 @@ class RunWatcher:
         self.next_check = self.clock.monotonic() + interval
         return outcome
 
-    def _starting_check(self, result: CheckResult, now: float, deadline: float) -> Outcome | None:
+    def _starting_check(self, result: CheckResult, now: float) -> Outcome | None:
         settings = self.settings
+        deadline = self.started + settings.startup_timeout
         if result.ok:
             self.ready_since = now
             # STARTING -> READY: /health 200 and /v1/models lists the model and every adapter
