@@ -650,7 +650,15 @@ async def test_a_stubborn_member_of_an_exited_api_server_is_sigkilled(
 def _engine_dead() -> Event:
     text = "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue."
     return Event(
-        "engine_dead", Severity.CRITICAL, Action.CHECK_NOW, "", text, "APIServer", 7, None, (text,)
+        "engine_dead",
+        Severity.CRITICAL,
+        Action.CHECK_NOW,
+        "restarts",
+        text,
+        "APIServer",
+        7,
+        None,
+        (text,),
     )
 
 
@@ -669,7 +677,7 @@ def test_error_lines_are_info_with_stop_requested_only_while_stopping_on_purpose
         events.record(_engine_dead(), 1.0)  # after the stop: a crash again
     during, warned, after = _vllm_events(logs)
     assert during["severity"] == "info" and during["stop_requested"] is True
-    assert during["rule_severity"] == "critical"
+    assert during["rule_severity"] == "critical" and during["hint"] is None
     assert warned["severity"] == "warning" and "stop_requested" not in warned
     assert after["severity"] == "critical" and "stop_requested" not in after
     assert counters.rules == {"engine_dead": 2, "worker_warning": 1}  # all still counted

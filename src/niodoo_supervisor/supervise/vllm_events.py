@@ -67,7 +67,7 @@ class VllmEventLog:
             process=event.process,
             vllm_pid=event.pid,
             details=event.details,
-            hint=event.hint or None,
+            hint=None if on_purpose else event.hint or None,  # a crash's advice
             line=event.message,
             **on_purpose,
         )
