@@ -66,18 +66,6 @@ def check_relations(config: Sections, report: Report, wrong: Collection[str] = (
         _check_adapter_counts(lora, report)
     if valid("server.api_key_env", "server.api_key_file", "server.host"):
         _check_api_key(config.server, report)
-    shutdown, grace = config.server.shutdown_timeout, config.supervisor.stop.grace_period
-    if (
-        shutdown is not None
-        and shutdown >= grace
-        and valid("server.shutdown_timeout", "supervisor.stop.grace_period")
-    ):
-        report(
-            "server.shutdown_timeout",
-            f"vLLM may drain for {shutdown}s but the supervisor kills it after {grace:g}s",
-            "make supervisor.stop.grace_period longer than server.shutdown_timeout",
-            warning=True,
-        )
 
 
 def _check_adapter_names(config: Sections, report: Report) -> None:
