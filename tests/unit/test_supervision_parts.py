@@ -37,8 +37,9 @@ from niodoo_supervisor.supervise.process_tree import (
     terminate_processes,
 )
 from niodoo_supervisor.supervise.restart_policy import RestartPolicy
+from niodoo_supervisor.supervise.run import stop_grace
 from niodoo_supervisor.supervise.vllm_events import VllmEventLog
-from supervise_sim import FakeRun, Sim, boots
+from supervise_sim import FakeRun, Sim, boots, sim_config
 
 # --- backoff ------------------------------------------------------------------------------------
 
@@ -720,3 +721,15 @@ def test_a_stop_or_restart_the_supervisor_asked_for_logs_no_critical_event(
     severities = [(r["severity"], r.get("stop_requested")) for r in engine_dead]
     assert severities == [("critical", None), ("info", True), ("info", True)]
     assert sim.supervisor.reporter.counters.rules["engine_dead"] == 3
+
+
+@pytest.mark.parametrize(
+    ("grace", "shutdown_timeout", "waits"),
+    [(15, None, 15), (15, 0, 15), (15, 40, 50), (60, 40, 60)],
+)
+def test_the_stop_waits_long_enough_for_vllms_own_drain(
+    tmp_path: Path, grace: float, shutdown_timeout: int | None, waits: float
+) -> None:
+    config = sim_config(tmp_path, stop={"grace_period": grace})
+    server = config.server.model_copy(update={"shutdown_timeout": shutdown_timeout})
+    assert stop_grace(config.model_copy(update={"server": server})) == waits
