@@ -330,8 +330,8 @@ def test_checks_between_keys_run_beside_a_wrong_key_elsewhere() -> None:
         ("lora:\n  enabled: 1\n  max_loras: 2\n", "lora.max_loras"),
         ("server:\n  api_key_env: [K]\n  host: 0.0.0.0\n", "server.host"),
         (
-            "server:\n  shutdown_timeout: 40\nsupervisor:\n  stop:\n    grace_period: x\n",
-            "server.shutdown_timeout",
+            'maintenance:\n  windows:\n    - {start: "02:00", end: "04:00", tz: Mars/Olympus}\n',
+            "maintenance.windows",
         ),
         (
             "lora:\n  enabled: true\n  max_loras: x\n  adapters:\n"

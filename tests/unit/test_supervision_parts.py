@@ -13,25 +13,33 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
+from structlog.testing import capture_logs
 
 from niodoo_supervisor.config.supervisor_sections import RestartSection
-from niodoo_supervisor.supervise import run_record
+from niodoo_supervisor.logs.counters import EventCounters
+from niodoo_supervisor.logs.rule_types import Action, Event, Severity
+from niodoo_supervisor.supervise import process_tree, run_record
 from niodoo_supervisor.supervise.exits import describe_exit
 from niodoo_supervisor.supervise.probes import CheckResult, HttpProber, models_problems
 from niodoo_supervisor.supervise.process_tree import (
     ProcessRecord,
+    VllmProcess,
     alive,
     session_members,
     terminate_processes,
 )
 from niodoo_supervisor.supervise.restart_policy import RestartPolicy
+from niodoo_supervisor.supervise.run import stop_grace
+from niodoo_supervisor.supervise.vllm_events import VllmEventLog
+from supervise_sim import FakeRun, Sim, boots, sim_config
 
 # --- backoff ------------------------------------------------------------------------------------
 
@@ -498,3 +506,230 @@ def test_event_log_limiter_admits_a_budget_per_window_then_reports_what_it_held_
     assert limiter.admit("engine_dead", 5.0) == (True, 0)  # each rule has its own budget
     assert limiter.admit("ignored_request_fields", 10.0) == (True, 3)  # new window: 3 were held
     assert limiter.admit("ignored_request_fields", 11.0) == (True, 0)
+
+
+# --- stopping vLLM's process tree ---------------------------------------------------------------
+
+# The "EngineCore": records who sent it SIGTERM (si_pid) and when; a stubborn one then waits
+# for SIGKILL (SIGTERM stays blocked).
+_ENGINE = (
+    "import signal, sys, time, pathlib\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+    "out = pathlib.Path(sys.argv[1])\n"
+    "out.with_suffix('.up').write_text('up')\n"
+    "info = signal.sigwaitinfo({signal.SIGTERM})\n"
+    "out.write_text(f'{info.si_pid} {time.monotonic()}')\n"
+    "if sys.argv[2] == 'stubborn':\n"
+    "    time.sleep(60)\n"
+)
+# The "API server": starts the engine, then on SIGTERM (recorded like the engine's) drains,
+# notes whether its engine was still alive at the end of the drain, and ends it itself;
+# `deaf` ignores SIGTERM instead, `leaves` exits at once leaving its engine behind.
+_API_SERVER = (
+    "import signal, subprocess, sys, time, pathlib\n"
+    "engine_out, mode, engine_mode = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+    "engine = subprocess.Popen([sys.executable, '-c', sys.argv[4], str(engine_out), engine_mode])\n"
+    "while not engine_out.with_suffix('.up').exists():\n"
+    "    time.sleep(0.01)\n"
+    "out = engine_out.with_name('api_server')\n"
+    "out.with_suffix('.up').write_text(str(engine.pid))\n"
+    "if mode == 'leaves':\n"
+    "    sys.exit(0)\n"
+    "info = signal.sigwaitinfo({signal.SIGTERM})\n"
+    "out.write_text(f'{info.si_pid} {time.monotonic()}')\n"
+    "if mode == 'deaf':\n"
+    "    time.sleep(60)\n"
+    "time.sleep(0.3)\n"
+    "out.with_suffix('.drained').write_text(str(engine.poll() is None))\n"
+    "engine.terminate()\n"
+    "engine.wait()\n"
+)
+
+
+@dataclass
+class _Tree:
+    process: VllmProcess
+    engine_pid: int
+    dir: Path
+
+    def term(self, who: str) -> tuple[int, float] | None:
+        """(who sent SIGTERM, when) as `who` ("api_server" or "engine") recorded it."""
+        path = self.dir / who
+        if not path.exists():
+            return None
+        sender, at = path.read_text().split()
+        return int(sender), float(at)
+
+
+@pytest.fixture
+async def vllm_tree(tmp_path: Path) -> AsyncIterator[Callable[[str, str], Awaitable[_Tree]]]:
+    """Start the fake API server (`mode`: drains, deaf, leaves) with its fake engine
+    (`engine_mode`: polite, stubborn) as a session leader; SIGKILLed at the end."""
+    started: list[VllmProcess] = []
+
+    async def start(mode: str, engine_mode: str) -> _Tree:
+        argv = (sys.executable, "-c", _API_SERVER, str(tmp_path / "engine"), mode, engine_mode)
+        process = await process_tree.spawn((*argv, _ENGINE), dict(os.environ))
+        started.append(process)
+        up = tmp_path / "api_server.up"
+        deadline = time.monotonic() + 30
+        while not up.exists() or not up.read_text():
+            assert time.monotonic() < deadline, "the fake API server did not start its engine"
+            await asyncio.sleep(0.02)
+        return _Tree(process, int(up.read_text()), tmp_path)
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.signal_group(signal.SIGKILL)
+            for member in process.members():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(member.pid, signal.SIGKILL)
+            await process.wait()
+            process.close()
+
+
+async def test_a_stop_signals_the_api_server_alone_and_lets_it_end_its_engine(
+    vllm_tree: Callable[[str, str], Awaitable[_Tree]],
+) -> None:
+    tree = await vllm_tree("drains", "polite")
+    killed, survivors = await tree.process.terminate(grace=30.0)
+    assert (killed, survivors) == ([], [])
+    assert tree.process.returncode == 0
+    api_server, engine = tree.term("api_server"), tree.term("engine")
+    assert api_server is not None and api_server[0] == os.getpid()
+    # The engine lived through the whole drain and was stopped by its API server, not by us.
+    assert (tree.dir / "api_server.drained").read_text() == "True"
+    assert engine is not None and engine[0] == tree.process.pid
+
+
+async def test_the_group_gets_sigterm_only_after_the_grace_then_sigkill(
+    vllm_tree: Callable[[str, str], Awaitable[_Tree]],
+) -> None:
+    tree = await vllm_tree("deaf", "stubborn")
+    started = time.monotonic()
+    killed, survivors = await tree.process.terminate(grace=0.5, group_wait=0.3)
+    api_server = tree.term("api_server")
+    engine = tree.term("engine")
+    assert api_server is not None and api_server[0] == os.getpid()
+    assert engine is not None and engine[0] == os.getpid()  # the group's SIGTERM, ours
+    assert engine[1] - started >= 0.5 and engine[1] > api_server[1]  # only after the grace
+    assert {record.pid for record in killed} == {tree.process.pid, tree.engine_pid}
+    assert survivors == [] and tree.process.members() == []
+    assert tree.process.returncode == -signal.SIGKILL
+
+
+async def test_members_left_by_an_exited_api_server_are_ended_without_waiting_the_grace(
+    vllm_tree: Callable[[str, str], Awaitable[_Tree]],
+) -> None:
+    tree = await vllm_tree("leaves", "polite")
+    assert await tree.process.wait() == 0
+    assert [record.pid for record in tree.process.members()] == [tree.engine_pid]
+    started = time.monotonic()
+    killed, survivors = await tree.process.terminate(grace=60.0)
+    assert time.monotonic() - started < 30.0  # did not sit out the grace
+    assert (killed, survivors) == ([], [])
+    engine = tree.term("engine")
+    assert engine is not None and engine[0] == os.getpid()
+
+
+async def test_a_stubborn_member_of_an_exited_api_server_is_sigkilled(
+    vllm_tree: Callable[[str, str], Awaitable[_Tree]],
+) -> None:
+    tree = await vllm_tree("leaves", "stubborn")
+    await tree.process.wait()
+    killed, survivors = await tree.process.terminate(grace=60.0, group_wait=0.3)
+    assert [record.pid for record in killed] == [tree.engine_pid] and survivors == []
+    assert not psutil.pid_exists(tree.engine_pid) or not alive(killed[0])
+
+
+# --- vLLM's lines during a stop the supervisor asked for ----------------------------------------
+
+
+def _engine_dead() -> Event:
+    text = "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue."
+    return Event(
+        "engine_dead",
+        Severity.CRITICAL,
+        Action.CHECK_NOW,
+        "restarts",
+        text,
+        "APIServer",
+        7,
+        None,
+        (text,),
+    )
+
+
+def _vllm_events(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    return [record for record in logs if record["event"] == "vllm_event"]
+
+
+def test_error_lines_are_info_with_stop_requested_only_while_stopping_on_purpose() -> None:
+    counters = EventCounters()
+    events = VllmEventLog(counters)
+    warning = replace(_engine_dead(), rule="worker_warning", severity=Severity.WARNING)
+    with capture_logs() as logs:
+        with events.stopping():
+            events.record(_engine_dead(), 0.0)
+            events.record(warning, 0.0)
+        events.record(_engine_dead(), 1.0)  # after the stop: a crash again
+    during, warned, after = _vllm_events(logs)
+    assert during["severity"] == "info" and during["stop_requested"] is True
+    assert during["rule_severity"] == "critical" and during["hint"] is None
+    assert warned["severity"] == "warning" and "stop_requested" not in warned
+    assert after["severity"] == "critical" and "stop_requested" not in after
+    assert counters.rules == {"engine_dead": 2, "worker_warning": 1}  # all still counted
+
+
+def _says_engine_dead_when_stopped(run: FakeRun) -> None:
+    """vLLM logs EngineDeadError even on a clean SIGTERM (01-start-requests-sigterm.log)."""
+    stop = run.stop
+
+    async def stop_saying_it(grace: float) -> None:
+        run.say("EngineDeadError", _engine_dead())
+        await stop(grace)
+
+    run.stop = stop_saying_it  # type: ignore[method-assign]
+
+
+def test_a_stop_or_restart_the_supervisor_asked_for_logs_no_critical_event(
+    tmp_path: Path,
+) -> None:
+    def crashes_then_fails_checks(run: FakeRun) -> None:
+        _says_engine_dead_when_stopped(run)
+        run.sim.after(8, lambda: run.say("EngineDeadError", _engine_dead()))  # not asked for
+        run.sim.after(12, lambda: setattr(run.sim.server, "health", 503))
+
+    def boots_then_says_engine_dead(run: FakeRun) -> None:
+        _says_engine_dead_when_stopped(run)
+
+    sim = Sim(
+        tmp_path,
+        scripts=[
+            boots(5.0, then=crashes_then_fails_checks),
+            boots(5.0, then=boots_then_says_engine_dead),
+        ],
+    )
+    sim.at(150, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert sim.states()[-3:] == ["READY", "STOPPING", "STOPPED"]
+    assert "BACKOFF" in sim.states()  # the restart it decided after the failed checks
+    engine_dead = [r for r in _vllm_events(sim.logs) if r["rule"] == "engine_dead"]
+    severities = [(r["severity"], r.get("stop_requested")) for r in engine_dead]
+    assert severities == [("critical", None), ("info", True), ("info", True)]
+    assert sim.supervisor.reporter.counters.rules["engine_dead"] == 3
+
+
+@pytest.mark.parametrize(
+    ("grace", "shutdown_timeout", "waits"),
+    [(15, None, 15), (15, 0, 15), (15, 40, 50), (60, 40, 60)],
+)
+def test_the_stop_waits_long_enough_for_vllms_own_drain(
+    tmp_path: Path, grace: float, shutdown_timeout: int | None, waits: float
+) -> None:
+    config = sim_config(tmp_path, stop={"grace_period": grace})
+    server = config.server.model_copy(update={"shutdown_timeout": shutdown_timeout})
+    assert stop_grace(config.model_copy(update={"server": server})) == waits

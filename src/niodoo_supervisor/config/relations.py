@@ -69,26 +69,14 @@ def check_relations(config: Sections, report: Report, wrong: Collection[str] = (
         _check_adapter_counts(lora, report)
     if valid("server.api_key_env", "server.api_key_file", "server.host"):
         _check_api_key(config.server, report)
-    shutdown, grace = config.server.shutdown_timeout, config.supervisor.stop.grace_period
-    if (
-        shutdown is not None
-        and shutdown >= grace
-        and valid("server.shutdown_timeout", "supervisor.stop.grace_period")
-    ):
-        report(
-            "server.shutdown_timeout",
-            f"vLLM may drain for {shutdown}s but the supervisor kills it after {grace:g}s",
-            "make supervisor.stop.grace_period longer than server.shutdown_timeout",
-            warning=True,
-        )
     if config.maintenance.windows and valid("maintenance.windows"):
         # Accepted and checked now so configs can be written; acting on them (pending
         # restarts) lands with the operations work. Saying so beats a key that silently does
         # nothing.
         report(
             "maintenance.windows",
-            "windows are checked but not acted on yet by this version: a reload still restarts "
-            "vLLM at once",
+            "windows are checked but not acted on yet by this version: a reload that needs a "
+            "restart still restarts vLLM at once",
             "reload only inside your window until pending restarts are supported",
             warning=True,
         )

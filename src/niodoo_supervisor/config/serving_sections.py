@@ -197,7 +197,7 @@ class ServerSection(Section):
         Field(
             ge=0,
             description="Seconds vLLM drains in-flight requests after SIGTERM (0 aborts them). "
-            "Keep it below supervisor.stop.grace_period.",
+            "A stop waits at least this + 10 s, whatever supervisor.stop.grace_period says.",
         ),
         VllmFlag("--shutdown-timeout", since=Version(0, 18, 0), vllm_default=0),
     ] = None

@@ -33,7 +33,12 @@ from niodoo_supervisor.supervise.probes import prober_for
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff, diff
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.restart_policy import RestartPolicy
-from niodoo_supervisor.supervise.run import LaunchError, VllmLauncher
+from niodoo_supervisor.supervise.run import (
+    LaunchError,
+    VllmLauncher,
+    stop_grace,
+    stop_takes_at_most,
+)
 from niodoo_supervisor.supervise.seams import Clock, Launcher, ProberFactory, Run, SystemClock
 from niodoo_supervisor.supervise.states import State
 from niodoo_supervisor.supervise.status_file import StatusBoard
@@ -240,9 +245,14 @@ class Supervisor:
         return change
 
     async def _stop_run(self, run: Run) -> None:
-        grace = self.config.supervisor.stop.grace_period
-        # Ending a stubborn vLLM takes up to the grace period plus the SIGKILL check.
-        async with self.reporter.watchdog_fed(extend=grace + 20.0):
-            await run.stop(grace)
+        grace = stop_grace(self.config)
+        # A stubborn vLLM takes the grace, the group's SIGTERM and SIGKILL and its last lines;
+        # 3 s more for the state file and status.
+        extend = stop_takes_at_most(grace) + 3.0
+        # vLLM's shutdown lines (EngineDeadError even on a clean SIGTERM) are this stop's, not
+        # a crash: flagged before the first signal, until the pump has read the last line.
+        with self.vllm_events.stopping():
+            async with self.reporter.watchdog_fed(extend=extend):
+                await run.stop(grace)
         self.current = None
         self.reporter.status.vllm_pid = None

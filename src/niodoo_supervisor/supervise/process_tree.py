@@ -1,9 +1,15 @@
-"""vLLM as an OS process tree: spawn in a new session, signal the whole group, verify it is gone.
+"""vLLM as an OS process tree: spawn in a new session, stop it the way it drains, verify it is gone.
 
 vLLM's API server starts `VLLM::EngineCore` and worker processes. When the API server is
 SIGKILLed they survive, reparented, holding (GPU) memory (upstream vllm#55510). So vLLM is
-started as the leader of a new session and everything is addressed by that session id: the
-group is signalled, then every process still carrying the session id is found and ended.
+started as the leader of a new session and everything is addressed by that session id.
+
+A stop signals the API server (the leader) alone first: it drains in-flight requests
+(`--shutdown-timeout`) and then stops its own engine and workers. SIGTERM to the whole
+group at once would end the EngineCore while the API server drains, cutting every request
+in flight. Only after the grace period (or when the leader is gone but members are left)
+is the group signalled, then SIGKILLed, then every process still carrying the session id
+is found and ended.
 """
 
 from __future__ import annotations
@@ -13,12 +19,20 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import psutil
 
+# After the grace period: how long the group has between SIGTERM and SIGKILL. vLLM's engine
+# and workers end within a second of a SIGTERM when they still answer signals at all.
+GROUP_TERM_WAIT = 2.0
+# After SIGKILL: how long the kernel gets to end them before survivors are reported.
+KILL_WAIT = 5.0
+
 __all__ = [
+    "GROUP_TERM_WAIT",
+    "KILL_WAIT",
     "ProcessRecord",
     "VllmProcess",
     "alive",
@@ -27,7 +41,14 @@ __all__ = [
     "session_members",
     "spawn",
     "terminate_processes",
+    "terminate_takes_at_most",
 ]
+
+
+def terminate_takes_at_most(grace: float) -> float:
+    """The longest `VllmProcess.terminate(grace)` can take: grace, group SIGTERM, SIGKILL,
+    and the final wait for the leader's exit status."""
+    return grace + GROUP_TERM_WAIT + 2 * KILL_WAIT
 
 
 @dataclass(frozen=True)
@@ -176,27 +197,47 @@ class VllmProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.sid, sig)
 
-    async def terminate(self, grace: float) -> tuple[list[ProcessRecord], list[ProcessRecord]]:
-        """SIGTERM the group (and any member that left it), wait up to `grace` seconds for the
-        whole session to end, then SIGKILL what is left. Returns (SIGKILLed, survivors)."""
-        self.signal_group(signal.SIGTERM)
-        for record in self.members():
-            _send(record, signal.SIGTERM)
+    def signal_leader(self, sig: signal.Signals) -> None:
+        """Signal the API server alone (a no-op once it has exited: its pid may be reused)."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+    async def terminate(
+        self, grace: float, *, group_wait: float = GROUP_TERM_WAIT, kill_wait: float = KILL_WAIT
+    ) -> tuple[list[ProcessRecord], list[ProcessRecord]]:
+        """SIGTERM the API server alone and give it `grace` seconds to drain and end its own
+        engine and workers. Whatever of the session is left then (or as soon as the leader
+        has exited) gets SIGTERM as a group, SIGKILL `group_wait` seconds later. Returns
+        (SIGKILLed, survivors)."""
+        self.signal_leader(signal.SIGTERM)
+        await self._within(grace, lambda: self.returncode is not None)
         killed: list[ProcessRecord] = []
-        if not await self._session_gone_within(grace):
-            killed = self.members()
-            self.signal_group(signal.SIGKILL)
-            for record in killed:
-                _send(record, signal.SIGKILL)
-            await self._session_gone_within(5.0)
+        if not self._session_gone():
+            # vLLM did not end in time, or its leader left members behind: end them.
+            self._signal_session(signal.SIGTERM)
+            if not await self._within(group_wait, self._session_gone):
+                killed = self.members()
+                self._signal_session(signal.SIGKILL)
+                await self._within(kill_wait, self._session_gone)
         if self.returncode is None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.process.wait(), timeout=5.0)
+                await asyncio.wait_for(self.process.wait(), timeout=kill_wait)
         return killed, self.members()
 
-    async def _session_gone_within(self, timeout: float) -> bool:
+    def _signal_session(self, sig: signal.Signals) -> None:
+        """The group, and every member that left it (setpgid) but kept the session id."""
+        self.signal_group(sig)
+        for record in self.members():
+            _send(record, sig)
+
+    def _session_gone(self) -> bool:
+        return self.returncode is not None and not self.members()
+
+    async def _within(self, timeout: float, done: Callable[[], bool]) -> bool:
+        """Wait until `done()` or `timeout` seconds; returns `done()` at the end."""
         deadline = time.monotonic() + timeout
-        while self.returncode is None or self.members():
+        while not done():
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.05)

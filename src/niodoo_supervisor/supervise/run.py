@@ -26,13 +26,42 @@ from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.logs.rules import RuleSet
 from niodoo_supervisor.logs.sinks import RotatingLogFile
 from niodoo_supervisor.supervise import run_record
-from niodoo_supervisor.supervise.process_tree import VllmProcess, spawn
+from niodoo_supervisor.supervise.process_tree import VllmProcess, spawn, terminate_takes_at_most
 
-__all__ = ["LaunchError", "VllmLauncher", "VllmRun"]
+__all__ = [
+    "DRAIN_MARGIN",
+    "LaunchError",
+    "VllmLauncher",
+    "VllmRun",
+    "stop_grace",
+    "stop_takes_at_most",
+]
 
 log = structlog.get_logger("niodoo_supervisor")
 
 _OWN_START = psutil.Process().create_time()
+
+# What vLLM needs after its --shutdown-timeout drain: up to 5 s for its workers to exit
+# (VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS) and a few seconds to tear down and exit.
+DRAIN_MARGIN = 10.0
+
+
+def stop_grace(config: Config) -> float:
+    """How long a stop waits for vLLM to end by itself before signalling its whole group:
+    `supervisor.stop.grace_period`, or, when vLLM drains (`server.shutdown_timeout` > 0),
+    at least that drain plus `DRAIN_MARGIN`: a shorter wait would cut the drain it asked for."""
+    grace = config.supervisor.stop.grace_period
+    drain = config.server.shutdown_timeout
+    return max(grace, drain + DRAIN_MARGIN) if drain else grace
+
+
+# After vLLM is gone: how long its last lines may take to be read.
+LAST_LINES_WAIT = 5.0
+
+
+def stop_takes_at_most(grace: float) -> float:
+    """The longest `VllmRun.stop(grace)` takes: ending the process tree, then its last lines."""
+    return terminate_takes_at_most(grace) + LAST_LINES_WAIT
 
 
 class LaunchError(Exception):
@@ -113,7 +142,7 @@ class VllmRun:
             )
             run = cls(child, pump, config)
         except BaseException:
-            await child.terminate(config.supervisor.stop.grace_period)  # never leave it running
+            await child.terminate(stop_grace(config))  # never leave it running
             child.close()
             raise
         run.record_processes()
@@ -172,7 +201,7 @@ class VllmRun:
             )
         if survivors:
             log.error("vllm_survivors", processes=[record.describe() for record in survivors])
-        await self.drain(5.0)
+        await self.drain(LAST_LINES_WAIT)
         if not self.pump_task.done():
             self.pump_task.cancel()
         self.child.close()

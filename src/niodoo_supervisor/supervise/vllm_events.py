@@ -1,15 +1,27 @@
 """vLLM's log events as the supervisor records them: every one counted (the status shows the
-counts), each logged as a `vllm_event` record within a rate limit per rule."""
+counts), each logged as a `vllm_event` record within a rate limit per rule.
+
+While the supervisor stops vLLM on purpose (a SIGTERM to the supervisor, a restart it
+decided), vLLM's shutdown lines are expected: even a clean SIGTERM makes vLLM log
+`EngineDeadError`. Those are logged as info with `stop_requested=true` and the rule's own
+severity as `rule_severity`, so a requested stop does not read as a crash.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import structlog
 
 from niodoo_supervisor.logs.counters import EventCounters
-from niodoo_supervisor.logs.rule_types import Event
+from niodoo_supervisor.logs.rule_types import Event, Severity
 from niodoo_supervisor.supervise.event_limit import EventLogLimiter
 
 __all__ = ["VllmEventLog"]
+
+# Shown as info during a requested stop: what a crash would show as an error or worse.
+_STOP_LOWERS = frozenset({Severity.ERROR, Severity.CRITICAL})
 
 log = structlog.get_logger("niodoo_supervisor")
 
@@ -18,6 +30,16 @@ class VllmEventLog:
     def __init__(self, counters: EventCounters, limiter: EventLogLimiter | None = None) -> None:
         self.counters = counters
         self.limiter = limiter or EventLogLimiter()
+        self.stopping_on_purpose = False  # set by the loop around each stop it makes
+
+    @contextlib.contextmanager
+    def stopping(self) -> Iterator[None]:
+        """Around a stop the supervisor itself asked for (set before vLLM is signalled)."""
+        self.stopping_on_purpose = True
+        try:
+            yield
+        finally:
+            self.stopping_on_purpose = False
 
     def record(self, event: Event, now: float) -> None:
         """Count `event` and log it unless its rule is over its budget (`now`: monotonic)."""
@@ -30,15 +52,22 @@ class VllmEventLog:
                 suppressed=suppressed,
                 reason="rate limit; the status counts them all",
             )
-        if admitted:
-            log.info(
-                "vllm_event",
-                rule=event.rule,
-                severity=event.severity.value,
-                action=event.action.value,
-                process=event.process,
-                vllm_pid=event.pid,
-                details=event.details,
-                hint=event.hint or None,
-                line=event.message,
-            )
+        if not admitted:
+            return
+        on_purpose: dict[str, object] = {}
+        severity = event.severity
+        if self.stopping_on_purpose and severity in _STOP_LOWERS:
+            on_purpose = {"stop_requested": True, "rule_severity": severity.value}
+            severity = Severity.INFO
+        log.info(
+            "vllm_event",
+            rule=event.rule,
+            severity=severity.value,
+            action=event.action.value,
+            process=event.process,
+            vllm_pid=event.pid,
+            details=event.details,
+            hint=None if on_purpose else event.hint or None,  # a crash's advice
+            line=event.message,
+            **on_purpose,
+        )

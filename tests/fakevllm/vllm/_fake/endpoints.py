@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -71,6 +72,7 @@ class FakeHTTPServer(ThreadingHTTPServer):
         api_keys: list[str],
         access_log: bool,
         runtime_lora: bool,
+        chunk_seconds: float = 0.0,
     ) -> None:
         self.address_family = sock.family
         super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
@@ -80,6 +82,7 @@ class FakeHTTPServer(ThreadingHTTPServer):
         self.api_keys = api_keys
         self.access_log = access_log
         self.runtime_lora = runtime_lora
+        self.chunk_seconds = chunk_seconds
         self.stopping = threading.Event()
 
     def start(self) -> threading.Thread:
@@ -258,11 +261,16 @@ class _Handler(BaseHTTPRequestHandler):
                 "with its own tokenizer, consider specifying `--tokenizer [lora_path]` to use "
                 "the LoRA tokenizer.",
             )
-        response = state.generate(kind, request, adapter)
-        if request.get("stream"):
-            self._stream(kind, response)
-        else:
-            self._respond(200, _dumps(response), _JSON)
+        if not state.begin_request():
+            raise ApiError(503, "ServiceUnavailable", "The server is shutting down.")
+        try:
+            response = state.generate(kind, request, adapter)
+            if request.get("stream"):
+                self._stream(kind, response)
+            else:
+                self._respond(200, _dumps(response), _JSON)
+        finally:
+            state.end_request()
 
     def _stream(self, kind: str, response: dict[str, Any]) -> None:
         choice = response["choices"][0]
@@ -282,6 +290,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for event in [*(b"data: " + _dumps(c) + b"\n\n" for c in chunks), b"data: [DONE]\n\n"]:
+            if self.server.chunk_seconds:
+                time.sleep(self.server.chunk_seconds)
+            if self.server.state.engine_dead:
+                self.close_connection = True  # cut mid-stream: no last chunk
+                return
             self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
         self.wfile.write(b"0\r\n\r\n")
         self._access_log(200)

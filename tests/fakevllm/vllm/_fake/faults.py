@@ -34,6 +34,14 @@ Switches (seconds are floats; "after ready" counts from ``Application startup co
     adapters are still loading); then they are listed.
 ``exit_zero_after=S``
     After ready: children SIGKILLed and the API server exits 0, printing nothing.
+``stream_chunk_seconds=S``
+    Each chunk of a streamed completion waits S seconds (default 0: all at once), so a
+    request can be in flight during a stop. A chunk due after the engine died is not sent:
+    the stream is cut, as vLLM cuts it.
+
+On SIGTERM with ``--shutdown-timeout N`` (N > 0) the API server drains as vLLM does: new
+completions get 503, running ones may finish for up to N s while the EngineCore stays up
+(unless someone else kills it), then the engine is stopped.
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ class Faults:
     drop_adapter_after: float | None = None
     exit_zero_after: float | None = None
     adapters_late: float | None = None
+    stream_chunk_seconds: float = 0.0
 
 
 _BOOL_SWITCHES = frozenset({"exit_at_start", "ignore_sigterm", "stubborn_children"})

@@ -163,11 +163,25 @@ class ServingState:
         self.worker_pid = 0
         self.engine_dead = False
         self.hung = False
+        self.draining = False  # SIGTERM with --shutdown-timeout: no new requests
+        self.in_flight = 0
         self._lock = threading.Lock()
         self._adapters: dict[str, Adapter] = {}
         self._lora_series: dict[tuple[str, str], float] = {("", ""): time.time()}
         self._finished: dict[str, int] = {}
         self._warned: set[str] = set()
+
+    def begin_request(self) -> bool:
+        """Count a completion in flight; False (not counted) while draining."""
+        with self._lock:
+            if self.draining:
+                return False
+            self.in_flight += 1
+            return True
+
+    def end_request(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def warn_once(self, key: str) -> bool:
         """True the first time ``key`` is seen (vLLM's ``warning_once``)."""

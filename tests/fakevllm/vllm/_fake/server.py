@@ -232,7 +232,12 @@ class ApiServer:
         configure_uvicorn_logging(self.custom_log_config, args.uvicorn_log_level, access_log)
         api_keys = [k for k in (args.api_key or [os.environ.get("VLLM_API_KEY")]) if k]
         self.http = FakeHTTPServer(
-            self.sock, state, api_keys=api_keys, access_log=access_log, runtime_lora=runtime_lora
+            self.sock,
+            state,
+            api_keys=api_keys,
+            access_log=access_log,
+            runtime_lora=runtime_lora,
+            chunk_seconds=self.faults.stream_chunk_seconds,
         )
         uvicorn_info("Started server process [%d]", os.getpid())
         uvicorn_info("Waiting for application startup.")
@@ -350,6 +355,8 @@ class ApiServer:
             "abort" if timeout == 0 else "drain",
             timeout,
         )
+        if timeout:
+            self._drain_requests(timeout)
         if not self.state.engine_dead:
             self._engine().shutdown(f"{timeout}s", stop_engine=True)
             emit(texts.OUTPUT_HANDLER_FAILED, _ERROR, texts.output_handler_failed())
@@ -367,6 +374,17 @@ class ApiServer:
         uvicorn_shutdown_lines()
         self._engine().kill_all()
         return 0
+
+    def _drain_requests(self, timeout: float) -> None:
+        """--shutdown-timeout: refuse new requests, let running ones finish for up to
+        `timeout` s. An engine killed meanwhile (SIGTERM to the whole group) cuts them."""
+        self.state.draining = True
+        deadline = time.monotonic() + timeout
+        while self.state.in_flight and time.monotonic() < deadline:
+            for event in self._drain():
+                if event.kind == "exit":
+                    self._on_engine_death()
+            time.sleep(_POLL)
 
     def _interrupted_during_init(self) -> int:
         """SIGTERM/SIGINT before serving. vLLM's init handler raises
