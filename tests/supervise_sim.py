@@ -179,6 +179,7 @@ class FakeRun:
         self.serving = False
         self.exit_code: int | None = None
         self.stopped_at: float | None = None
+        self.stop_grace: float | None = None  # the grace the supervisor gave its stop
         self.argv: tuple[str, ...] = ()
         self.in_pipe: list[tuple[str, tuple[Event, ...]]] = []  # written, read only by `drain`
         self.processes_recorded = 0
@@ -207,7 +208,7 @@ class FakeRun:
             self.say(line, *events)
 
     async def stop(self, grace: float) -> None:
-        self.stopped_at = now()
+        self.stopped_at, self.stop_grace = now(), grace
         self.sim.server = Server()
         await asyncio.sleep(self.sim.stop_takes)
         if self.exit_code is None:
@@ -304,10 +305,12 @@ def sim_plan(*argv: str) -> LaunchPlan:
     )
 
 
-def sim_config(tmp: Path, *, port: int = 8000, **supervisor: Any) -> Config:
+def sim_config(
+    tmp: Path, *, port: int = 8000, server: dict[str, Any] | None = None, **supervisor: Any
+) -> Config:
     settings = {**SETTINGS, **supervisor, "state_dir": str(tmp / "state")}
     document = {
-        "server": {"python": "python3", "port": port},
+        "server": {"python": "python3", "port": port, **(server or {})},
         "model": {"path": str(tmp / "model"), "served_name": "tiny"},
         "lora": {"enabled": True, "max_loras": 2, "max_lora_rank": 16,
                  "adapters": [{"name": "a", "path": str(tmp / "a")},

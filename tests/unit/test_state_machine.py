@@ -16,7 +16,7 @@ from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.logs.rule_types import Action
 from niodoo_supervisor.supervise.incidents import ReloadResult
 from niodoo_supervisor.supervise.reporter import Reporter
-from niodoo_supervisor.supervise.run import LaunchError
+from niodoo_supervisor.supervise.run import DRAIN_MARGIN, LaunchError
 from niodoo_supervisor.supervise.states import ALLOWED, IllegalTransition, State
 from niodoo_supervisor.supervise.status_file import StatusBoard
 from supervise_sim import (
@@ -310,6 +310,25 @@ def test_a_reload_that_changes_the_command_line_is_a_planned_restart(tmp_path: P
     assert sim.event("crash_report") is None
     assert not any("STOPPING=1" in n.fields for n in sim.notifier.sent if n.at < START + 59)
     return sim
+
+
+def test_a_planned_restart_waits_out_the_drain_the_running_vllm_was_launched_with(
+    tmp_path: Path,
+) -> None:
+    # The new config drops `shutdown_timeout`, but the running vLLM drains for 30 s on
+    # SIGTERM: its stop must not signal the group (engine included) before that.
+    sim = Sim(
+        tmp_path,
+        scripts=[boots(5.0), boots(5.0)],
+        config=sim_config(tmp_path, server={"shutdown_timeout": 30}),
+    )
+    sim.reload_result = ReloadResult(
+        sim_config(tmp_path, port=8001), sim_plan("python3", "--port", "8001")
+    )
+    sim.at(20, sim.signal(signal.SIGHUP))
+    sim.at(60, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert [run.stop_grace for run in sim.runs] == [30 + DRAIN_MARGIN, 15.0]
 
 
 @covers((S.STOPPING, S.FATAL))

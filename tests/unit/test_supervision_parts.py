@@ -39,7 +39,7 @@ from niodoo_supervisor.supervise.process_tree import (
 from niodoo_supervisor.supervise.restart_policy import RestartPolicy
 from niodoo_supervisor.supervise.run import stop_grace
 from niodoo_supervisor.supervise.vllm_events import VllmEventLog
-from supervise_sim import FakeRun, Sim, boots, sim_config
+from supervise_sim import FakeRun, Sim, boots
 
 # --- backoff ------------------------------------------------------------------------------------
 
@@ -728,8 +728,6 @@ def test_a_stop_or_restart_the_supervisor_asked_for_logs_no_critical_event(
     [(15, None, 15), (15, 0, 15), (15, 40, 50), (60, 40, 60)],
 )
 def test_the_stop_waits_long_enough_for_vllms_own_drain(
-    tmp_path: Path, grace: float, shutdown_timeout: int | None, waits: float
+    grace: float, shutdown_timeout: int | None, waits: float
 ) -> None:
-    config = sim_config(tmp_path, stop={"grace_period": grace})
-    server = config.server.model_copy(update={"shutdown_timeout": shutdown_timeout})
-    assert stop_grace(config.model_copy(update={"server": server})) == waits
+    assert stop_grace(grace, shutdown_timeout) == waits

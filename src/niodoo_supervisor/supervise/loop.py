@@ -83,6 +83,7 @@ class Supervisor:
         self.dispatcher = Dispatcher(self.clock, reloader)
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
+        self.current_drain: int | None = None  # `server.shutdown_timeout` of `current`
 
     @property
     def state(self) -> State:
@@ -183,6 +184,9 @@ class Supervisor:
         except LaunchError as exc:
             return exc
         self.current = run
+        # The drain this vLLM was launched with is the one its stop must wait for, whatever
+        # a reload has set for the next start since.
+        self.current_drain = self.config.server.shutdown_timeout
         self.reporter.launched(run.pid, self.config.served_name, self.config.adapters)
         return run
 
@@ -245,7 +249,7 @@ class Supervisor:
         return change
 
     async def _stop_run(self, run: Run) -> None:
-        grace = stop_grace(self.config)
+        grace = stop_grace(self.config.supervisor.stop.grace_period, self.current_drain)
         # A stubborn vLLM takes the grace, the group's SIGTERM and SIGKILL and its last lines;
         # 3 s more for the state file and status.
         extend = stop_takes_at_most(grace) + 3.0

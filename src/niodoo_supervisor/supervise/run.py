@@ -46,13 +46,12 @@ _OWN_START = psutil.Process().create_time()
 DRAIN_MARGIN = 10.0
 
 
-def stop_grace(config: Config) -> float:
+def stop_grace(grace_period: float, drain: int | None) -> float:
     """How long a stop waits for vLLM to end by itself before signalling its whole group:
-    `supervisor.stop.grace_period`, or, when vLLM drains (`server.shutdown_timeout` > 0),
-    at least that drain plus `DRAIN_MARGIN`: a shorter wait would cut the drain it asked for."""
-    grace = config.supervisor.stop.grace_period
-    drain = config.server.shutdown_timeout
-    return max(grace, drain + DRAIN_MARGIN) if drain else grace
+    `grace_period` (`supervisor.stop.grace_period`), or, when vLLM was launched to drain
+    (`server.shutdown_timeout` > 0), at least that drain plus `DRAIN_MARGIN`: a shorter wait
+    would cut the drain it was asked for."""
+    return max(grace_period, drain + DRAIN_MARGIN) if drain else grace_period
 
 
 # After vLLM is gone: how long its last lines may take to be read.
@@ -142,7 +141,9 @@ class VllmRun:
             )
             run = cls(child, pump, config)
         except BaseException:
-            await child.terminate(stop_grace(config))  # never leave it running
+            await child.terminate(  # never leave it running
+                stop_grace(config.supervisor.stop.grace_period, config.server.shutdown_timeout)
+            )
             child.close()
             raise
         run.record_processes()
