@@ -18,7 +18,8 @@ ALLOWED: dict[str, set[str]] = {
     "logs": {"files"},
     "config": {"files", "logs.rule_types", "logs.operator_rules", "exitcodes"},
     "launch": {"config", "files", "exitcodes"},
-    "supervise": {"config", "launch", "logs", "files", "exitcodes"},
+    "supervise": {"config", "launch", "logs", "files", "control", "exitcodes"},
+    "control": {"config", "files", "exitcodes"},
     "demo": set(),
 }
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass, field
 
 from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.rule_types import Event
 
 __all__ = [
+    "AdapterLoadAsked",
+    "AdapterUnloadAsked",
     "ChildExited",
     "Incident",
     "LogEvent",
@@ -18,8 +22,13 @@ __all__ = [
     "ReloadAsked",
     "ReloadDone",
     "ReloadResult",
+    "Reply",
+    "RestartAsked",
     "StopAsked",
 ]
+
+# Where the loop answers an operator's command (the control API awaits it); None: nobody waits.
+Reply = asyncio.Future[CommandResult]
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,35 @@ class StopAsked:
 
 @dataclass(frozen=True)
 class ReloadAsked:
-    """SIGHUP: read the config again (in a task; its result comes back as `ReloadDone`)."""
+    """SIGHUP or the control API: read the config again (in a task; its result comes back as
+    `ReloadDone`). `reply`, when given, is answered once the reload is taken or refused."""
+
+    reply: Reply | None = None
+
+
+@dataclass(frozen=True)
+class RestartAsked:
+    """`niodoo-supervisor restart`: a planned restart now, or at the next maintenance window."""
+
+    now: bool
+    reply: Reply | None = None
+
+
+@dataclass(frozen=True)
+class AdapterLoadAsked:
+    """`niodoo-supervisor adapters load NAME PATH`: load into the running vLLM."""
+
+    name: str
+    path: str
+    reply: Reply | None = None
+
+
+@dataclass(frozen=True)
+class AdapterUnloadAsked:
+    """`niodoo-supervisor adapters unload NAME`: unload from the running vLLM."""
+
+    name: str
+    reply: Reply | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +95,16 @@ class ReloadDone:
     result: ReloadResult
 
 
-Incident = ChildExited | LogEvent | StopAsked | ReloadAsked | ReloadDone
+Incident = (
+    ChildExited
+    | LogEvent
+    | StopAsked
+    | ReloadAsked
+    | ReloadDone
+    | RestartAsked
+    | AdapterLoadAsked
+    | AdapterUnloadAsked
+)
 
 
 class OutcomeKind(enum.Enum):

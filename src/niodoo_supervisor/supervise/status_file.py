@@ -55,6 +55,15 @@ class StatusBoard:
     last_crash: CrashReport | None = None
     log_dropped_bytes: int = 0
     notify_dropped: int = 0  # systemd notifications not taken by the notify socket
+    # A restart a reload (or `restart`) asked for that waits for a maintenance window: what,
+    # why (the config diff) and when; None when nothing is pending.
+    pending_restart: dict[str, Any] | None = None
+    # A drain under way (a planned restart or stop): since when, vLLM's running and waiting
+    # requests as last read; None when not draining. The supervisor is not ready meanwhile.
+    drain: dict[str, Any] | None = None
+    # The last reload's outcome: when, taken or refused, and the refusal's problems (the old
+    # config keeps serving); None before the first reload.
+    last_reload: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
