@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Collection
 from typing import Protocol
 
+from niodoo_supervisor.config.drain_sections import DrainSection
 from niodoo_supervisor.config.engine_sections import LoraSection
 from niodoo_supervisor.config.maintenance_sections import MaintenanceSection
 from niodoo_supervisor.config.serving_sections import ModelSection, ServerSection
@@ -39,6 +40,8 @@ class Sections(Protocol):
     def supervisor(self) -> SupervisorSection: ...
     @property
     def maintenance(self) -> MaintenanceSection: ...
+    @property
+    def drain(self) -> DrainSection: ...
 
 
 def check_relations(config: Sections, report: Report, wrong: Collection[str] = ()) -> None:
@@ -69,6 +72,8 @@ def check_relations(config: Sections, report: Report, wrong: Collection[str] = (
         _check_adapter_counts(lora, report)
     if valid("server.api_key_env", "server.api_key_file", "server.host"):
         _check_api_key(config.server, report)
+    if valid("server.shutdown_timeout", "drain.timeout"):
+        _check_drain_timeout_alias(config, report)
     if config.maintenance.windows and valid("maintenance.windows"):
         # Accepted and checked now so configs can be written; acting on them (pending
         # restarts) lands with the operations work. Saying so beats a key that silently does
@@ -80,6 +85,24 @@ def check_relations(config: Sections, report: Report, wrong: Collection[str] = (
             "reload only inside your window until pending restarts are supported",
             warning=True,
         )
+
+
+def _check_drain_timeout_alias(config: Sections, report: Report) -> None:
+    if config.server.shutdown_timeout is None:
+        return
+    if config.drain.timeout is not None:
+        report(
+            "server.shutdown_timeout",
+            "both server.shutdown_timeout and drain.timeout are set",
+            "keep drain.timeout (server.shutdown_timeout is its deprecated old name)",
+        )
+        return
+    report(
+        "server.shutdown_timeout",
+        "server.shutdown_timeout is deprecated",
+        f"rename it to drain.timeout: {config.server.shutdown_timeout}",
+        warning=True,
+    )
 
 
 def _check_adapter_names(config: Sections, report: Report) -> None:

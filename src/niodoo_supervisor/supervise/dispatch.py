@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import structlog
 
@@ -49,6 +49,7 @@ class Dispatcher:
         self._queue: asyncio.Queue[Incident] = asyncio.Queue()
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
+        self._stop_watchers: set[asyncio.Event] = set()
 
     @property
     def reloading(self) -> bool:
@@ -58,7 +59,20 @@ class Dispatcher:
     def post(self, incident: Incident) -> None:
         if isinstance(incident, StopAsked):
             self.stop_asked.set()
+            for watcher in self._stop_watchers:
+                watcher.set()
         self._queue.put_nowait(incident)
+
+    @contextlib.contextmanager
+    def stop_from_now(self) -> Iterator[asyncio.Event]:
+        """An event set by the next stop asked inside the block (not by one asked before,
+        which `stop_asked` keeps): a stop that is already under way can still be hurried."""
+        watcher = asyncio.Event()
+        self._stop_watchers.add(watcher)
+        try:
+            yield watcher
+        finally:
+            self._stop_watchers.discard(watcher)
 
     def signal(self, signum: int) -> None:
         """A signal handler: records what the signal asks for, nothing more."""

@@ -14,12 +14,16 @@ from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from niodoo_supervisor import exitcodes
+from niodoo_supervisor.config.drain_sections import split_listen
 from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.control.readiness_http import ReadinessServer
+from niodoo_supervisor.files.atomic import describe_os_error
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.dispatch import Dispatcher, Reloader
+from niodoo_supervisor.supervise.drain import Drain, LoadReader, ready_for_traffic, vllm_load_reader
 from niodoo_supervisor.supervise.incidents import (
     ChildExited,
     LogEvent,
@@ -66,6 +70,7 @@ class Supervisor:
         rng: random.Random | None = None,
         clock: Clock | None = None,
         launcher: Launcher | None = None,
+        load_reader: Callable[[Config], LoadReader] = vllm_load_reader,
     ) -> None:
         # What the next start runs; a reload replaces the two together (`_apply_reload`).
         self.config, self.plan = config, plan
@@ -75,6 +80,7 @@ class Supervisor:
             launcher = VllmLauncher(config, environ, echo if echo is not None else echo_to)
         self.launcher = launcher
         self.prober_factory = prober_factory or prober_for
+        self.load_reader = load_reader
         self.policy = RestartPolicy(config.supervisor.restart, rng)
         counters = EventCounters()
         self.vllm_events = VllmEventLog(counters)
@@ -83,7 +89,7 @@ class Supervisor:
         self.dispatcher = Dispatcher(self.clock, reloader)
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
-        self.current_drain: int | None = None  # `server.shutdown_timeout` of `current`
+        self.current_drain: int | None = None  # `drain.timeout` of `current`
 
     @property
     def state(self) -> State:
@@ -97,7 +103,15 @@ class Supervisor:
             loop.add_signal_handler(signum, self.dispatcher.signal, signum)
         for early in early_signals() if early_signals else ():
             self.dispatcher.signal(early)
+        readiness = self._readiness_server()
         try:
+            if readiness is not None:
+                try:
+                    await readiness.start()
+                except OSError as exc:
+                    where = f"{readiness.host}:{readiness.port}"
+                    reason = f"drain.readiness_listen: cannot listen on {where}: {describe_os_error(exc)}; choose a free address"
+                    return self.reporter.fatal(reason, exitcodes.CONFIG)
             return await self._supervise()
         except BaseException:
             # A bug must not leave vLLM (and its GPU memory) behind: stop it, then report.
@@ -108,6 +122,8 @@ class Supervisor:
         finally:
             for signum in _HANDLED_SIGNALS:
                 loop.remove_signal_handler(signum)
+            if readiness is not None:
+                await readiness.close()
             await self.dispatcher.close()
             self.launcher.close()
 
@@ -136,7 +152,7 @@ class Supervisor:
                     outcome.reason,
                     notify=systemd.stopping("stopping vLLM"),
                 )
-                await self._stop_run(run)
+                await self._stop_run(run, planned=True)
                 # STOPPING -> STOPPED: the whole session of vLLM is gone
                 self.reporter.transition({State.STOPPING}, State.STOPPED, "vLLM stopped")
                 return exitcodes.OK
@@ -150,7 +166,7 @@ class Supervisor:
                     notify=systemd.status(f"restarting vLLM: {outcome.reason}"),
                     planned_restart=True,
                 )
-                await self._stop_run(run)
+                await self._stop_run(run, planned=True)
                 reloaded = True
                 continue
             await self._stop_run(run)
@@ -186,7 +202,7 @@ class Supervisor:
         self.current = run
         # The drain this vLLM was launched with is the one its stop must wait for, whatever
         # a reload has set for the next start since.
-        self.current_drain = self.config.server.shutdown_timeout
+        self.current_drain = self.config.drain_timeout
         self.reporter.launched(run.pid, self.config.served_name, self.config.adapters)
         return run
 
@@ -248,15 +264,32 @@ class Supervisor:
         self.reporter.reload_taken(change, vllm_running=vllm_running)
         return change
 
-    async def _stop_run(self, run: Run) -> None:
+    def _readiness_server(self) -> ReadinessServer | None:
+        listen = self.config.drain.readiness_listen
+        if listen is None:
+            return None
+        host, port = split_listen(listen)
+        return ReadinessServer(
+            host, port, lambda: ready_for_traffic(self.state, self.reporter.status)
+        )
+
+    async def _stop_run(self, run: Run, *, planned: bool = False) -> None:
+        """End `run`; a `planned` stop (asked for, or a planned restart) is drained first."""
         grace = stop_grace(self.config.supervisor.stop.grace_period, self.current_drain)
+        announce = self.config.drain.announce_seconds if planned else 0.0
         # A stubborn vLLM takes the grace, the group's SIGTERM and SIGKILL and its last lines;
         # 3 s more for the state file and status.
-        extend = stop_takes_at_most(grace) + 3.0
-        # vLLM's shutdown lines (EngineDeadError even on a clean SIGTERM) are this stop's, not
-        # a crash: flagged before the first signal, until the pump has read the last line.
-        with self.vllm_events.stopping():
-            async with self.reporter.watchdog_fed(extend=extend):
-                await run.stop(grace)
+        extend = announce + stop_takes_at_most(grace) + 3.0
+        drain = Drain(
+            self.reporter, self.clock, self.load_reader(self.config), self.current_drain or 0
+        )
+        async with self.reporter.watchdog_fed(extend=extend):
+            if planned:
+                with self.dispatcher.stop_from_now() as stop_asked:
+                    await drain.announce(announce, stop_asked)
+            # vLLM's shutdown lines (EngineDeadError even on a clean SIGTERM) are this stop's,
+            # not a crash: flagged before the first signal, until the pump has read the last.
+            with self.vllm_events.stopping():
+                await (drain.stop(run, grace) if planned else run.stop(grace))
         self.current = None
         self.reporter.status.vllm_pid = None

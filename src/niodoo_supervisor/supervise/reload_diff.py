@@ -46,6 +46,7 @@ SUPERVISOR_KEYS = (
     "supervisor.restart.",
     "supervisor.stop.",
     "supervisor.log.crash_report_lines",
+    "drain.announce",
 )
 # Keys read once at the supervisor's own start (the launcher's log file and echo).
 DAEMON_KEYS = (
@@ -53,6 +54,7 @@ DAEMON_KEYS = (
     "supervisor.log.max_bytes",
     "supervisor.log.backup_count",
     "supervisor.log.echo",
+    "drain.readiness_listen",
 )
 _ABSENT = "(absent)"
 
