@@ -28,6 +28,7 @@ from structlog.testing import capture_logs
 from niodoo_supervisor.config.loader import Config, load_config
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.rule_types import Action, Event, Severity
+from niodoo_supervisor.supervise.drain import RequestLoad
 from niodoo_supervisor.supervise.incidents import ReloadResult
 from niodoo_supervisor.supervise.loop import Supervisor
 from niodoo_supervisor.supervise.probes import CheckResult, ProbeResult
@@ -306,7 +307,12 @@ def sim_plan(*argv: str) -> LaunchPlan:
 
 
 def sim_config(
-    tmp: Path, *, port: int = 8000, server: dict[str, Any] | None = None, **supervisor: Any
+    tmp: Path,
+    *,
+    port: int = 8000,
+    server: dict[str, Any] | None = None,
+    drain: dict[str, Any] | None = None,
+    **supervisor: Any,
 ) -> Config:
     settings = {**SETTINGS, **supervisor, "state_dir": str(tmp / "state")}
     document = {
@@ -316,6 +322,7 @@ def sim_config(
                  "adapters": [{"name": "a", "path": str(tmp / "a")},
                               {"name": "b", "path": str(tmp / "b")}]},
         "supervisor": settings,
+        **({"drain": drain} if drain else {}),
     }  # fmt: skip
     path = tmp / f"sim-{len(list(tmp.glob('sim-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(document))
@@ -337,6 +344,8 @@ class Sim:
     stop_takes: float = 0.5
     reload_gate: asyncio.Event | None = None
     reload_result: ReloadResult | None = None
+    # What vLLM's /metrics answers while it drains, one reading per read (the last repeats).
+    loads: list[RequestLoad | None] = field(default_factory=lambda: [None])
     runs: list[FakeRun] = field(default_factory=list)
     probes: list[float] = field(default_factory=list)
     probers: list[ScriptedProber] = field(default_factory=list)
@@ -357,6 +366,7 @@ class Sim:
             rng=random.Random(0),
             clock=LoopClock(),
             launcher=self,
+            load_reader=lambda config: self._read_load,
         )
 
     # --- the launcher -------------------------------------------------------------------------
@@ -387,6 +397,10 @@ class Sim:
         prober = ScriptedProber(self, config.supervisor.health.timeout)
         self.probers.append(prober)
         return prober
+
+    async def _read_load(self) -> RequestLoad | None:
+        await asyncio.sleep(self.probe_latency)
+        return self.loads.pop(0) if len(self.loads) > 1 else self.loads[0]
 
     async def _reload(self) -> ReloadResult:
         if self.reload_gate is not None:
