@@ -3,12 +3,13 @@
 A few client threads each send one request after another, streamed and not in turn. Every
 request ends as one of:
 
-- completed: HTTP 200 and the whole answer (a stream up to `data: [DONE]`, a body with a
-  `finish_reason`);
+- completed: HTTP 200 and the whole answer: `max_tokens` tokens (`finish_reason` "length";
+  a stream up to `data: [DONE]`);
 - refused: no HTTP 200 (connection refused, reset before an answer, an HTTP error status):
   the request was turned away, not cut;
 - failed mid-flight: HTTP 200 came back, then the answer was cut (a stream ending before
-  `[DONE]` or carrying an error event, a connection reset, a body that is not a whole answer).
+  `[DONE]` or carrying an error event, a connection reset, a body that is not a whole answer,
+  `finish_reason` "abort": vLLM's abort of running requests on SIGTERM without a drain).
 
 Times are wall-clock (`time.time()`), comparable with the supervisor's status.json.
 """
@@ -25,7 +26,7 @@ import httpx
 
 __all__ = ["Load", "Outcome", "Request", "summary_table"]
 
-_REFUSED_PAUSE = 0.1  # after a refusal, so a down server is not hammered in a busy loop
+_REFUSED_PAUSE = 0.25  # after a refusal, so a down server is not hammered in a busy loop
 
 
 class Outcome:
@@ -120,10 +121,7 @@ class Load:
         except (ValueError, KeyError, IndexError, TypeError):
             request.outcome, request.detail = Outcome.FAILED, "incomplete body"
             return
-        if finish is None:
-            request.outcome, request.detail = Outcome.FAILED, "no finish_reason"
-        else:
-            request.outcome = Outcome.COMPLETED
+        _finished(request, finish)
 
     def _streamed(self, http: httpx.Client, request: Request) -> None:
         try:
@@ -142,14 +140,28 @@ class Load:
                 request.outcome, request.detail = Outcome.FAILED, _error_name(exc)
 
     def _read_stream(self, response: httpx.Response, request: Request) -> None:
+        finish = None
         for line in response.iter_lines():
             if line == "data: [DONE]":
-                request.outcome = Outcome.COMPLETED
+                _finished(request, finish)
                 return
-            if line.startswith("data: ") and "error" in json.loads(line[6:]):
+            if not line.startswith("data: "):
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
                 request.outcome, request.detail = Outcome.FAILED, "error event in the stream"
                 return
+            finish = chunk["choices"][0].get("finish_reason") or finish
         request.outcome, request.detail = Outcome.FAILED, "stream ended before [DONE]"
+
+
+def _finished(request: Request, finish: object) -> None:
+    """A whole answer ends for its length (min_tokens = max_tokens, EOS ignored); vLLM ends
+    an aborted one with finish_reason "abort": cut, though well-formed."""
+    if finish == "length":
+        request.outcome = Outcome.COMPLETED
+    else:
+        request.outcome, request.detail = Outcome.FAILED, f"finish_reason {finish}"
 
 
 def _refused(request: Request, exc: httpx.HTTPError) -> None:
