@@ -399,7 +399,7 @@ class Sim:
         return prober
 
     async def _read_load(self) -> RequestLoad | None:
-        await asyncio.sleep(self.probe_latency)
+        await asyncio.sleep(0)  # answered at once: a stop's timings stay those of its signals
         return self.loads.pop(0) if len(self.loads) > 1 else self.loads[0]
 
     async def _reload(self) -> ReloadResult:

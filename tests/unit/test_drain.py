@@ -21,8 +21,6 @@ from supervise_sim import START, Sim, after_start, boots, sim_config, sim_plan
 
 # --- a drained planned restart in virtual time ----------------------------------------------
 
-_READ = 0.005  # the sim's /metrics read (its probe latency), just before vLLM's SIGTERM
-
 
 def _drained_restart(tmp_path: Path, **drain: Any) -> Sim:
     """vLLM ready at 5 s; a reload at 20 s changes its port (a restart)."""
@@ -54,7 +52,7 @@ def test_a_planned_restart_announces_then_sigterms_vllm_after_announce(tmp_path:
     _drain_seen(sim, 40, seen)  # the new vLLM is up
     sim.at(60, sim.signal(signal.SIGTERM))
     assert sim.play() == 0
-    assert sim.runs[0].stopped_at == after_start(20 + 5 + _READ)
+    assert sim.runs[0].stopped_at == after_start(20 + 5)
     announce = seen[0]
     assert announce is not None and announce["phase"] == "announce"
     assert announce["timeout"] == 20  # what the running vLLM was launched with
@@ -67,7 +65,7 @@ def test_a_stop_during_the_announce_cuts_it_short_and_starts_nothing(tmp_path: P
     sim = _drained_restart(tmp_path, announce=30)
     sim.at(22, sim.signal(signal.SIGTERM))
     assert sim.play() == 0
-    assert sim.runs[0].stopped_at == after_start(22 + _READ)
+    assert sim.runs[0].stopped_at == after_start(22)
     assert len(sim.runs) == 1
     assert sim.states()[-2:] == ["STOPPING", "STOPPED"]
 
@@ -81,14 +79,14 @@ def test_a_second_stop_cuts_the_announce_of_a_stop_short(tmp_path: Path) -> None
     sim.at(20, sim.signal(signal.SIGTERM))
     sim.at(25, sim.signal(signal.SIGTERM))
     assert sim.play() == 0
-    assert sim.runs[0].stopped_at == after_start(25 + _READ)
+    assert sim.runs[0].stopped_at == after_start(25)
 
 
 def test_a_stop_announces_in_full_and_extends_systemds_timeout_by_it(tmp_path: Path) -> None:
     sim = Sim(tmp_path, scripts=[boots(5.0)], config=sim_config(tmp_path, drain={"announce": 8}))
     sim.at(20, sim.signal(signal.SIGTERM))
     assert sim.play() == 0
-    assert sim.runs[0].stopped_at == after_start(28 + _READ)
+    assert sim.runs[0].stopped_at == after_start(28)
     extend = [f for n in sim.notifier.sent for f in n.fields if f.startswith("EXTEND_TIMEOUT")]
     # announce + the stop's own bound (grace 15 s + group SIGTERM/SIGKILL + last lines) + 3 s
     assert extend and int(extend[0].split("=")[1]) / 1e6 > 8 + 15 + 3
