@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,18 @@ def test_drain_keys_say_what_a_reload_of_them_takes() -> None:
     assert class_of("drain.timeout") is KeyClass.RESTART  # it is vLLM's --shutdown-timeout
     assert class_of("drain.announce") is KeyClass.SUPERVISOR
     assert class_of("drain.readiness_listen") is KeyClass.DAEMON
+
+
+def test_a_readiness_address_that_cannot_be_bound_is_fatal_78_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listen = {"readiness_listen": f"127.0.0.1:{port}"}
+        sim = Sim(tmp_path, scripts=[boots(5.0)], config=sim_config(tmp_path, drain=listen))
+        assert sim.play() == 78
+    assert sim.runs == []  # nothing launched
+    reason = sim.transition("FATAL")["reason"]
+    assert reason.startswith(f"drain.readiness_listen: cannot listen on 127.0.0.1:{port}: ")

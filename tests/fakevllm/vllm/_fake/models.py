@@ -327,7 +327,7 @@ class ServingState:
         labels = f'engine="0",model_name="{self.served_names[0]}"'
         lines: list[str] = []
         with self._lock:
-            running = float(self.in_flight)  # every completion in flight runs: no queue
+            in_flight = float(self.in_flight)  # every completion in flight runs: no queue
         for name, doc, value in (
             (
                 "vllm:num_requests_running",
