@@ -332,7 +332,7 @@ class ServingState:
             (
                 "vllm:num_requests_running",
                 "Number of requests in model execution batches.",
-                running,
+                in_flight,
             ),
             ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", 0.0),
             ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", 0.0),
