@@ -23,11 +23,13 @@ import structlog
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config, load_config
 from niodoo_supervisor.config.problems import Problem
+from niodoo_supervisor.control.server import ControlSettings
 from niodoo_supervisor.files.statedir import StateDirError, StateLock, prepare
 from niodoo_supervisor.launch.plan import LaunchPlan, PlanError, plan_launch
 from niodoo_supervisor.launch.preflight import PreflightOptions, preflight
 from niodoo_supervisor.launch.render import redacted_argv
 from niodoo_supervisor.supervise import run_record
+from niodoo_supervisor.supervise.control_target import supervise_with_control
 from niodoo_supervisor.supervise.early_signals import StartupSignals
 from niodoo_supervisor.supervise.incidents import ReloadResult
 from niodoo_supervisor.supervise.loop import Supervisor
@@ -114,7 +116,8 @@ def _run_locked(
     )
     log.info("starting", config=str(config_path), argv=" ".join(redacted_argv(plan)))
     try:
-        return asyncio.run(supervisor.run(signals.pending))
+        control = ControlSettings.from_config(config)
+        return asyncio.run(supervise_with_control(supervisor, control, signals.pending))
     finally:
         notifier.close()
 

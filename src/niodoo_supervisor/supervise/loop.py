@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
+from prometheus_client import CollectorRegistry
+
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.launch.plan import LaunchPlan
@@ -31,6 +33,7 @@ from niodoo_supervisor.supervise.incidents import (
 )
 from niodoo_supervisor.supervise.probes import prober_for
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff, diff
+from niodoo_supervisor.supervise.reload_outcome import settle_reload
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.restart_policy import RestartPolicy
 from niodoo_supervisor.supervise.run import (
@@ -84,6 +87,8 @@ class Supervisor:
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
         self.current_drain: int | None = None  # `server.shutdown_timeout` of `current`
+        # The Prometheus metrics the control API serves (`GET /metrics`).
+        self.metrics_registry = CollectorRegistry()
 
     @property
     def state(self) -> State:
@@ -239,6 +244,7 @@ class Supervisor:
         The supervisor's own settings apply at once; the rest is the next start's config."""
         if result.config is None or result.plan is None:
             self.reporter.reload_refused(result.errors)
+            settle_reload(result, None, self.reporter, vllm_running=vllm_running)
             return None
         change = diff(self.config, result.config, self.plan, result.plan)
         self.config, self.plan = result.config, result.plan
@@ -246,6 +252,7 @@ class Supervisor:
         self.policy.settings = result.config.supervisor.restart
         self.reporter.state_dir = result.config.state_dir
         self.reporter.reload_taken(change, vllm_running=vllm_running)
+        settle_reload(result, change, self.reporter, vllm_running=vllm_running)
         return change
 
     async def _stop_run(self, run: Run) -> None:
