@@ -156,27 +156,38 @@ def bind_unix_socket(path: Path, group: str | None) -> socket.socket:
             sock.bind(os.fspath(path))
         finally:
             os.umask(old_umask)
-        path.chmod(SOCKET_MODE)
-        if group is not None:
-            _give_to_group(path, group)
-        mode = stat.S_IMODE(path.lstat().st_mode)
-        if mode != SOCKET_MODE:
-            raise ControlServerError(
-                f"supervisor.control.socket: {path} has mode {mode:04o}, not 0660; "
-                "the file system does not keep modes: name a path on another one"
-            )
-        sock.listen(128)
-        sock.setblocking(False)
     except OSError as exc:
         sock.close()
         raise ControlServerError(
             f"supervisor.control.socket: cannot create {path}: {exc.strerror or exc}; "
             "name a path in a folder the service user may write"
         ) from None
-    except BaseException:
+    try:
+        _finish(sock, path, group)
+    except BaseException as exc:
         sock.close()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        if isinstance(exc, OSError):
+            raise ControlServerError(
+                f"supervisor.control.socket: cannot set up {path}: {exc.strerror or exc}"
+            ) from None
         raise
     return sock
+
+
+def _finish(sock: socket.socket, path: Path, group: str | None) -> None:
+    path.chmod(SOCKET_MODE)
+    if group is not None:
+        _give_to_group(path, group)
+    mode = stat.S_IMODE(path.lstat().st_mode)
+    if mode != SOCKET_MODE:
+        raise ControlServerError(
+            f"supervisor.control.socket: {path} has mode {mode:04o}, not 0660; "
+            "the file system does not keep modes: name a path on another one"
+        )
+    sock.listen(128)
+    sock.setblocking(False)
 
 
 def _remove_stale(path: Path) -> None:
