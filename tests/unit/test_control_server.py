@@ -12,13 +12,13 @@ import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter
 
+from control_fakes import FakeTarget
 from niodoo_supervisor.config.control_sections import loopback_address
 from niodoo_supervisor.config.loader import load_config
 from niodoo_supervisor.control.api import CommandResult
@@ -36,39 +36,6 @@ def short_dir() -> Iterator[Path]:
     # pytest's tmp_path can be longer than a unix socket path may be (107 bytes).
     with tempfile.TemporaryDirectory(prefix="niodoo-ctl-") as folder:
         yield Path(folder)
-
-
-class FakeTarget:
-    def __init__(self) -> None:
-        self.ready = (True, "ready: serving tiny")
-        self.calls: list[tuple[Any, ...]] = []
-        self.result = CommandResult(True, "done")
-
-    def status(self) -> dict[str, Any]:
-        return {"state": "READY", "source": "daemon"}
-
-    def readiness(self) -> tuple[bool, str]:
-        return self.ready
-
-    async def reload(self) -> CommandResult:
-        self.calls.append(("reload",))
-        return self.result
-
-    async def restart(self, *, now: bool) -> CommandResult:
-        self.calls.append(("restart", now))
-        return self.result
-
-    async def adapters(self) -> CommandResult:
-        self.calls.append(("adapters",))
-        return CommandResult(True, "tiny + adapters a", {"adapters": ["a"]})
-
-    async def load_adapter(self, name: str, path: str) -> CommandResult:
-        self.calls.append(("load", name, path))
-        return self.result
-
-    async def unload_adapter(self, name: str) -> CommandResult:
-        self.calls.append(("unload", name))
-        return self.result
 
 
 # --- the socket -------------------------------------------------------------------------------
