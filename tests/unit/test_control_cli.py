@@ -137,14 +137,14 @@ async def test_reload_exits_78_when_refused_naming_every_problem(
 ) -> None:
     daemon.result = CommandResult(
         False,
-        "refused: a: bad (and 1 more); the running config stays",
+        "refused, the running config stays: a: bad (and 1 more)",
         {"problems": ["a: bad", "b"]},
     )
     # The config named is only where to find the socket: it need not be valid.
     config = _broken_config(tmp_path, state_dir)
     assert await _cli("reload", "-c", str(config)) == exitcodes.CONFIG
     err = capsys.readouterr().err
-    assert err == "refused: a: bad (and 1 more); the running config stays\n  also: b\n"
+    assert err == "refused, the running config stays: a: bad (and 1 more)\n  also: b\n"
 
 
 def test_reload_without_a_daemon_is_not_running(

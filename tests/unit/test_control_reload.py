@@ -58,7 +58,7 @@ def test_a_refused_reload_answers_with_the_problems_and_is_recorded(tmp_path: Pa
     assert sim.play() == 0
     answer = _answer(asked)
     assert not answer.ok
-    assert answer.message == f"refused: {REFUSAL} (and 1 more); the running config stays"
+    assert answer.message == f"refused, the running config stays: {REFUSAL} (and 1 more)"
     assert answer.details["problems"] == [REFUSAL, "model.path: no such folder"]
     last = _status(sim)["last_reload"]
     assert isinstance(last, dict)

@@ -21,7 +21,7 @@ def reload_outcome(
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return CommandResult(
             False,
-            f"refused: {first}{more}; the running config stays",
+            f"refused, the running config stays: {first}{more}",
             {"outcome": "refused", "problems": list(errors)},
         )
     details: dict[str, object] = {"changes": [each.describe() for each in change.changes]}
