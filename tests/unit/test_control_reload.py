@@ -108,6 +108,9 @@ def test_a_settings_change_answers_applied_with_the_keys(tmp_path: Path) -> None
         "taken: applied supervisor.health.interval, supervisor.health.timeout without a restart"
     )
     assert len(sim.runs) == 1
+    sent = _reload_notifications(sim, 20)
+    assert sent[0] == "RELOADING=1" and sent[1].startswith("MONOTONIC_USEC=")
+    assert sent[2:] == ["READY=1"]
 
 
 def test_a_command_line_change_answers_restart_now_and_restarts(tmp_path: Path) -> None:
