@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 from control_fakes import FakeTarget
 from niodoo_supervisor.config.control_sections import loopback_address
 from niodoo_supervisor.config.loader import load_config
+from niodoo_supervisor.control import server as server_module
 from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.control.server import (
     MAX_BODY_BYTES,
@@ -333,3 +334,30 @@ async def test_a_taken_tcp_port_is_a_config_error_and_leaves_no_socket(short_dir
             await server.start()
     assert not (short_dir / "control.sock").exists()
     await asyncio.sleep(0)
+
+
+async def test_closing_does_not_wait_on_a_command_nobody_answers(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "SHUTDOWN_GRACE", 0.2)
+    target = FakeTarget()
+    never: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+
+    entered = asyncio.Event()
+
+    async def hanging() -> CommandResult:
+        entered.set()
+        return await never
+
+    monkeypatch.setattr(target, "reload", hanging)
+    path = short_dir / "control.sock"
+    server = ControlServer(target, CollectorRegistry(), ControlSettings(path))
+    await server.start()
+    transport = httpx.AsyncHTTPTransport(uds=str(path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://control") as client:
+        asked = asyncio.ensure_future(client.post("/reload"))
+        await asyncio.wait_for(entered.wait(), 30)
+        await asyncio.wait_for(server.close(), 30)  # the default grace would be 60 s
+        with pytest.raises(httpx.TransportError):
+            await asked
+    assert not path.exists()

@@ -38,6 +38,9 @@ log = structlog.get_logger("niodoo_supervisor")
 
 SOCKET_MODE = 0o660
 MAX_BODY_BYTES = 64 * 1024  # a command is a few names and a path
+# At exit, requests still waiting get this long (their commands are answered "not carried out"
+# as the loop closes); then they are cut: a stop must not wait on a client.
+SHUTDOWN_GRACE = 5.0
 _MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last a NUL
 _RESTART_WHEN = {"now": True, "next-window": False}
 _TARGET: web.AppKey[ControlTarget] = web.AppKey("target", ControlTarget)
@@ -91,7 +94,10 @@ class ControlServer:
     ) -> None:
         self.settings = settings
         self._runner = web.AppRunner(
-            control_app(target, registry), handle_signals=False, access_log=None
+            control_app(target, registry),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE,
         )
         self._bound: os.stat_result | None = None  # the socket file this server made
 
