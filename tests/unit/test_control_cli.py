@@ -111,25 +111,47 @@ def test_status_says_a_refused_reload_left_the_previous_config_serving(
     assert "           also: b: worse" in out
 
 
-def test_status_without_daemon_or_file_is_not_running(
-    state_dir: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("verb", "said"),
+    [
+        ("status", "not running: no control socket at {dir}/control.sock, and no status in {dir}"),
+        (
+            "reload",
+            "niodoo-supervisor: no supervisor answers: no control socket at {dir}/control.sock",
+        ),
+    ],
+)
+def test_without_a_daemon_the_verbs_say_not_running(
+    state_dir: Path, capsys: pytest.CaptureFixture[str], verb: str, said: str
 ) -> None:
-    assert main(["status", "--state-dir", str(state_dir)]) == exitcodes.NOT_RUNNING
-    assert capsys.readouterr().out == (
-        f"not running: no control socket at {state_dir}/control.sock, and no status in {state_dir}\n"
-    )
+    assert main([verb, "--state-dir", str(state_dir)]) == exitcodes.NOT_RUNNING
+    captured = capsys.readouterr()
+    assert captured.out + captured.err == said.format(dir=state_dir) + "\n"
 
 
 # --- reload, restart, adapters ----------------------------------------------------------------
 
 
-async def test_reload_exits_0_when_taken(
-    daemon: FakeTarget, state_dir: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("reload", CommandResult(True, "taken: the config is unchanged"), exitcodes.OK),
+        ("restart", CommandResult(True, "restart pending until sun 02:00"), exitcodes.OK),
+        ("restart", CommandResult(False, "no window configured"), exitcodes.REFUSED),
+    ],
+)
+async def test_a_command_prints_its_outcome_and_exits_with_its_code(
+    daemon: FakeTarget,
+    state_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[str, CommandResult, int],
 ) -> None:
-    daemon.result = CommandResult(True, "taken: the config is unchanged, nothing to do")
-    assert await _cli("reload", "--state-dir", str(state_dir)) == exitcodes.OK
-    assert capsys.readouterr().out == "taken: the config is unchanged, nothing to do\n"
-    assert daemon.calls == [("reload",)]
+    verb, result, code = case
+    daemon.result = result
+    assert await _cli(verb, "--state-dir", str(state_dir)) == code
+    captured = capsys.readouterr()
+    assert (captured.out if result.ok else captured.err) == result.message + "\n"
+    assert daemon.calls[0][0] == verb
 
 
 async def test_reload_exits_78_when_refused_naming_every_problem(
@@ -147,15 +169,6 @@ async def test_reload_exits_78_when_refused_naming_every_problem(
     assert err == "refused, the running config stays: a: bad (and 1 more)\n  also: b\n"
 
 
-def test_reload_without_a_daemon_is_not_running(
-    state_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["reload", "--state-dir", str(state_dir)]) == exitcodes.NOT_RUNNING
-    assert capsys.readouterr().err == (
-        f"niodoo-supervisor: no supervisor answers: no control socket at {state_dir}/control.sock\n"
-    )
-
-
 @pytest.mark.parametrize(
     ("flags", "now"), [((), False), (("--at-next-window",), False), (("--now",), True)]
 )
@@ -164,14 +177,6 @@ async def test_restart_now_or_at_the_next_window(
 ) -> None:
     assert await _cli("restart", "--state-dir", str(state_dir), *flags) == exitcodes.OK
     assert daemon.calls == [("restart", now)]
-
-
-async def test_a_refused_command_exits_refused(
-    daemon: FakeTarget, state_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    daemon.result = CommandResult(False, "no restart pending and no window configured")
-    assert await _cli("restart", "--state-dir", str(state_dir)) == exitcodes.REFUSED
-    assert capsys.readouterr().err == "no restart pending and no window configured\n"
 
 
 async def test_adapters_list_load_and_unload(
