@@ -21,6 +21,7 @@ __all__ = [
     "RULE_PROBLEMS",
     "HealthSection",
     "LogSection",
+    "MetricsSection",
     "RestartSection",
     "Rules",
     "StopSection",
@@ -155,6 +156,21 @@ class LogSection(Section):
     ] = 60
 
 
+class MetricsSection(Section):
+    """supervisor.metrics: the Prometheus metrics."""
+
+    ignored_fields_top: Annotated[
+        Int,
+        Field(
+            ge=1,
+            le=1_000,
+            description="Ignored request fields, whose names clients choose, get a label of "
+            "their own for the first this many distinct names; the rest count as `(other)`. "
+            "Read when the supervisor starts.",
+        ),
+    ] = 20
+
+
 class SupervisorSection(Section):
     """supervisor: watching, restarting, stopping, logging."""
 
@@ -186,6 +202,7 @@ class SupervisorSection(Section):
     restart: RestartSection = Field(default_factory=RestartSection)
     stop: StopSection = Field(default_factory=StopSection)
     log: LogSection = Field(default_factory=LogSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
 
 RULE_PROBLEMS = "niodoo_rule_problems"
