@@ -14,6 +14,7 @@ from pydantic import Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from niodoo_supervisor.config.fields import Kind
+from niodoo_supervisor.config.metrics_sections import MetricsSection
 from niodoo_supervisor.config.value_types import Bool, Int, LocalPath, Number, Section
 from niodoo_supervisor.logs.rule_types import Rule
 
@@ -21,7 +22,6 @@ __all__ = [
     "RULE_PROBLEMS",
     "HealthSection",
     "LogSection",
-    "MetricsSection",
     "RestartSection",
     "Rules",
     "StopSection",
@@ -154,21 +154,6 @@ class LogSection(Section):
         Int,
         Field(ge=0, le=10_000, description="vLLM lines kept and logged with a crash report."),
     ] = 60
-
-
-class MetricsSection(Section):
-    """supervisor.metrics: the Prometheus metrics."""
-
-    ignored_fields_top: Annotated[
-        Int,
-        Field(
-            ge=1,
-            le=1_000,
-            description="Ignored request fields, whose names clients choose, get a label of "
-            "their own for the first this many distinct names; the rest count as `(other)`. "
-            "Read when the supervisor starts.",
-        ),
-    ] = 20
 
 
 class SupervisorSection(Section):
