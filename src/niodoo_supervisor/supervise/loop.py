@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
+from prometheus_client import CollectorRegistry
+
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.launch.plan import LaunchPlan
@@ -29,6 +31,7 @@ from niodoo_supervisor.supervise.incidents import (
     ReloadResult,
     StopAsked,
 )
+from niodoo_supervisor.supervise.metrics_feed import restart_reason, supervisor_metrics
 from niodoo_supervisor.supervise.probes import prober_for
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff, diff
 from niodoo_supervisor.supervise.reporter import Reporter
@@ -77,9 +80,15 @@ class Supervisor:
         self.prober_factory = prober_factory or prober_for
         self.policy = RestartPolicy(config.supervisor.restart, rng)
         counters = EventCounters()
-        self.vllm_events = VllmEventLog(counters)
         status = StatusBoard(vllm_version=plan.vllm_version)
-        self.reporter = Reporter(notifier, self.clock, config.state_dir, status, counters)
+        self.metrics_registry = CollectorRegistry()
+        self.metrics = supervisor_metrics(
+            self.metrics_registry, status, self.clock, lambda: self.config
+        )
+        self.vllm_events = VllmEventLog(counters, metrics=self.metrics)
+        self.reporter = Reporter(
+            notifier, self.clock, config.state_dir, status, counters, metrics=self.metrics
+        )
         self.dispatcher = Dispatcher(self.clock, reloader)
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
@@ -150,6 +159,7 @@ class Supervisor:
                     notify=systemd.status(f"restarting vLLM: {outcome.reason}"),
                     planned_restart=True,
                 )
+                self.metrics.restarted(restart_reason(outcome))
                 await self._stop_run(run)
                 reloaded = True
                 continue
@@ -160,6 +170,7 @@ class Supervisor:
                 return self.reporter.fatal(outcome.reason, exitcodes.CONFIG)
             delay = self.policy.next_delay()
             self.reporter.status.restarts += 1
+            self.metrics.restarted(restart_reason(outcome))
             # STARTING/READY/UNHEALTHY -> BACKOFF: it failed; try again after a delay
             self.reporter.transition(
                 _RUNNING,

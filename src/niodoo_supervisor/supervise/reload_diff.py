@@ -53,6 +53,7 @@ DAEMON_KEYS = (
     "supervisor.log.max_bytes",
     "supervisor.log.backup_count",
     "supervisor.log.echo",
+    "supervisor.metrics.",
 )
 _ABSENT = "(absent)"
 

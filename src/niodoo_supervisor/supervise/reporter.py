@@ -14,8 +14,10 @@ import structlog
 
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.engine_sections import Adapter
+from niodoo_supervisor.control.metrics import SupervisorMetrics
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.supervise import systemd
+from niodoo_supervisor.supervise.metrics_feed import count_check
 from niodoo_supervisor.supervise.probes import CheckResult
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff, KeyClass
 from niodoo_supervisor.supervise.seams import Clock
@@ -38,12 +40,15 @@ class Reporter:
         state_dir: Path,
         status: StatusBoard,
         counters: EventCounters,
+        *,
+        metrics: SupervisorMetrics | None = None,
     ) -> None:
         self.notifier = notifier
         self.clock = clock
         self.state_dir = state_dir  # a reload may name another one
         self.status = status
         self.counters = counters
+        self.metrics = metrics
         self.state = State.STOPPED
 
     def transition(
@@ -199,6 +204,8 @@ class Reporter:
             ),
         }
         self.status.log_dropped_bytes = dropped_bytes
+        if self.metrics is not None:
+            count_check(self.metrics, result, self.status.adapters)
 
     def crash_report(self, reason: str, rule: str | None, lines: list[str]) -> None:
         self.status.last_crash = CrashReport(self.clock.wall(), reason, rule, lines)

@@ -299,6 +299,7 @@ class RunWatcher:
                     OutcomeKind.FAILED,
                     f"{self.timeouts} probes in a row timed out after vLLM had answered "
                     f"/health while starting: {result.reason}",
+                    cause="hung",
                 )
         else:
             self.timeouts = 0  # in a row: a probe that did not time out ends the count
@@ -306,6 +307,7 @@ class RunWatcher:
             return Outcome(
                 OutcomeKind.FAILED,
                 f"not ready within startup_timeout ({settings.startup_timeout:g}s): {result.reason}",
+                cause="start_timeout",
             )
         silent = self.run.silent_for(now)
         if silent >= settings.stall_timeout:
@@ -313,6 +315,7 @@ class RunWatcher:
                 OutcomeKind.FAILED,
                 f"vLLM wrote nothing for {silent:.0f}s while starting "
                 f"(startup_stall_timeout {settings.stall_timeout:g}s)",
+                cause="hung",
             )
         # Still making progress: keep systemd's start timeout ahead of us.
         self.reporter.notify(
@@ -352,7 +355,9 @@ class RunWatcher:
             )
         if self.failures >= threshold:
             return Outcome(
-                OutcomeKind.FAILED, f"{self.failures} failed checks in a row: {result.reason}"
+                OutcomeKind.FAILED,
+                f"{self.failures} failed checks in a row: {result.reason}",
+                cause="unhealthy",
             )
         if self.state is State.READY:
             # READY -> UNHEALTHY: a check failed, below the threshold
