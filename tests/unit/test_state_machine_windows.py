@@ -104,6 +104,18 @@ def test_a_change_outside_a_window_is_pending_and_carried_out_once_at_the_openin
     assert text in statuses(sim)
 
 
+def test_status_keeps_naming_the_pending_restart_when_checks_pass_again(tmp_path: Path) -> None:
+    sim = windowed(tmp_path, DAILY)
+    reload_to(sim, 20, "--new")
+    sim.at(100, lambda: setattr(sim.server, "health", 503))  # one failed check: UNHEALTHY
+    sim.at(110, lambda: setattr(sim.server, "health", 200))
+    sim.at(200, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert sim.states()[:4] == ["STARTING", "READY", "UNHEALTHY", "READY"]
+    last = [text for text in statuses(sim) if not text.startswith("STATUS=stopping")][-1]
+    assert last.startswith("STATUS=serving; restart pending at 2023-11-14T23:00:00+00:00")
+
+
 def test_a_window_skipped_by_the_spring_forward_jump_opens_at_the_jump(tmp_path: Path) -> None:
     # Europe/Berlin, Sunday 2024-03-31: 02:00 CET jumps to 03:00 CEST at 01:00 UTC, so the
     # 02:00-03:00 window opens at 03:00 CEST for an hour (windows.py's rule).

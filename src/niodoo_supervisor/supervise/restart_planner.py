@@ -177,6 +177,10 @@ class RestartPlanner:
         answer(asked.reply, True, f"restarting vLLM now: {restart}")
         return restart
 
+    def serving_text(self, ready_text: str) -> str:
+        """systemd's STATUS= while vLLM serves: what is pending, when something is."""
+        return self.pending.status_text() if self.pending is not None else ready_text
+
     def deadline(self) -> float | None:
         """When the watcher must wake to carry out the pending restart (monotonic)."""
         return self.pending.deadline if self.pending is not None else None

@@ -352,7 +352,7 @@ class RunWatcher:
                     {State.UNHEALTHY},
                     State.READY,
                     "checks pass again",
-                    notify=systemd.status(self.settings.ready_text),
+                    notify=systemd.status(self.planner.serving_text(self.settings.ready_text)),
                 )
             self.reporter.notify(*systemd.WATCHDOG)
             self.reporter.write_status()
