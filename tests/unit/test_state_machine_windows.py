@@ -6,6 +6,7 @@ Tuesday 2023-11-14 22:13:20 UTC, unless a history sets its own)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,6 +158,26 @@ def test_a_second_change_replaces_what_is_pending(tmp_path: Path) -> None:
     assert pending[0]["since"] == pytest.approx(1_700_000_020.0, abs=1e-3)  # first held then
     updates = [r["updated"] for r in sim.logs if r["event"] == "restart_pending"]
     assert updates == [False, True]
+
+
+def test_probe_settings_apply_at_once_while_a_restart_is_pending(tmp_path: Path) -> None:
+    sim = windowed(tmp_path, DAILY)
+    reload_to(sim, 20, "--new")
+    faster = sim_config(tmp_path, windows=DAILY, health={"interval": 2, "timeout": 1})
+    result = ReloadResult(faster, sim_plan("python3", "--new"))
+    sim.at(39.5, lambda: setattr(sim, "reload_result", result))
+    sim.at(40, sim.signal(signal.SIGHUP))
+    pending = snapshot(sim, 50)
+    sim.at(60, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert len(sim.runs) == 1 and pending[0]["reason"] == "config changed: vLLM command line"
+    gaps = [b - a for a, b in itertools.pairwise(at for at in sim.probes if at > START + 40)]
+    assert gaps and gaps == [pytest.approx(2.005)] * len(gaps)
+    applied = sim.event("reload_applied")
+    assert applied is None  # the reload still needs the restart: it is reported as pending
+    assert [r["when"] for r in sim.logs if r["event"] == "reload_restart"] == [
+        "at the next maintenance window"
+    ] * 2
 
 
 def test_a_crash_while_a_restart_is_pending_restarts_at_once_with_the_new_config(
