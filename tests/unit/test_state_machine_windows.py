@@ -227,16 +227,25 @@ def test_restart_now_carries_out_the_pending_restart(tmp_path: Path) -> None:
     assert sim.transition("STOPPING")["planned_restart"] is True
 
 
-@pytest.mark.parametrize("windows", [None, DAILY], ids=["no windows", "window closed"])
-def test_restart_now_restarts_at_once_when_nothing_is_pending(
-    tmp_path: Path, windows: list[dict[str, Any]] | None
+@pytest.mark.parametrize(
+    ("now", "windows", "reason"),
+    [
+        (True, None, "asked by the operator (now)"),
+        (True, DAILY, "asked by the operator (now)"),  # closed: --now does not wait
+        (False, None, "asked by the operator"),  # no windows: any time is the next window
+        (False, OPEN_NOW, "asked by the operator"),
+    ],
+    ids=["now, no windows", "now, window closed", "next window, no windows", "window open"],
+)
+def test_a_restart_asked_with_nothing_pending_restarts_at_once_unless_it_waits(
+    tmp_path: Path, now: bool, windows: list[dict[str, Any]] | None, reason: str
 ) -> None:
     sim = windowed(tmp_path, windows)
-    answers = ask_restart(sim, 60, now=True)
+    answers = ask_restart(sim, 60, now=now)
     sim.at(120, sim.signal(signal.SIGTERM))
     assert sim.play() == 0
     assert len(sim.runs) == 2 and sim.runs[0].stopped_at == at(60)
-    assert answers == [CommandResult(True, "restarting vLLM now: asked by the operator (now)")]
+    assert answers == [CommandResult(True, f"restarting vLLM now: {reason}")]
     assert "BACKOFF" not in sim.states() and sim.supervisor.reporter.status.restarts == 0
 
 
@@ -255,15 +264,6 @@ def test_restart_at_the_next_window_is_pending_and_no_reload_cancels_it(tmp_path
     assert sim.transition("STOPPING")["reason"] == (
         "maintenance window daily 23:00-23:30 UTC open: asked by the operator"
     )
-
-
-def test_restart_at_the_next_window_without_windows_restarts_now(tmp_path: Path) -> None:
-    sim = windowed(tmp_path, None)
-    answers = ask_restart(sim, 60, now=False)
-    sim.at(120, sim.signal(signal.SIGTERM))
-    assert sim.play() == 0
-    assert len(sim.runs) == 2 and sim.runs[0].stopped_at == at(60)
-    assert answers == [CommandResult(True, "restarting vLLM now: asked by the operator")]
 
 
 def test_a_restart_asked_during_the_backoff_is_answered(tmp_path: Path) -> None:
