@@ -2,7 +2,7 @@
 (a pending restart), and the config the running vLLM was launched with, kept apart from the
 config of the next start.
 
-The rules (README's "Maintenance windows" says the same for operators):
+The rules (README's Configuration section says the same for operators):
 
 - A change that needs a restart, while a vLLM serves (READY or UNHEALTHY) and windows are
   configured and none is open, becomes a pending restart: the old vLLM keeps serving, the
