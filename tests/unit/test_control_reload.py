@@ -191,7 +191,7 @@ def test_a_stop_answers_a_reload_still_under_way(tmp_path: Path) -> None:
     sim.at(30, sim.signal(signal.SIGTERM))
     assert sim.play() == 0
     answer = replies[0].result()
-    assert not answer.ok and answer.message == "not carried out: the supervisor is stopping"
+    assert not answer.ok and answer.message == "the supervisor is stopping"
 
 
 def test_readiness_is_ready_and_not_draining(tmp_path: Path) -> None:
@@ -213,3 +213,18 @@ def test_readiness_is_ready_and_not_draining(tmp_path: Path) -> None:
     assert ready == (True, "ready: serving tiny")
     assert drained == (False, "draining before a planned restart")
     assert control.status()["source"] == "daemon"
+
+
+def test_a_restart_held_for_a_window_answers_pending(tmp_path: Path) -> None:
+    windows = [{"start": "23:00", "end": "23:30", "tz": "UTC"}]  # closed at EPOCH (22:13 UTC)
+    sim = Sim(tmp_path, scripts=[boots(5.0)], config=sim_config(tmp_path, windows=windows))
+    new = sim_config(tmp_path, windows=windows)
+    sim.reload_result = ReloadResult(new, sim_plan("python3", "--new"))
+    asked = _ask_reload(sim, 20)
+    sim.at(60, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    answer = _answer(asked)
+    assert answer.ok and answer.details["outcome"] == "restart_pending"
+    assert answer.message.startswith("taken: serving; restart pending at ")
+    assert "config changed: vLLM command line" in answer.message
+    assert len(sim.runs) == 1  # the old vLLM keeps serving

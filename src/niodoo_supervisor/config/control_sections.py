@@ -5,44 +5,21 @@ and optionally a loopback TCP port) and which group may use it. The server itsel
 from __future__ import annotations
 
 import grp
-import ipaddress
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
+from niodoo_supervisor.config.metrics_sections import parse_listen
 from niodoo_supervisor.config.value_types import LocalPath, Section, Text, rejected
 
-__all__ = ["ControlSection", "loopback_address"]
+__all__ = ["ControlSection"]
 
 _LISTEN_FIX = 'write "127.0.0.1:PORT" (or "[::1]:PORT"): the control API is for this host only'
 
 
-def loopback_address(listen: str) -> tuple[str, int]:
-    """`listen` as (host, port); ValueError with the reason when it is not a loopback
-    address with a port."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"{listen!r} is not HOST:PORT")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range 1-65535")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if host == "localhost":
-        host = "127.0.0.1"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{host!r} is not an IP address") from None
-    if not address.is_loopback:
-        raise ValueError(
-            f"{host} is not a loopback address: the control API takes no remote commands"
-        )
-    return str(address), port
-
-
 def _listen(value: str) -> str:
     try:
-        loopback_address(value)
+        parse_listen(value)
     except ValueError as exc:
         raise rejected(str(exc), _LISTEN_FIX) from None
     return value
@@ -84,8 +61,8 @@ class ControlSection(Section):
     listen: Annotated[
         LoopbackListen | None,
         Field(
-            description='Also serve the control API on this loopback TCP address ("127.0.0.1:'
-            "PORT\"), e.g. for a Prometheus scraper or a load balancer's readiness check. "
-            "Absent: no TCP."
+            description="Also serve the control API's read-only routes (/status, /ready, "
+            '/metrics) on this loopback TCP address ("127.0.0.1:PORT"), e.g. for a load '
+            "balancer's readiness check; commands need the socket. Absent: no TCP."
         ),
     ] = None

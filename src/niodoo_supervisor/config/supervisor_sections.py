@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from niodoo_supervisor.config.control_sections import ControlSection
 from niodoo_supervisor.config.fields import Kind
+from niodoo_supervisor.config.metrics_sections import MetricsSection
 from niodoo_supervisor.config.value_types import Bool, Int, LocalPath, Number, Section
 from niodoo_supervisor.logs.rule_types import Rule
 
@@ -188,6 +189,7 @@ class SupervisorSection(Section):
     stop: StopSection = Field(default_factory=StopSection)
     log: LogSection = Field(default_factory=LogSection)
     control: ControlSection = Field(default_factory=ControlSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
 
 RULE_PROBLEMS = "niodoo_rule_problems"

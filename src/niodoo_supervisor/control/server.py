@@ -18,7 +18,7 @@ import json
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from niodoo_supervisor import exitcodes
-from niodoo_supervisor.config.control_sections import loopback_address
 from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.config.metrics_sections import parse_listen
 from niodoo_supervisor.control.api import CommandResult, ControlTarget
 
 __all__ = ["SOCKET_MODE", "ControlServer", "ControlServerError", "ControlSettings", "control_app"]
@@ -70,13 +70,19 @@ class ControlSettings:
         return cls(config.control_socket, control.group, control.listen)
 
 
-def control_app(target: ControlTarget, registry: CollectorRegistry) -> web.Application:
+def control_app(
+    target: ControlTarget, registry: CollectorRegistry, *, commands: bool = True
+) -> web.Application:
+    """The API; without `commands`, only its read-only routes (what a loopback TCP port,
+    open to every local user, may serve)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_as_json])
     app[_TARGET] = target
     app[_REGISTRY] = registry
     app.router.add_get("/status", _status)
     app.router.add_get("/ready", _ready)
     app.router.add_get("/metrics", _metrics)
+    if not commands:
+        return app
     app.router.add_post("/reload", _reload)
     app.router.add_post("/restart", _restart)
     app.router.add_get("/adapters", _adapters)
@@ -93,12 +99,10 @@ class ControlServer:
         self, target: ControlTarget, registry: CollectorRegistry, settings: ControlSettings
     ) -> None:
         self.settings = settings
-        self._runner = web.AppRunner(
-            control_app(target, registry),
-            handle_signals=False,
-            access_log=None,
-            shutdown_timeout=SHUTDOWN_GRACE,
-        )
+        self._runner = _runner(control_app(target, registry))
+        self._tcp_runner: web.AppRunner | None = None
+        if settings.listen is not None:
+            self._tcp_runner = _runner(control_app(target, registry, commands=False))
         self._bound: os.stat_result | None = None  # the socket file this server made
 
     async def start(self) -> None:
@@ -107,17 +111,18 @@ class ControlServer:
         await self._runner.setup()
         try:
             await web.SockSite(self._runner, sock).start()
-            if self.settings.listen is not None:
-                await self._start_tcp(self.settings.listen)
+            if self._tcp_runner is not None and self.settings.listen is not None:
+                await self._start_tcp(self._tcp_runner, self.settings.listen)
         except BaseException:
             await self.close()
             raise
         log.info("control_listening", socket=str(self.settings.socket), listen=self.settings.listen)
 
-    async def _start_tcp(self, listen: str) -> None:
-        host, port = loopback_address(listen)
+    async def _start_tcp(self, runner: web.AppRunner, listen: str) -> None:
+        host, port = parse_listen(listen)
+        await runner.setup()
         try:
-            await web.TCPSite(self._runner, host, port).start()
+            await web.TCPSite(runner, host, port).start()
         except OSError as exc:
             raise ControlServerError(
                 f"supervisor.control.listen: cannot listen on {listen}: {exc.strerror or exc}; "
@@ -125,6 +130,8 @@ class ControlServer:
             ) from None
 
     async def close(self) -> None:
+        if self._tcp_runner is not None:
+            await self._tcp_runner.cleanup()
         await self._runner.cleanup()
         bound, self._bound = self._bound, None
         if bound is not None:
@@ -134,16 +141,11 @@ class ControlServer:
                     self.settings.socket.unlink()
 
 
-@contextlib.asynccontextmanager
-async def serving(
-    target: ControlTarget, registry: CollectorRegistry, settings: ControlSettings
-) -> AsyncIterator[ControlServer]:
-    server = ControlServer(target, registry, settings)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
+def _runner(app: web.Application) -> web.AppRunner:
+    # The supervisor's loop owns the signals; no access log (a scraper polls every few s).
+    return web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+    )
 
 
 def bind_unix_socket(path: Path, group: str | None) -> socket.socket:

@@ -163,4 +163,4 @@ class Dispatcher:
 def _refuse(replies: Iterable[Reply], why: str) -> None:
     for reply in replies:
         if not reply.done():
-            reply.set_result(CommandResult(False, f"not carried out: {why}"))
+            reply.set_result(CommandResult(False, why))

@@ -46,6 +46,7 @@ SUPERVISOR_KEYS = (
     "supervisor.restart.",
     "supervisor.stop.",
     "supervisor.log.crash_report_lines",
+    "maintenance.",  # when a pending restart happens: the planner reads the newest windows
 )
 # Keys read once at the supervisor's own start (the launcher's log file and echo).
 DAEMON_KEYS = (
@@ -54,6 +55,7 @@ DAEMON_KEYS = (
     "supervisor.log.backup_count",
     "supervisor.log.echo",
     "supervisor.control.",
+    "supervisor.metrics.",
 )
 _ABSENT = "(absent)"
 
