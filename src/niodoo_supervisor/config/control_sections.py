@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from niodoo_supervisor.config.metrics_sections import parse_listen
+from niodoo_supervisor.config.metrics_sections import loopback_listen
 from niodoo_supervisor.config.value_types import LocalPath, Section, Text, rejected
 
 __all__ = ["ControlSection"]
@@ -18,11 +18,7 @@ _LISTEN_FIX = 'write "127.0.0.1:PORT" (or "[::1]:PORT"): the control API is for 
 
 
 def _listen(value: str) -> str:
-    try:
-        parse_listen(value)
-    except ValueError as exc:
-        raise rejected(str(exc), _LISTEN_FIX) from None
-    return value
+    return loopback_listen(value, _LISTEN_FIX)
 
 
 def _group(value: str) -> str:
