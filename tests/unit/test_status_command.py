@@ -81,4 +81,7 @@ def test_the_human_view_says_not_running_and_the_last_state(
     status = {**StatusBoard(state="READY").to_dict(), "supervisor_create_time": OWN_START - 60}
     (config.parent / "state" / STATUS_FILE).write_text(json.dumps(status))
     assert main(["status", "-c", str(config)]) == exitcodes.NOT_RUNNING
-    assert capsys.readouterr().out.startswith("state:     not running (last state READY)")
+    note, state = capsys.readouterr().out.splitlines()[:2]
+    assert note.startswith("note:      daemon not answering (no control socket at ")
+    assert "from status.json written at" in note
+    assert state.startswith("state:     not running (last state READY)")

@@ -9,7 +9,7 @@ from pydantic import AfterValidator, Field, WithJsonSchema
 
 from niodoo_supervisor.config.value_types import Int, Section, Text, rejected
 
-__all__ = ["MetricsSection", "parse_listen"]
+__all__ = ["MetricsSection", "loopback_listen", "parse_listen"]
 
 _LISTEN_FIX = (
     'write "127.0.0.1:PORT" or "[::1]:PORT" (loopback only: scrape from elsewhere through '
@@ -36,11 +36,12 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _loopback(value: str) -> str:
+def loopback_listen(value: str, fix: str = _LISTEN_FIX) -> str:
+    """A config validator: `value` when `parse_listen` takes it, else the problem and `fix`."""
     try:
         parse_listen(value)
     except ValueError as exc:
-        raise rejected(str(exc), _LISTEN_FIX) from None
+        raise rejected(str(exc), fix) from None
     return value
 
 
@@ -49,7 +50,7 @@ class MetricsSection(Section):
 
     listen: Annotated[
         Text | None,
-        AfterValidator(lambda value: None if value is None else _loopback(value)),
+        AfterValidator(lambda value: None if value is None else loopback_listen(value)),
         WithJsonSchema({"type": "string", "minLength": 1}),
         Field(
             description='A loopback address, "127.0.0.1:PORT" or "[::1]:PORT", where GET '

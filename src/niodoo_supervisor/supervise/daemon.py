@@ -25,11 +25,13 @@ from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config, load_config
 from niodoo_supervisor.config.problems import Problem
 from niodoo_supervisor.control.metrics_http import metrics_endpoint
+from niodoo_supervisor.control.server import ControlSettings
 from niodoo_supervisor.files.statedir import StateDirError, StateLock, prepare
 from niodoo_supervisor.launch.plan import LaunchPlan, PlanError, plan_launch
 from niodoo_supervisor.launch.preflight import PreflightOptions, preflight
 from niodoo_supervisor.launch.render import redacted_argv
 from niodoo_supervisor.supervise import run_record
+from niodoo_supervisor.supervise.control_target import supervise_with_control
 from niodoo_supervisor.supervise.early_signals import StartupSignals
 from niodoo_supervisor.supervise.incidents import ReloadResult
 from niodoo_supervisor.supervise.loop import Supervisor
@@ -124,8 +126,9 @@ def _run_locked(
 async def _supervised(
     supervisor: Supervisor, config: Config, pending: Callable[[], Iterable[int]]
 ) -> int:
+    control = ControlSettings.from_config(config)
     async with metrics_endpoint(config.supervisor.metrics.listen, supervisor.metrics_registry):
-        return await supervisor.run(pending)
+        return await supervise_with_control(supervisor, control, pending)
 
 
 def _stopped_before_start(signum: signal.Signals) -> int:

@@ -88,6 +88,9 @@ class ReloadResult:
     config: Config | None
     plan: LaunchPlan | None
     errors: list[str] = field(default_factory=list)
+    # The control API's callers waiting for this reload (the dispatcher attaches them): the
+    # loop answers them once it has taken or refused the result.
+    replies: tuple[Reply, ...] = ()
 
 
 @dataclass(frozen=True)

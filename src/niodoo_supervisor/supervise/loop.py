@@ -35,6 +35,7 @@ from niodoo_supervisor.supervise.incidents import (
 from niodoo_supervisor.supervise.metrics_feed import restart_reason, supervisor_metrics
 from niodoo_supervisor.supervise.probes import prober_for
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff, KeyClass, diff
+from niodoo_supervisor.supervise.reload_outcome import settle_reload
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.restart_planner import (
     NOT_RUNNING,
@@ -268,6 +269,7 @@ class Supervisor:
         at once; the rest is the next start's config."""
         if result.config is None or result.plan is None:
             self.reporter.reload_refused(result.errors)
+            settle_reload(result, None, self.reporter, vllm_running=vllm_running)
             return None
         running = self.planner.running if vllm_running else None
         if running is None:
@@ -281,8 +283,15 @@ class Supervisor:
         self.policy.settings = result.config.supervisor.restart
         self.reporter.state_dir = result.config.state_dir
         held = self.planner.pending if restart is None else None
-        self.reporter.reload_taken(
-            change, vllm_running=vllm_running, pending=held.status_text() if held else None
+        pending = held.status_text() if held else None
+        self.reporter.reload_taken(change, vllm_running=vllm_running, pending=pending)
+        settle_reload(
+            result,
+            change,
+            self.reporter,
+            vllm_running=vllm_running,
+            restart=restart,
+            pending=pending,
         )
         return change, restart
 

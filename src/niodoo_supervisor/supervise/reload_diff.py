@@ -54,6 +54,7 @@ DAEMON_KEYS = (
     "supervisor.log.max_bytes",
     "supervisor.log.backup_count",
     "supervisor.log.echo",
+    "supervisor.control.",
     "supervisor.metrics.",
 )
 _ABSENT = "(absent)"

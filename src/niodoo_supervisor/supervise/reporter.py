@@ -125,11 +125,9 @@ class Reporter:
     def reload_refused(self, errors: list[str]) -> None:
         for error in errors:
             log.error("reload_refused", problem=error)
-        self.notify(
-            *systemd.status(
-                f"reload refused ({len(errors)} problem(s)); still running the old config"
-            )
-        )
+        # Still a reload as systemd sees it: RELOADING=1, then READY=1 (the old config serves).
+        text = f"reload refused ({len(errors)} problem(s)); still running the old config"
+        self._reload_done(text, vllm_running=True)
 
     def reload_taken(
         self, change: ConfigDiff, *, vllm_running: bool, pending: str | None = None
