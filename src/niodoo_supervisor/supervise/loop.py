@@ -21,6 +21,8 @@ from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.dispatch import Dispatcher, Reloader
 from niodoo_supervisor.supervise.incidents import (
+    AdapterLoadAsked,
+    AdapterUnloadAsked,
     ChildExited,
     LogEvent,
     Outcome,
@@ -28,6 +30,11 @@ from niodoo_supervisor.supervise.incidents import (
     ReloadDone,
     ReloadResult,
     StopAsked,
+)
+from niodoo_supervisor.supervise.live_adapters import (
+    LiveAdapters,
+    adapter_api_for,
+    answer_without_vllm,
 )
 from niodoo_supervisor.supervise.probes import prober_for
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff, diff
@@ -75,6 +82,7 @@ class Supervisor:
             launcher = VllmLauncher(config, environ, echo if echo is not None else echo_to)
         self.launcher = launcher
         self.prober_factory = prober_factory or prober_for
+        self.adapter_api_for = adapter_api_for  # a test seam, like the prober factory
         self.policy = RestartPolicy(config.supervisor.restart, rng)
         counters = EventCounters()
         self.vllm_events = VllmEventLog(counters)
@@ -108,6 +116,9 @@ class Supervisor:
         finally:
             for signum in _HANDLED_SIGNALS:
                 loop.remove_signal_handler(signum)
+            while (incident := await self.dispatcher.next(0)) is not None:
+                if isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked):
+                    answer_without_vllm(incident, self.config)  # nobody else will answer
             await self.dispatcher.close()
             self.launcher.close()
 
@@ -204,6 +215,13 @@ class Supervisor:
             reporter=self.reporter,
             clock=self.clock,
             apply_reload=self._reload_while_watching,
+            adapters=LiveAdapters(
+                self.config,
+                self.plan,
+                self.reporter.status,
+                self.adapter_api_for(self.config, self.plan.api_key),
+                self.dispatcher.stop_asked,
+            ),
         )
         try:
             return await watcher.watch()
@@ -223,6 +241,8 @@ class Supervisor:
                 return True
             if isinstance(incident, ReloadDone):
                 self._apply_reload(incident.result, vllm_running=False)
+            elif isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked):
+                answer_without_vllm(incident, self.config)
         return False
 
     def _reload_while_watching(self, result: ReloadResult) -> Reloaded | None:
@@ -232,7 +252,9 @@ class Supervisor:
         # Only a change of the supervisor's settings keeps the run: it gets them at once.
         retune = not change.unchanged and not change.needs_restart
         prober = self.prober_factory(self.config, self.plan.api_key) if retune else None
-        return Reloaded(change, WatchSettings.from_config(self.config), prober)
+        return Reloaded(
+            change, WatchSettings.from_config(self.config), prober, self.config.adapters
+        )
 
     def _apply_reload(self, result: ReloadResult, *, vllm_running: bool) -> ConfigDiff | None:
         """Take a reloaded config, and say what it changes; None (and said why) when refused.

@@ -103,6 +103,10 @@ class HttpProber:
     async def aclose(self) -> None:
         await self.client.aclose()
 
+    def expect_adapters(self, names: Sequence[str]) -> None:
+        """The adapters vLLM serves now (changed live): checked from the next probe on."""
+        self.adapters = tuple(names)
+
     async def _get(self, path: str) -> tuple[ProbeResult, httpx.Response | None]:
         started = time.monotonic()
         try:
