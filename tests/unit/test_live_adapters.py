@@ -256,6 +256,7 @@ async def test_a_command_load_is_live_only_and_a_reload_keeps_it(tmp_path: Path)
         loaded.ok and "live only" in loaded.message and "not written to the YAML" in loaded.message
     )
     assert status.adapters == ["a", "extra"] and status.adapters_live_only == ["extra"]
+    assert "warnings" not in loaded.details  # max_loras 4 holds both
     with capture_logs() as logs:
         await live.reloaded(_config(tmp_path, {}).adapters, RecordingProber())
     assert vllm.loaded == {"extra": extra}  # `a` left the YAML; `extra` is kept, and said so
@@ -285,3 +286,20 @@ async def test_command_refusals_name_the_reason(tmp_path: Path) -> None:
     refused = await _ask(off, AdapterLoadAsked("b", a, _reply()))
     assert not refused.ok and "lora.runtime_updates is false" in refused.message
     assert vllm.calls == [("unload", "a")]
+
+
+async def test_more_adapters_than_the_cpu_cache_holds_load_with_a_warning(tmp_path: Path) -> None:
+    a, b = adapter_folder(tmp_path / "a"), adapter_folder(tmp_path / "b")
+    config = _config(tmp_path, {"a": a})
+    vllm = FakeVllm(loaded={"a": a})
+    status = StatusBoard()
+    live = LiveAdapters(
+        config, plan_launch(config, None, {}), status, adapter_api(vllm), asyncio.Event()
+    )
+    live.max_cpu_loras = 1
+    result = await live.apply(AdapterChange(load={"b": b}))
+    assert result.ok and vllm.loaded == {"a": a, "b": b}
+    assert result.details["warnings"] == [
+        "2 adapters but only 1 fit in vLLM's CPU cache (max_cpu_loras): the least recently "
+        "used are reloaded from disk when asked for"
+    ]

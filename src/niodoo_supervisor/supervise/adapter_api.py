@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import httpx
 
+from niodoo_supervisor.supervise.probes import vllm_client
+
 __all__ = ["AdapterApi", "AdapterApiError"]
 
 # A load reads the adapter's weights from disk (seconds for a large rank on a slow disk); a stop
@@ -49,16 +51,8 @@ class AdapterApi:
         timeout: float = LOAD_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.secrets = (api_key,) if api_key else ()
-        # No proxies from the environment: vLLM is on this host.
-        self.client = httpx.AsyncClient(
-            base_url=base_url,
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
-            trust_env=False,
-        )
+        self.client = vllm_client(base_url, api_key, timeout, transport)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -34,6 +34,7 @@ from niodoo_supervisor.launch.adapters import AdapterReadError, read_adapter, sa
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.supervise.adapter_api import AdapterApi, AdapterApiError
 from niodoo_supervisor.supervise.incidents import AdapterLoadAsked, AdapterUnloadAsked, Reply
+from niodoo_supervisor.supervise.probes import vllm_url
 from niodoo_supervisor.supervise.states import State
 from niodoo_supervisor.supervise.status_file import StatusBoard
 
@@ -83,9 +84,7 @@ def adapter_change(serving: Mapping[str, str], target: Mapping[str, str]) -> Ada
 
 def adapter_api_for(config: Config, api_key: str | None) -> AdapterApi:
     """The adapter routes of the vLLM a config describes (probed where the prober probes)."""
-    host = config.probe_host
-    url_host = f"[{host}]" if ":" in host else host
-    return AdapterApi(f"http://{url_host}:{config.port}", api_key=api_key)
+    return AdapterApi(vllm_url(config), api_key=api_key)
 
 
 def answer(reply: Reply | None, result: CommandResult) -> None:
@@ -126,6 +125,9 @@ class LiveAdapters:
         self.served_name = config.served_name
         self.model_path = str(config.model.path)
         self.max_rank = plan.max_lora_rank or VLLM_DEFAULT_MAX_RANK
+        # vLLM serves more (its CPU cache evicts the least recently used): a warning, as in
+        # the config's own check.
+        self.max_cpu_loras = config.lora.max_cpu_loras or config.lora.max_loras or 1
         self.yaml: dict[str, Adapter] = {adapter.name: adapter for adapter in config.adapters}
         self.serving = {name: adapter.path for name, adapter in self.yaml.items()}
         self.status = status
@@ -242,6 +244,12 @@ class LiveAdapters:
             if refused is not None:
                 log.error("adapter_load_failed", adapter=name, path=path, reason=refused)
                 return self._failed(f"adapter {name!r} refused before loading: {refused}")
+        count = len(set(self.serving) | set(loads)) - len(change.unload)
+        if count > self.max_cpu_loras:
+            warnings.append(
+                f"{count} adapters but only {self.max_cpu_loras} fit in vLLM's CPU cache "
+                "(max_cpu_loras): the least recently used are reloaded from disk when asked for"
+            )
         undo: list[tuple[str, str, str]] = []  # (load|unload, name, path), in order done
         try:
             for name, path in change.load.items():
