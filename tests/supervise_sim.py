@@ -103,13 +103,16 @@ def run_virtual(main: Coroutine[Any, Any, T], limit: float = 100_000.0) -> T:
 
 
 class LoopClock:
-    """The `Clock` of the virtual loop."""
+    """The `Clock` of the virtual loop; its wall time reads `epoch` at START."""
+
+    def __init__(self, epoch: float = EPOCH) -> None:
+        self.epoch = epoch
 
     def monotonic(self) -> float:
         return asyncio.get_running_loop().time()
 
     def wall(self) -> float:
-        return EPOCH + asyncio.get_running_loop().time() - START
+        return self.epoch + asyncio.get_running_loop().time() - START
 
 
 def after_start(seconds: float) -> Any:
@@ -315,6 +318,7 @@ def sim_config(
     port: int = 8000,
     server: dict[str, Any] | None = None,
     lora: dict[str, Any] | None = None,
+    windows: list[dict[str, Any]] | None = None,
     **supervisor: Any,
 ) -> Config:
     settings = {**SETTINGS, **supervisor, "state_dir": str(tmp / "state")}
@@ -325,6 +329,7 @@ def sim_config(
                  "adapters": [{"name": "a", "path": str(tmp / "a")},
                               {"name": "b", "path": str(tmp / "b")}], **(lora or {})},
         "supervisor": settings,
+        "maintenance": {"windows": windows or []},
     }  # fmt: skip
     path = tmp / f"sim-{len(list(tmp.glob('sim-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(document))
@@ -346,6 +351,7 @@ class Sim:
     stop_takes: float = 0.5
     reload_gate: asyncio.Event | None = None
     reload_result: ReloadResult | None = None
+    epoch: float = EPOCH  # the wall clock at START
     runs: list[FakeRun] = field(default_factory=list)
     probes: list[float] = field(default_factory=list)
     probers: list[ScriptedProber] = field(default_factory=list)
@@ -364,7 +370,7 @@ class Sim:
             reloader=self._reload,
             prober_factory=self._prober,
             rng=random.Random(0),
-            clock=LoopClock(),
+            clock=LoopClock(self.epoch),
             launcher=self,
         )
 

@@ -81,6 +81,7 @@ def test_an_unchanged_config_changes_nothing(tmp_path: Path) -> None:
         ("supervisor.restart.max_starts", KeyClass.SUPERVISOR),
         ("supervisor.stop.grace_period", KeyClass.SUPERVISOR),
         ("supervisor.log.crash_report_lines", KeyClass.SUPERVISOR),
+        ("maintenance.windows", KeyClass.SUPERVISOR),  # no restart to change when restarts go
         ("supervisor.log.path", KeyClass.DAEMON),
         ("supervisor.log.echo", KeyClass.DAEMON),
     ],

@@ -125,11 +125,14 @@ def test_commands_without_a_running_vllm_are_refused(tmp_path: Path) -> None:
     sim, vllm = _live_sim(tmp_path, boots(5.0, then=crash), boots(5.0))
     replies = Replies(sim)
     replies.load(11, "x", str(tmp_path / "a"))  # the backoff: 10.5 to 12.5
-    # Posted with the stop: the loop ends before a watcher takes it, and still answers.
+    # Posted with the stop: the loop ends before a watcher takes it; the dispatcher answers.
     sim.at(30, sim.signal(signal.SIGTERM))
     replies.unload(30, "a")
     assert sim.play() == 0
-    assert replies.answers() == [(False, "vLLM is not running"), (False, "vLLM is not running")]
+    assert replies.answers() == [
+        (False, "vLLM is not running"),
+        (False, "the supervisor is stopping"),
+    ]
     assert vllm.calls == []
 
 

@@ -77,17 +77,6 @@ def check_relations(config: Sections, report: Report, wrong: Collection[str] = (
         )
     if valid("server.api_key_env", "server.api_key_file", "server.host"):
         _check_api_key(config.server, report)
-    if config.maintenance.windows and valid("maintenance.windows"):
-        # Accepted and checked now so configs can be written; acting on them (pending
-        # restarts) lands with the operations work. Saying so beats a key that silently does
-        # nothing.
-        report(
-            "maintenance.windows",
-            "windows are checked but not acted on yet by this version: a reload that needs a "
-            "restart still restarts vLLM at once",
-            "reload only inside your window until pending restarts are supported",
-            warning=True,
-        )
 
 
 def _check_adapter_names(config: Sections, report: Report) -> None:

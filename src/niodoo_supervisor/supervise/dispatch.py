@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.supervise.incidents import (
     Incident,
@@ -124,7 +125,12 @@ class Dispatcher:
                 return
 
     async def close(self) -> None:
-        """End a reload still under way (a stop does not wait for it)."""
+        """End a reload still under way (a stop does not wait for it), and answer every
+        operator's command still queued: nobody will carry it out."""
+        while not self._queue.empty():
+            reply = getattr(self._queue.get_nowait(), "reply", None)
+            if reply is not None and not reply.done():
+                reply.set_result(CommandResult(False, "the supervisor is stopping"))
         task = self._reload_task
         if task is not None and not task.done():
             task.cancel()

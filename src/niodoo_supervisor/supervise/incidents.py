@@ -121,3 +121,6 @@ class Outcome:
     kind: OutcomeKind
     reason: str
     rule: str | None = None
+    # Why a restart: a `restarts` metric reason (`control.metrics.RESTART_REASONS`); None:
+    # derived from `kind` and `rule` (`metrics_feed.restart_reason`).
+    cause: str | None = None

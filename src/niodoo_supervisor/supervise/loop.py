@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
+from prometheus_client import CollectorRegistry
+
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.launch.plan import LaunchPlan
@@ -29,6 +31,7 @@ from niodoo_supervisor.supervise.incidents import (
     OutcomeKind,
     ReloadDone,
     ReloadResult,
+    RestartAsked,
     StopAsked,
 )
 from niodoo_supervisor.supervise.live_adapters import (
@@ -36,9 +39,16 @@ from niodoo_supervisor.supervise.live_adapters import (
     adapter_api_for,
     answer_without_vllm,
 )
+from niodoo_supervisor.supervise.metrics_feed import restart_reason, supervisor_metrics
 from niodoo_supervisor.supervise.probes import prober_for
-from niodoo_supervisor.supervise.reload_diff import ConfigDiff, diff
+from niodoo_supervisor.supervise.reload_diff import ConfigDiff, KeyClass, diff
 from niodoo_supervisor.supervise.reporter import Reporter
+from niodoo_supervisor.supervise.restart_planner import (
+    NOT_RUNNING,
+    RestartPlanner,
+    answer,
+    reload_change,
+)
 from niodoo_supervisor.supervise.restart_policy import RestartPolicy
 from niodoo_supervisor.supervise.run import (
     LaunchError,
@@ -85,10 +95,18 @@ class Supervisor:
         self.adapter_api_for = adapter_api_for  # a test seam, like the prober factory
         self.policy = RestartPolicy(config.supervisor.restart, rng)
         counters = EventCounters()
-        self.vllm_events = VllmEventLog(counters)
         status = StatusBoard(vllm_version=plan.vllm_version)
-        self.reporter = Reporter(notifier, self.clock, config.state_dir, status, counters)
+        self.metrics_registry = CollectorRegistry()
+        self.metrics = supervisor_metrics(
+            self.metrics_registry, status, self.clock, lambda: self.config
+        )
+        self.vllm_events = VllmEventLog(counters, metrics=self.metrics)
+        self.reporter = Reporter(
+            notifier, self.clock, config.state_dir, status, counters, metrics=self.metrics
+        )
         self.dispatcher = Dispatcher(self.clock, reloader)
+        # The running vLLM's config, and a restart held for the next maintenance window.
+        self.planner = RestartPlanner(self.clock, self.reporter, config.maintenance.windows)
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
         self.current_drain: int | None = None  # `server.shutdown_timeout` of `current`
@@ -116,9 +134,6 @@ class Supervisor:
         finally:
             for signum in _HANDLED_SIGNALS:
                 loop.remove_signal_handler(signum)
-            while (incident := await self.dispatcher.next(0)) is not None:
-                if isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked):
-                    answer_without_vllm(incident, self.config)  # nobody else will answer
             await self.dispatcher.close()
             self.launcher.close()
 
@@ -161,16 +176,19 @@ class Supervisor:
                     notify=systemd.status(f"restarting vLLM: {outcome.reason}"),
                     planned_restart=True,
                 )
+                self.metrics.restarted(restart_reason(outcome))
                 await self._stop_run(run)
                 reloaded = True
                 continue
             await self._stop_run(run)
+            self.planner.unplanned_restart(outcome.reason)
             lines = run.tail(self.config.supervisor.log.crash_report_lines)
             self.reporter.crash_report(outcome.reason, outcome.rule, lines)
             if outcome.kind is OutcomeKind.FATAL:
                 return self.reporter.fatal(outcome.reason, exitcodes.CONFIG)
             delay = self.policy.next_delay()
             self.reporter.status.restarts += 1
+            self.metrics.restarted(restart_reason(outcome))
             # STARTING/READY/UNHEALTHY -> BACKOFF: it failed; try again after a delay
             self.reporter.transition(
                 _RUNNING,
@@ -198,6 +216,7 @@ class Supervisor:
         # The drain this vLLM was launched with is the one its stop must wait for, whatever
         # a reload has set for the next start since.
         self.current_drain = self.config.server.shutdown_timeout
+        self.planner.launched(self.config, self.plan)
         self.reporter.launched(run.pid, self.config.served_name, self.config.adapters)
         return run
 
@@ -222,6 +241,7 @@ class Supervisor:
                 self.adapter_api_for(self.config, self.plan.api_key),
                 self.dispatcher.stop_asked,
             ),
+            planner=self.planner,
         )
         try:
             return await watcher.watch()
@@ -241,34 +261,48 @@ class Supervisor:
                 return True
             if isinstance(incident, ReloadDone):
                 self._apply_reload(incident.result, vllm_running=False)
+            elif isinstance(incident, RestartAsked):
+                answer(incident.reply, True, NOT_RUNNING)
             elif isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked):
                 answer_without_vllm(incident, self.config)
         return False
 
     def _reload_while_watching(self, result: ReloadResult) -> Reloaded | None:
-        change = self._apply_reload(result, vllm_running=True)
-        if change is None:
+        taken = self._apply_reload(result, vllm_running=True)
+        if taken is None:
             return None
-        # Only a change of the supervisor's settings keeps the run: it gets them at once.
-        retune = not change.unchanged and not change.needs_restart
+        change, restart = taken
+        # A run kept (no restart now) gets the supervisor's new settings at once.
+        retune = restart is None and any(c.kind is not KeyClass.RESTART for c in change.changes)
         prober = self.prober_factory(self.config, self.plan.api_key) if retune else None
-        return Reloaded(
-            change, WatchSettings.from_config(self.config), prober, self.config.adapters
-        )
+        settings = WatchSettings.from_config(self.config)
+        return Reloaded(change, settings, prober, self.config.adapters, restart)
 
-    def _apply_reload(self, result: ReloadResult, *, vllm_running: bool) -> ConfigDiff | None:
-        """Take a reloaded config, and say what it changes; None (and said why) when refused.
-        The supervisor's own settings apply at once; the rest is the next start's config."""
+    def _apply_reload(
+        self, result: ReloadResult, *, vllm_running: bool
+    ) -> tuple[ConfigDiff, str | None] | None:
+        """Take a reloaded config: what it changes and (while vLLM runs) the reason to restart
+        it now, if any; None (and said why) when refused. The supervisor's own settings apply
+        at once; the rest is the next start's config."""
         if result.config is None or result.plan is None:
             self.reporter.reload_refused(result.errors)
             return None
-        change = diff(self.config, result.config, self.plan, result.plan)
+        running = self.planner.running if vllm_running else None
+        if running is None:
+            change = diff(self.config, result.config, self.plan, result.plan)
+        else:
+            change = reload_change(running, (self.config, self.plan), result.config, result.plan)
         self.config, self.plan = result.config, result.plan
+        self.planner.windows = result.config.maintenance.windows
+        restart = self.planner.on_reload(change, self.state) if vllm_running else None
         self.reporter.status.vllm_version = result.plan.vllm_version
         self.policy.settings = result.config.supervisor.restart
         self.reporter.state_dir = result.config.state_dir
-        self.reporter.reload_taken(change, vllm_running=vllm_running)
-        return change
+        held = self.planner.pending if restart is None else None
+        self.reporter.reload_taken(
+            change, vllm_running=vllm_running, pending=held.status_text() if held else None
+        )
+        return change, restart
 
     async def _stop_run(self, run: Run) -> None:
         grace = stop_grace(self.config.supervisor.stop.grace_period, self.current_drain)

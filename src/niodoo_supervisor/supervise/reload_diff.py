@@ -49,6 +49,7 @@ SUPERVISOR_KEYS = (
     "supervisor.restart.",
     "supervisor.stop.",
     "supervisor.log.crash_report_lines",
+    "maintenance.",  # when a pending restart happens: the planner reads the newest windows
 )
 # Keys read once at the supervisor's own start (the launcher's log file and echo).
 DAEMON_KEYS = (
@@ -56,6 +57,7 @@ DAEMON_KEYS = (
     "supervisor.log.max_bytes",
     "supervisor.log.backup_count",
     "supervisor.log.echo",
+    "supervisor.metrics.",
 )
 _ABSENT = "(absent)"
 _ADAPTERS_KEY = "lora.adapters"

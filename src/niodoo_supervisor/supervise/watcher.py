@@ -43,12 +43,14 @@ from niodoo_supervisor.supervise.incidents import (
     OutcomeKind,
     ReloadDone,
     ReloadResult,
+    RestartAsked,
     StopAsked,
 )
 from niodoo_supervisor.supervise.live_adapters import LiveAdapters
 from niodoo_supervisor.supervise.probes import CheckResult
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff
 from niodoo_supervisor.supervise.reporter import Reporter
+from niodoo_supervisor.supervise.restart_planner import RestartPlanner
 from niodoo_supervisor.supervise.seams import Clock, Prober, Run
 from niodoo_supervisor.supervise.states import State
 
@@ -85,13 +87,16 @@ class WatchSettings:
 
 @dataclass(frozen=True)
 class Reloaded:
-    """A reload the loop took while a run is watched: what it changes and, when that is the
-    supervisor's settings only, the run's new settings and the prober of the new config."""
+    """A reload the loop took while a run is watched: what it changes, the reason to restart
+    now (None: the run is kept) and, when the run is kept and the supervisor's settings
+    changed, the run's new settings and the prober of the new config; `adapters` are the new
+    config's, which `live_adapters` serves when they change live."""
 
     change: ConfigDiff
     settings: WatchSettings
     prober: Prober | None
     adapters: tuple[Adapter, ...]  # the new config's `lora.adapters`
+    restart: str | None = None
 
 
 class RunWatcher:
@@ -107,6 +112,7 @@ class RunWatcher:
         clock: Clock,
         apply_reload: Callable[[ReloadResult], Reloaded | None],
         adapters: LiveAdapters,
+        planner: RestartPlanner,
     ) -> None:
         self.run = run
         self.serial = serial  # which run's log events are this one's
@@ -117,6 +123,7 @@ class RunWatcher:
         self.clock = clock
         self.apply_reload = apply_reload
         self.adapters = adapters  # this run's own: closed when the watch ends
+        self.planner = planner  # a restart held for a window wakes the watch at its opening
         self.ready_since: float | None = None
         # When vLLM's log said its HTTP server starts, or /health first answered (monotonic).
         self.server_up_at: float | None = None
@@ -144,11 +151,16 @@ class RunWatcher:
         self.started = self.clock.monotonic()
         self.next_check = self.started
         while True:
-            incident = await self.dispatcher.next(self.next_check - self.clock.monotonic())
+            restart_at = self.planner.deadline()
+            wake = self.next_check if restart_at is None else min(self.next_check, restart_at)
+            incident = await self.dispatcher.next(wake - self.clock.monotonic())
             if incident is not None:
                 outcome = await self._on_incident(incident)
                 if outcome is not None:
                     return outcome
+            due = self.planner.due()
+            if due is not None:
+                return Outcome(OutcomeKind.RELOAD, due)
             now = self.clock.monotonic()
             if now < self.next_check:
                 continue
@@ -167,6 +179,9 @@ class RunWatcher:
             return Outcome(OutcomeKind.STOP, incident.reason)
         if isinstance(incident, ReloadDone):
             return await self._on_reload(incident.result)
+        if isinstance(incident, RestartAsked):
+            restart = self.planner.on_restart_asked(incident, self.state)
+            return Outcome(OutcomeKind.RELOAD, restart) if restart is not None else None
         if isinstance(incident, ChildExited):
             if incident.pid != self.run.pid:
                 return None  # the exit of a child stopped earlier
@@ -179,14 +194,15 @@ class RunWatcher:
 
     async def _on_reload(self, result: ReloadResult) -> Outcome | None:
         reloaded = self.apply_reload(result)
-        if reloaded is None or reloaded.change.unchanged:
-            return None  # refused, or nothing to do
-        if reloaded.change.needs_restart:
-            return Outcome(OutcomeKind.RELOAD, reloaded.change.restart_reason())
+        if reloaded is None:
+            return None  # refused
+        if reloaded.restart is not None:
+            return Outcome(OutcomeKind.RELOAD, reloaded.restart)
+        if reloaded.prober is None:
+            return None  # the supervisor's settings are the same
         self.settings = reloaded.settings
-        if reloaded.prober is not None:  # no probe is in flight between incidents
-            old, self.prober = self.prober, reloaded.prober
-            await old.aclose()
+        old, self.prober = self.prober, reloaded.prober  # no probe is in flight between incidents
+        await old.aclose()
         await self.adapters.reloaded(reloaded.adapters, self.prober)
         fast = self.state is State.STARTING and self.server_up_at is not None
         if self.last_check is not None and not fast and self.engine_death is None:
@@ -311,6 +327,7 @@ class RunWatcher:
                     OutcomeKind.FAILED,
                     f"{self.timeouts} probes in a row timed out after vLLM had answered "
                     f"/health while starting: {result.reason}",
+                    cause="hung",
                 )
         else:
             self.timeouts = 0  # in a row: a probe that did not time out ends the count
@@ -318,6 +335,7 @@ class RunWatcher:
             return Outcome(
                 OutcomeKind.FAILED,
                 f"not ready within startup_timeout ({settings.startup_timeout:g}s): {result.reason}",
+                cause="start_timeout",
             )
         silent = self.run.silent_for(now)
         if silent >= settings.stall_timeout:
@@ -325,6 +343,7 @@ class RunWatcher:
                 OutcomeKind.FAILED,
                 f"vLLM wrote nothing for {silent:.0f}s while starting "
                 f"(startup_stall_timeout {settings.stall_timeout:g}s)",
+                cause="hung",
             )
         # Still making progress: keep systemd's start timeout ahead of us.
         self.reporter.notify(
@@ -349,7 +368,7 @@ class RunWatcher:
                     {State.UNHEALTHY},
                     State.READY,
                     "checks pass again",
-                    notify=systemd.status(self.settings.ready_text),
+                    notify=systemd.status(self.planner.serving_text(self.settings.ready_text)),
                 )
             self.reporter.notify(*systemd.WATCHDOG)
             self.reporter.write_status()
@@ -364,7 +383,9 @@ class RunWatcher:
             )
         if self.failures >= threshold:
             return Outcome(
-                OutcomeKind.FAILED, f"{self.failures} failed checks in a row: {result.reason}"
+                OutcomeKind.FAILED,
+                f"{self.failures} failed checks in a row: {result.reason}",
+                cause="unhealthy",
             )
         if self.state is State.READY:
             # READY -> UNHEALTHY: a check failed, below the threshold
