@@ -303,3 +303,27 @@ async def test_more_adapters_than_the_cpu_cache_holds_load_with_a_warning(tmp_pa
         "2 adapters but only 1 fit in vLLM's CPU cache (max_cpu_loras): the least recently "
         "used are reloaded from disk when asked for"
     ]
+
+
+async def test_the_status_is_written_before_the_outcome_is_logged(tmp_path: Path) -> None:
+    a, c = adapter_folder(tmp_path / "a"), adapter_folder(tmp_path / "c")
+    config = _config(tmp_path, {"a": a})
+    status = StatusBoard()
+    with capture_logs() as logs:
+        live = LiveAdapters(
+            config,
+            plan_launch(config, None, {}),
+            status,
+            adapter_api(FakeVllm(loaded={"a": a})),
+            asyncio.Event(),
+            write_status=lambda: logs.append(
+                {"event": "status_written", "adapters": list(status.adapters)}
+            ),
+        )
+        await live.apply(AdapterChange(load={"c": c}))
+    told = [(log["event"], log.get("adapters")) for log in logs]
+    assert told == [
+        ("status_written", ["a"]),  # at the run's start
+        ("status_written", ["a", "c"]),
+        ("adapter_loaded", None),
+    ]

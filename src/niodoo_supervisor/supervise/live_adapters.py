@@ -20,7 +20,7 @@ out is loaded again by the next reload or restart: the unload's answer says so.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -120,6 +120,8 @@ class LiveAdapters:
         status: StatusBoard,
         api: AdapterApi,
         stop_asked: asyncio.Event,
+        *,
+        write_status: Callable[[], None] = lambda: None,
     ) -> None:
         self.enabled = config.lora.runtime_updates
         self.served_name = config.served_name
@@ -131,6 +133,7 @@ class LiveAdapters:
         self.yaml: dict[str, Adapter] = {adapter.name: adapter for adapter in config.adapters}
         self.serving = {name: adapter.path for name, adapter in self.yaml.items()}
         self.status = status
+        self.write_status = write_status  # status.json: the adapters changed
         self.api = api
         self.stop_asked = stop_asked
         self._publish()
@@ -229,9 +232,9 @@ class LiveAdapters:
         change = adapter_change(self.serving, target)
         result = await self.apply(change) if not change.empty else None
         prober.expect_adapters(list(self.serving))
-        self._publish()
         if result is not None and self.status.last_reload is not None:
             self.status.last_reload["live_adapters"] = result.message
+        self._publish()
         return result
 
     # --- one change ---------------------------------------------------------------------------
@@ -263,9 +266,10 @@ class LiveAdapters:
         except _StepFailed as failed:
             log.error(failed.event, adapter=failed.name, path=failed.path, reason=failed.reason)
             await self._roll_back(undo)
-            self._publish()
+            self._publish()  # before the outcome is told: who reads it then finds it written
             verb = "load" if failed.event == "adapter_load_failed" else "unload"
             return self._failed(f"{verb} of adapter {failed.name!r} failed: {failed.reason}")
+        self._publish()  # before the outcome is told: who reads it then finds it written
         for name, path in loads.items():
             log.info("adapter_loaded", adapter=name, path=path, parent=self.served_name)
         for name in [*change.replace, *change.unload]:
@@ -273,7 +277,6 @@ class LiveAdapters:
                 log.info("adapter_unloaded", adapter=name)
         for warning in warnings:
             log.warning("adapter_warning", problem=warning)
-        self._publish()
         done = [f"loaded {name}" for name in loads] + [f"unloaded {n}" for n in change.unload]
         return CommandResult(
             True, "; ".join(done) or "nothing to change", self._details(warnings=warnings)
@@ -382,3 +385,4 @@ class LiveAdapters:
     def _publish(self) -> None:
         self.status.adapters = list(self.serving)
         self.status.adapters_live_only = self.live_only
+        self.write_status()

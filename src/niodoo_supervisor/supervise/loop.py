@@ -240,6 +240,7 @@ class Supervisor:
                 self.reporter.status,
                 self.adapter_api_for(self.config, self.plan.api_key),
                 self.dispatcher.stop_asked,
+                write_status=self.reporter.write_status,
             ),
             planner=self.planner,
         )
