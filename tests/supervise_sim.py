@@ -16,7 +16,7 @@ import math
 import random
 import selectors
 import signal
-from collections.abc import Callable, Coroutine, Mapping, MutableMapping
+from collections.abc import Callable, Coroutine, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -257,6 +257,7 @@ class ScriptedProber:
         self.sim = sim
         self.timeout = timeout
         self.closed = False
+        self.expected: list[str] | None = None  # adapters changed live, as last told
 
     async def check(self) -> CheckResult:
         self.sim.probes.append(now())
@@ -281,6 +282,9 @@ class ScriptedProber:
 
     async def aclose(self) -> None:
         self.closed = True
+
+    def expect_adapters(self, names: Sequence[str]) -> None:
+        self.expected = list(names)
 
 
 SETTINGS: dict[str, Any] = {
@@ -313,6 +317,7 @@ def sim_config(
     *,
     port: int = 8000,
     server: dict[str, Any] | None = None,
+    lora: dict[str, Any] | None = None,
     windows: list[dict[str, Any]] | None = None,
     **supervisor: Any,
 ) -> Config:
@@ -322,7 +327,7 @@ def sim_config(
         "model": {"path": str(tmp / "model"), "served_name": "tiny"},
         "lora": {"enabled": True, "max_loras": 2, "max_lora_rank": 16,
                  "adapters": [{"name": "a", "path": str(tmp / "a")},
-                              {"name": "b", "path": str(tmp / "b")}]},
+                              {"name": "b", "path": str(tmp / "b")}], **(lora or {})},
         "supervisor": settings,
         "maintenance": {"windows": windows or []},
     }  # fmt: skip

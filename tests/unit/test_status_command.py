@@ -85,3 +85,13 @@ def test_the_human_view_says_not_running_and_the_last_state(
     assert note.startswith("note:      daemon not answering (no control socket at ")
     assert "from status.json written at" in note
     assert state.startswith("state:     not running (last state READY)")
+
+
+def test_the_human_view_marks_an_adapter_loaded_live_only(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    board = StatusBoard(state="READY", adapters=["a", "extra"], adapters_live_only=["extra"])
+    status = {**board.to_dict(), "supervisor_create_time": OWN_START - 60}
+    (config.parent / "state" / STATUS_FILE).write_text(json.dumps(status))
+    main(["status", "-c", str(config)])
+    assert "+ adapters a, extra (live only, not in the YAML)" in capsys.readouterr().out

@@ -80,13 +80,22 @@ def _supervisor_alive(pid: object, create_time: object) -> bool:
     return alive(ProcessRecord(pid, float(create_time)))
 
 
+def _adapters(status: dict[str, Any]) -> str:
+    live_only = set(status.get("adapters_live_only") or [])
+    names = [
+        f"{name} (live only, not in the YAML)" if name in live_only else name
+        for name in status.get("adapters") or []
+    ]
+    return ", ".join(names) or "(none)"
+
+
 def _human(status: dict[str, Any], running: bool) -> str:
     since = time.time() - float(status.get("since") or time.time())
     state = status.get("state") if running else f"not running (last state {status.get('state')})"
     lines = [
         f"state:     {state} for {since:.0f}s: {status.get('reason', '')}",
         f"vLLM:      pid {status.get('vllm_pid')} version {status.get('vllm_version')}; starts {status.get('starts')}, restarts {status.get('restarts')}",
-        f"serving:   {status.get('served_model')} + adapters {', '.join(status.get('adapters') or []) or '(none)'}",
+        f"serving:   {status.get('served_model')} + adapters {_adapters(status)}",
     ]
     check = status.get("last_check")
     if check:

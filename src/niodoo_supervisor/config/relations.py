@@ -67,6 +67,14 @@ def check_relations(config: Sections, report: Report, wrong: Collection[str] = (
         _check_adapter_names(config, report)
     if valid("lora.enabled", "lora.max_loras", "lora.max_cpu_loras", "lora.adapters"):
         _check_adapter_counts(lora, report)
+    if lora.enabled and lora.runtime_updates:
+        report(
+            "lora.runtime_updates",
+            "vLLM calls runtime LoRA updating (VLLM_ALLOW_RUNTIME_LORA_UPDATING) a development "
+            "feature: anyone who reaches its API can load and unload adapters",
+            "keep vLLM's port private (loopback, an API key), or set it to false",
+            warning=True,
+        )
     if valid("server.api_key_env", "server.api_key_file", "server.host"):
         _check_api_key(config.server, report)
 

@@ -23,6 +23,8 @@ from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.dispatch import Dispatcher, Reloader
 from niodoo_supervisor.supervise.incidents import (
+    AdapterLoadAsked,
+    AdapterUnloadAsked,
     ChildExited,
     LogEvent,
     Outcome,
@@ -31,6 +33,11 @@ from niodoo_supervisor.supervise.incidents import (
     ReloadResult,
     RestartAsked,
     StopAsked,
+)
+from niodoo_supervisor.supervise.live_adapters import (
+    LiveAdapters,
+    adapter_api_for,
+    answer_without_vllm,
 )
 from niodoo_supervisor.supervise.metrics_feed import restart_reason, supervisor_metrics
 from niodoo_supervisor.supervise.probes import prober_for
@@ -86,6 +93,7 @@ class Supervisor:
             launcher = VllmLauncher(config, environ, echo if echo is not None else echo_to)
         self.launcher = launcher
         self.prober_factory = prober_factory or prober_for
+        self.adapter_api_for = adapter_api_for  # a test seam, like the prober factory
         self.policy = RestartPolicy(config.supervisor.restart, rng)
         counters = EventCounters()
         status = StatusBoard(vllm_version=plan.vllm_version)
@@ -227,6 +235,14 @@ class Supervisor:
             reporter=self.reporter,
             clock=self.clock,
             apply_reload=self._reload_while_watching,
+            adapters=LiveAdapters(
+                self.config,
+                self.plan,
+                self.reporter.status,
+                self.adapter_api_for(self.config, self.plan.api_key),
+                self.dispatcher.stop_asked,
+                write_status=self.reporter.write_status,
+            ),
             planner=self.planner,
         )
         try:
@@ -247,8 +263,10 @@ class Supervisor:
                 return True
             if isinstance(incident, ReloadDone):
                 self._apply_reload(incident.result, vllm_running=False)
-            if isinstance(incident, RestartAsked):
+            elif isinstance(incident, RestartAsked):
                 answer(incident.reply, True, NOT_RUNNING)
+            elif isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked):
+                answer_without_vllm(incident, self.config)
         return False
 
     def _reload_while_watching(self, result: ReloadResult) -> Reloaded | None:
@@ -259,7 +277,8 @@ class Supervisor:
         # A run kept (no restart now) gets the supervisor's new settings at once.
         retune = restart is None and any(c.kind is not KeyClass.RESTART for c in change.changes)
         prober = self.prober_factory(self.config, self.plan.api_key) if retune else None
-        return Reloaded(change, WatchSettings.from_config(self.config), prober, restart)
+        settings = WatchSettings.from_config(self.config)
+        return Reloaded(change, settings, prober, self.config.adapters, restart)
 
     def _apply_reload(
         self, result: ReloadResult, *, vllm_running: bool

@@ -151,7 +151,7 @@ class Reporter:
             log.info("reload_unchanged", reason="the config is the running one: nothing to do")
             self._reload_done("reloaded: config unchanged, vLLM keeps serving", vllm_running)
         else:
-            keys = change.keys(KeyClass.SUPERVISOR)
+            keys = change.keys(KeyClass.SUPERVISOR) + change.keys(KeyClass.LIVE)
             log.info("reload_applied", keys=keys, changes=changes, restart=False)
             self._reload_done(
                 f"reloaded: applied {', '.join(keys)} without a restart", vllm_running

@@ -44,7 +44,10 @@ class StatusBoard:
     vllm_pid: int | None = None
     vllm_version: str | None = None
     served_model: str = ""
-    adapters: list[str] = field(default_factory=list)
+    adapters: list[str] = field(default_factory=list)  # what vLLM serves (as last changed)
+    # Loaded by `adapters load`, not in lora.adapters ("live only, not in the YAML"): a reload
+    # keeps them, a restart drops them.
+    adapters_live_only: list[str] = field(default_factory=list)
     starts: int = 0
     restarts: int = 0
     last_exit: str | None = None

@@ -13,7 +13,8 @@ that hangs right after listening is restarted after `failure_threshold` of them,
 `startup_stall_timeout`.
 A reload that changes only the supervisor's settings retunes the run being watched: its probe
 intervals, timeouts and thresholds apply from the next check on (the startup deadline counts
-from the launch as before).
+from the launch as before). Adapter changes that apply live (and `adapters load|unload`) go to
+`live_adapters`, which also tells the prober what to expect.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.logs.builtin_rules import SERVING_PHASES
 from niodoo_supervisor.logs.rule_types import Action, Event
@@ -32,6 +34,8 @@ from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.dispatch import Dispatcher
 from niodoo_supervisor.supervise.exits import describe_exit
 from niodoo_supervisor.supervise.incidents import (
+    AdapterLoadAsked,
+    AdapterUnloadAsked,
     ChildExited,
     Incident,
     LogEvent,
@@ -42,6 +46,7 @@ from niodoo_supervisor.supervise.incidents import (
     RestartAsked,
     StopAsked,
 )
+from niodoo_supervisor.supervise.live_adapters import LiveAdapters
 from niodoo_supervisor.supervise.probes import CheckResult
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff
 from niodoo_supervisor.supervise.reporter import Reporter
@@ -84,11 +89,13 @@ class WatchSettings:
 class Reloaded:
     """A reload the loop took while a run is watched: what it changes, the reason to restart
     now (None: the run is kept) and, when the run is kept and the supervisor's settings
-    changed, the run's new settings and the prober of the new config."""
+    changed, the run's new settings and the prober of the new config; `adapters` are the new
+    config's, which `live_adapters` serves when they change live."""
 
     change: ConfigDiff
     settings: WatchSettings
     prober: Prober | None
+    adapters: tuple[Adapter, ...]  # the new config's `lora.adapters`
     restart: str | None = None
 
 
@@ -104,6 +111,7 @@ class RunWatcher:
         reporter: Reporter,
         clock: Clock,
         apply_reload: Callable[[ReloadResult], Reloaded | None],
+        adapters: LiveAdapters,
         planner: RestartPlanner,
     ) -> None:
         self.run = run
@@ -114,6 +122,7 @@ class RunWatcher:
         self.reporter = reporter
         self.clock = clock
         self.apply_reload = apply_reload
+        self.adapters = adapters  # this run's own: closed when the watch ends
         self.planner = planner  # a restart held for a window wakes the watch at its opening
         self.ready_since: float | None = None
         # When vLLM's log said its HTTP server starts, or /health first answered (monotonic).
@@ -136,6 +145,7 @@ class RunWatcher:
             return await self._watch()
         finally:
             await self.prober.aclose()
+            await self.adapters.aclose()
 
     async def _watch(self) -> Outcome:
         self.started = self.clock.monotonic()
@@ -178,6 +188,8 @@ class RunWatcher:
             return await self._exit_outcome(incident.returncode)
         if isinstance(incident, LogEvent) and incident.run == self.serial:
             return self._on_event(incident.event)  # a stopped run's late lines steer nothing
+        if isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked):
+            await self.adapters.command(incident, self.state, self.prober)
         return None
 
     async def _on_reload(self, result: ReloadResult) -> Outcome | None:
@@ -191,6 +203,7 @@ class RunWatcher:
         self.settings = reloaded.settings
         old, self.prober = self.prober, reloaded.prober  # no probe is in flight between incidents
         await old.aclose()
+        await self.adapters.reloaded(reloaded.adapters, self.prober)
         fast = self.state is State.STARTING and self.server_up_at is not None
         if self.last_check is not None and not fast and self.engine_death is None:
             # The next check at the new interval (fast probes are 0.05 s apart anyway).
