@@ -13,9 +13,11 @@ from pathlib import Path
 from adapter_routes import FakeVllm, adapter_api, adapter_folder, vllm_error
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.control.api import CommandResult
+from niodoo_supervisor.supervise.control_target import SupervisorControl
 from niodoo_supervisor.supervise.incidents import (
     AdapterLoadAsked,
     AdapterUnloadAsked,
+    ReloadAsked,
     ReloadResult,
 )
 from supervise_sim import FakeRun, Sim, boots, sim_config, sim_plan
@@ -57,8 +59,12 @@ class Replies:
         reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self.futures.append(reply)
         incident = make(reply)
-        assert isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked)
+        assert isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked | ReloadAsked)
         self.sim.supervisor.dispatcher.post(incident)
+
+    def reload(self, at: float) -> None:
+        """`niodoo-supervisor reload` (the control API): answered with the reload's outcome."""
+        self.sim.at(at, lambda: self._post(ReloadAsked))
 
     def answers(self) -> list[tuple[bool, str]]:
         assert all(future.done() for future in self.futures), "a command was never answered"
@@ -69,10 +75,13 @@ def test_a_reload_adding_an_adapter_loads_it_live_without_a_restart(tmp_path: Pa
     sim, vllm = _live_sim(tmp_path, boots(5.0), boots(5.0))
     c = adapter_folder(tmp_path / "c")
     sim.reload_result = ReloadResult(_with_adapters(tmp_path, "abc"), sim_plan("python3"))
-    sim.at(20, sim.signal(signal.SIGHUP))
+    replies = Replies(sim)
+    replies.reload(20)
     sim.at(40, sim.signal(signal.SIGTERM))
     assert sim.play() == 0
     assert sim.states() == ["STARTING", "READY", "STOPPING", "STOPPED"] and len(sim.runs) == 1
+    [(ok, answer)] = replies.answers()  # given once vLLM has loaded it, not before
+    assert (ok, answer) == (True, "taken: applied lora.adapters without a restart (loaded c)")
     assert vllm.loaded == {"a": str(tmp_path / "a"), "b": str(tmp_path / "b"), "c": c}
     applied = sim.event("reload_applied")
     assert applied is not None and applied["keys"] == ["lora.adapters"]
@@ -89,10 +98,17 @@ def test_a_failed_live_load_keeps_the_previous_set_and_vllm_running(tmp_path: Pa
         500, "LoRA rank 16 is greater than max_lora_rank 8."
     )
     sim.reload_result = ReloadResult(_with_adapters(tmp_path, "ac"), sim_plan("python3"))
-    sim.at(20, sim.signal(signal.SIGHUP))
+    replies = Replies(sim)
+    replies.reload(20)
     sim.at(40, sim.signal(signal.SIGTERM))
     assert sim.play() == 0
     assert len(sim.runs) == 1 and "BACKOFF" not in sim.states()
+    # `systemctl reload` fails: the change it asked for did not happen.
+    [(ok, answer)] = replies.answers()
+    assert not ok and answer.startswith("the live adapter change failed")
+    assert "greater than max_lora_rank 8" in answer
+    last = sim.supervisor.reporter.status.last_reload
+    assert last is not None and last["ok"] is False
     assert set(vllm.loaded) == {"a", "b"}  # b's removal never started: the change is undone
     failed = sim.event("adapter_load_failed")
     assert failed is not None and "greater than max_lora_rank 8" in failed["reason"]
@@ -145,3 +161,18 @@ def test_commands_with_runtime_updates_off_name_the_key(tmp_path: Path) -> None:
     [(ok, message)] = replies.answers()
     assert not ok and message.startswith("lora.runtime_updates is false")
     assert vllm.calls == []
+
+
+def test_the_adapter_list_marks_what_is_live_only(tmp_path: Path) -> None:
+    sim, _ = _live_sim(tmp_path, boots(5.0))
+    extra = adapter_folder(tmp_path / "extra")
+    Replies(sim).load(10, "extra", extra)
+    listed: list[asyncio.Task[CommandResult]] = []
+    control = SupervisorControl(sim.supervisor)
+    sim.at(15, lambda: listed.append(asyncio.ensure_future(control.adapters())))
+    sim.at(20, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    [task] = listed
+    answer = task.result()
+    assert answer.message == "tiny + adapters a, b, extra (live only, not in the YAML)"
+    assert answer.details["live_only"] == ["extra"]

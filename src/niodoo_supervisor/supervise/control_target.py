@@ -53,10 +53,14 @@ class SupervisorControl:
     async def adapters(self) -> CommandResult:
         status = self.supervisor.reporter.status
         names = list(status.adapters)
+        live_only = [name for name in names if name in status.adapters_live_only]
+        shown = [
+            f"{name} (live only, not in the YAML)" if name in live_only else name for name in names
+        ]
         return CommandResult(
             True,
-            f"{status.served_model or '(no model)'} + adapters {', '.join(names) or '(none)'}",
-            {"served_model": status.served_model, "adapters": names},
+            f"{status.served_model or '(no model)'} + adapters {', '.join(shown) or '(none)'}",
+            {"served_model": status.served_model, "adapters": names, "live_only": live_only},
         )
 
     async def load_adapter(self, name: str, path: str) -> CommandResult:

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.logs.rule_types import Event
@@ -62,7 +63,7 @@ from niodoo_supervisor.supervise.states import State
 from niodoo_supervisor.supervise.status_file import StatusBoard
 from niodoo_supervisor.supervise.systemd import Notifier
 from niodoo_supervisor.supervise.vllm_events import VllmEventLog
-from niodoo_supervisor.supervise.watcher import Reloaded, RunWatcher, WatchSettings
+from niodoo_supervisor.supervise.watcher import LiveSettle, Reloaded, RunWatcher, WatchSettings
 
 __all__ = ["Supervisor"]
 
@@ -273,19 +274,20 @@ class Supervisor:
         taken = self._apply_reload(result, vllm_running=True)
         if taken is None:
             return None
-        change, restart = taken
+        change, restart, settle = taken
         # A run kept (no restart now) gets the supervisor's new settings at once.
         retune = restart is None and any(c.kind is not KeyClass.RESTART for c in change.changes)
         prober = self.prober_factory(self.config, self.plan.api_key) if retune else None
         settings = WatchSettings.from_config(self.config)
-        return Reloaded(change, settings, prober, self.config.adapters, restart)
+        return Reloaded(change, settings, prober, self.config.adapters, restart, settle)
 
     def _apply_reload(
         self, result: ReloadResult, *, vllm_running: bool
-    ) -> tuple[ConfigDiff, str | None] | None:
-        """Take a reloaded config: what it changes and (while vLLM runs) the reason to restart
-        it now, if any; None (and said why) when refused. The supervisor's own settings apply
-        at once; the rest is the next start's config."""
+    ) -> tuple[ConfigDiff, str | None, LiveSettle | None] | None:
+        """Take a reloaded config: what it changes, (while vLLM runs) the reason to restart
+        it now, if any, and, for a live adapter change, where its outcome settles the reload;
+        None (and said why) when refused. The supervisor's own settings apply at once; the
+        rest is the next start's config."""
         if result.config is None or result.plan is None:
             self.reporter.reload_refused(result.errors)
             settle_reload(result, None, self.reporter, vllm_running=vllm_running)
@@ -304,15 +306,24 @@ class Supervisor:
         held = self.planner.pending if restart is None else None
         pending = held.status_text() if held else None
         self.reporter.reload_taken(change, vllm_running=vllm_running, pending=pending)
-        settle_reload(
-            result,
-            change,
-            self.reporter,
-            vllm_running=vllm_running,
-            restart=restart,
-            pending=pending,
-        )
-        return change, restart
+
+        def settle(live: CommandResult | None = None) -> None:
+            settle_reload(
+                result,
+                change,
+                self.reporter,
+                vllm_running=vllm_running,
+                restart=restart,
+                pending=pending,
+                live=live,
+            )
+
+        if vllm_running and restart is None and change.keys(KeyClass.LIVE):
+            # The answer waits for the adapters: `reload` must not say "taken" before vLLM
+            # has loaded them (or refused one).
+            return change, restart, settle
+        settle()
+        return change, restart, None
 
     async def _stop_run(self, run: Run) -> None:
         grace = stop_grace(self.config.supervisor.stop.grace_period, self.current_drain)

@@ -19,10 +19,12 @@ def reload_outcome(
     vllm_running: bool,
     restart: str | None = None,
     pending: str | None = None,
+    live: CommandResult | None = None,
 ) -> CommandResult:
     """What a reload did, for the operator: `change` None means refused with `errors`;
     `restart` is the reason vLLM restarts now, `pending` the status of a restart held for a
-    maintenance window."""
+    maintenance window, `live` what the live adapter change did (a failed one fails the
+    reload: the previous adapters keep serving)."""
     if change is None:
         first = errors[0] if errors else "no reason given"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -43,13 +45,23 @@ def reload_outcome(
     elif change.needs_restart and pending:
         details["keys"] = change.keys(KeyClass.RESTART)
         outcome, text = "restart_pending", f"taken: {pending}"
+    elif live is not None and not live.ok:
+        details["keys"] = change.keys(KeyClass.LIVE)
+        details["live_adapters"] = live.message
+        outcome, text = (
+            "live_failed",
+            f"the live adapter change failed, the previous adapters keep serving: {live.message}",
+        )
     else:
-        keys = change.keys(KeyClass.SUPERVISOR)
+        keys = change.keys(KeyClass.SUPERVISOR) + change.keys(KeyClass.LIVE)
         details["keys"] = keys
         outcome, text = (
             "applied",
             f"taken: applied {', '.join(keys) or 'nothing'} without a restart",
         )
+        if live is not None:
+            details["live_adapters"] = live.message
+            text += f" ({live.message})"
     if pending and outcome != "restart_pending":
         details["pending"] = pending
         text += f"; {pending}"
@@ -57,7 +69,7 @@ def reload_outcome(
     if not_applied:
         details["not_applied"] = not_applied
         text += f"; {', '.join(not_applied)} wait for `systemctl restart`"
-    return CommandResult(True, text, {"outcome": outcome, **details})
+    return CommandResult(outcome != "live_failed", text, {"outcome": outcome, **details})
 
 
 def settle_reload(
@@ -68,11 +80,17 @@ def settle_reload(
     vllm_running: bool,
     restart: str | None = None,
     pending: str | None = None,
+    live: CommandResult | None = None,
 ) -> CommandResult:
     """Record the outcome in status.json, then answer whoever waits for it (in that order: a
     `status` right after `reload` shows it)."""
     outcome = reload_outcome(
-        change, result.errors, vllm_running=vllm_running, restart=restart, pending=pending
+        change,
+        result.errors,
+        vllm_running=vllm_running,
+        restart=restart,
+        pending=pending,
+        live=live,
     )
     reporter.status.last_reload = {
         "at": reporter.clock.wall(),

@@ -28,6 +28,7 @@ import structlog
 
 from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.logs.builtin_rules import SERVING_PHASES
 from niodoo_supervisor.logs.rule_types import Action, Event
 from niodoo_supervisor.supervise import systemd
@@ -54,7 +55,17 @@ from niodoo_supervisor.supervise.restart_planner import RestartPlanner
 from niodoo_supervisor.supervise.seams import Clock, Prober, Run
 from niodoo_supervisor.supervise.states import State
 
-__all__ = ["FAST_PROBES", "SERVING_PROBE_INTERVAL", "Reloaded", "RunWatcher", "WatchSettings"]
+__all__ = [
+    "FAST_PROBES",
+    "SERVING_PROBE_INTERVAL",
+    "LiveSettle",
+    "Reloaded",
+    "RunWatcher",
+    "WatchSettings",
+]
+
+# Settles a reload with what its live adapter change did (None: nothing to load or unload).
+LiveSettle = Callable[[CommandResult | None], None]
 
 log = structlog.get_logger("niodoo_supervisor")
 
@@ -97,6 +108,8 @@ class Reloaded:
     prober: Prober | None
     adapters: tuple[Adapter, ...]  # the new config's `lora.adapters`
     restart: str | None = None
+    # A live adapter change: answers the reload with what the adapters did, once they did it.
+    settle: LiveSettle | None = None
 
 
 class RunWatcher:
@@ -181,7 +194,9 @@ class RunWatcher:
             return await self._on_reload(incident.result)
         if isinstance(incident, RestartAsked):
             restart = self.planner.on_restart_asked(incident, self.state)
-            return Outcome(OutcomeKind.RELOAD, restart) if restart is not None else None
+            if restart is None:
+                return None
+            return Outcome(OutcomeKind.RELOAD, restart, cause="operator")
         if isinstance(incident, ChildExited):
             if incident.pid != self.run.pid:
                 return None  # the exit of a child stopped earlier
@@ -203,7 +218,9 @@ class RunWatcher:
         self.settings = reloaded.settings
         old, self.prober = self.prober, reloaded.prober  # no probe is in flight between incidents
         await old.aclose()
-        await self.adapters.reloaded(reloaded.adapters, self.prober)
+        live = await self.adapters.reloaded(reloaded.adapters, self.prober)
+        if reloaded.settle is not None:
+            reloaded.settle(live)
         fast = self.state is State.STARTING and self.server_up_at is not None
         if self.last_check is not None and not fast and self.engine_death is None:
             # The next check at the new interval (fast probes are 0.05 s apart anyway).
