@@ -63,7 +63,8 @@ from niodoo_supervisor.supervise.states import State
 from niodoo_supervisor.supervise.status_file import StatusBoard
 from niodoo_supervisor.supervise.systemd import Notifier
 from niodoo_supervisor.supervise.vllm_events import VllmEventLog
-from niodoo_supervisor.supervise.watcher import LiveSettle, Reloaded, RunWatcher, WatchSettings
+from niodoo_supervisor.supervise.watch_settings import LiveSettle, Reloaded, WatchSettings
+from niodoo_supervisor.supervise.watcher import RunWatcher
 
 __all__ = ["Supervisor"]
 

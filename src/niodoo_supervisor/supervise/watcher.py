@@ -22,13 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
 
-from niodoo_supervisor.config.engine_sections import Adapter
-from niodoo_supervisor.config.loader import Config
-from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.logs.builtin_rules import SERVING_PHASES
 from niodoo_supervisor.logs.rule_types import Action, Event
 from niodoo_supervisor.supervise import systemd
@@ -49,67 +45,19 @@ from niodoo_supervisor.supervise.incidents import (
 )
 from niodoo_supervisor.supervise.live_adapters import LiveAdapters
 from niodoo_supervisor.supervise.probes import CheckResult
-from niodoo_supervisor.supervise.reload_diff import ConfigDiff
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.restart_planner import RestartPlanner
 from niodoo_supervisor.supervise.seams import Clock, Prober, Run
 from niodoo_supervisor.supervise.states import State
+from niodoo_supervisor.supervise.watch_settings import Reloaded, WatchSettings
 
-__all__ = [
-    "FAST_PROBES",
-    "SERVING_PROBE_INTERVAL",
-    "LiveSettle",
-    "Reloaded",
-    "RunWatcher",
-    "WatchSettings",
-]
-
-# Settles a reload with what its live adapter change did (None: nothing to load or unload).
-LiveSettle = Callable[[CommandResult | None], None]
+__all__ = ["FAST_PROBES", "SERVING_PROBE_INTERVAL", "RunWatcher"]
 
 log = structlog.get_logger("niodoo_supervisor")
 
 # Half the 0.1 s ready-lag target: the lag is this interval plus one probe's own time.
 SERVING_PROBE_INTERVAL = 0.05
 FAST_PROBES = 200
-
-
-@dataclass(frozen=True)
-class WatchSettings:
-    startup_timeout: float
-    stall_timeout: float
-    startup_interval: float
-    interval: float
-    failure_threshold: int
-    ready_text: str  # systemd's STATUS= while ready
-
-    @classmethod
-    def from_config(cls, config: Config) -> WatchSettings:
-        return cls(
-            startup_timeout=config.supervisor.startup_timeout,
-            stall_timeout=config.supervisor.startup_stall_timeout,
-            startup_interval=config.supervisor.health.startup_interval,
-            interval=config.supervisor.health.interval,
-            failure_threshold=config.supervisor.health.failure_threshold,
-            ready_text=f"ready: serving {config.served_name} with {len(config.adapters)} "
-            f"adapter(s) on port {config.port}",
-        )
-
-
-@dataclass(frozen=True)
-class Reloaded:
-    """A reload the loop took while a run is watched: what it changes, the reason to restart
-    now (None: the run is kept) and, when the run is kept and the supervisor's settings
-    changed, the run's new settings and the prober of the new config; `adapters` are the new
-    config's, which `live_adapters` serves when they change live."""
-
-    change: ConfigDiff
-    settings: WatchSettings
-    prober: Prober | None
-    adapters: tuple[Adapter, ...]  # the new config's `lora.adapters`
-    restart: str | None = None
-    # A live adapter change: answers the reload with what the adapters did, once they did it.
-    settle: LiveSettle | None = None
 
 
 class RunWatcher:
