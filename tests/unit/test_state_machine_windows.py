@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import signal
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.supervise.incidents import ReloadResult, RestartAsked
+from niodoo_supervisor.supervise.status_file import STATUS_FILE
 from supervise_sim import EPOCH, START, Sim, boots, sim_config, sim_plan
 
 # Daily 23:00-23:30 UTC: closed at EPOCH, opens 2800 s after the history starts.
@@ -285,3 +287,34 @@ def test_a_restart_asked_while_stopping_is_answered(tmp_path: Path) -> None:
     assert sim.play() == 0
     assert answers == [CommandResult(False, "the supervisor is stopping")]
     assert len(sim.runs) == 1
+
+
+def test_the_status_file_says_whether_a_window_is_open_and_when_the_next_opens(
+    tmp_path: Path,
+) -> None:
+    sim = windowed(tmp_path, DAILY)
+    seen: list[Any] = []
+
+    def read() -> None:
+        sim.supervisor.reporter.write_status()
+        written = json.loads((tmp_path / "state" / STATUS_FILE).read_text())
+        seen.append(written["maintenance"])
+
+    sim.at(30, read)
+    sim.at(OPENS + 30, read)
+    sim.at(OPENS + 60, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    closed, open_now = seen
+    assert closed == {
+        "open_now": False,
+        "next_opening": "2023-11-14T23:00:00+00:00",
+        "next_opening_epoch": 1_700_002_800.0,
+    }
+    assert open_now["open_now"] is True
+
+
+def test_without_windows_the_status_has_no_maintenance_entry(tmp_path: Path) -> None:
+    sim = Sim(tmp_path, scripts=[boots(5.0)])
+    sim.at(20, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert json.loads((tmp_path / "state" / STATUS_FILE).read_text())["maintenance"] is None

@@ -100,8 +100,9 @@ def _human(status: dict[str, Any], running: bool) -> str:
     check = status.get("last_check")
     if check:
         lines.append(
-            f"last check: {'ok' if check.get('ok') else 'FAILED'} {time.time() - check['at']:.0f}s ago ({check.get('reason')})"
+            f"last check: {'ok' if check.get('ok') else 'FAILED'} {time.time() - check['at']:.0f}s ago in {check.get('latency_s')}s ({check.get('reason')})"
         )
+    lines.extend(_operations_lines(status))
     events = status.get("events") or {}
     for name, seen in sorted((events.get("rules") or {}).items()):
         lines.append(
@@ -122,6 +123,27 @@ def _human(status: dict[str, Any], running: bool) -> str:
             f"systemd:   {status['notify_dropped']} notifications dropped (systemd was not reading its notify socket)"
         )
     return "\n".join(lines)
+
+
+def _operations_lines(status: dict[str, Any]) -> list[str]:
+    """A restart waiting for a window, the windows, a drain under way."""
+    lines = []
+    pending = status.get("pending_restart")
+    if isinstance(pending, dict):
+        lines.append(
+            f"pending:   restart at {pending.get('at')} ({pending.get('window')}): {pending.get('reason')}"
+        )
+    windows = status.get("maintenance")
+    if isinstance(windows, dict):
+        now = "open now" if windows.get("open_now") else "closed now"
+        lines.append(f"windows:   {now}; next opening {windows.get('next_opening')}")
+    drain = status.get("drain")
+    if isinstance(drain, dict):
+        since = time.time() - float(drain.get("since") or time.time())
+        lines.append(
+            f"draining:  {drain.get('phase')} for {since:.0f}s: {drain.get('running')} running, {drain.get('waiting')} waiting (timeout {drain.get('timeout')}s)"
+        )
+    return lines
 
 
 def _reload_lines(last: Any) -> list[str]:

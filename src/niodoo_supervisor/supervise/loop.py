@@ -110,6 +110,7 @@ class Supervisor:
         self.dispatcher = Dispatcher(self.clock, reloader)
         # The running vLLM's config, and a restart held for the next maintenance window.
         self.planner = RestartPlanner(self.clock, self.reporter, config.maintenance.windows)
+        self.reporter.windows = config.maintenance.windows
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
         self.current_drain: int | None = None  # `server.shutdown_timeout` of `current`
@@ -300,6 +301,7 @@ class Supervisor:
             change = reload_change(running, (self.config, self.plan), result.config, result.plan)
         self.config, self.plan = result.config, result.plan
         self.planner.windows = result.config.maintenance.windows
+        self.reporter.windows = result.config.maintenance.windows
         restart = self.planner.on_reload(change, self.state) if vllm_running else None
         self.reporter.status.vllm_version = result.plan.vllm_version
         self.policy.settings = result.config.supervisor.restart

@@ -14,9 +14,10 @@ import structlog
 
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.engine_sections import Adapter
+from niodoo_supervisor.config.maintenance_sections import Window
 from niodoo_supervisor.control.metrics import SupervisorMetrics
 from niodoo_supervisor.logs.counters import EventCounters
-from niodoo_supervisor.supervise import systemd
+from niodoo_supervisor.supervise import systemd, windows
 from niodoo_supervisor.supervise.metrics_feed import count_check
 from niodoo_supervisor.supervise.probes import CheckResult
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff, KeyClass
@@ -46,6 +47,7 @@ class Reporter:
         self.notifier = notifier
         self.clock = clock
         self.state_dir = state_dir  # a reload may name another one
+        self.windows: Sequence[Window] = ()  # the newest accepted config's (the status shows them)
         self.status = status
         self.counters = counters
         self.metrics = metrics
@@ -198,6 +200,7 @@ class Reporter:
     def write_status(self) -> None:
         self.status.notify_dropped = self.notifier.dropped
         self.status.events = self.counters.as_dict()
+        self.status.maintenance = windows.summary(self.windows, self.clock.wall())
         self.status.write(self.state_dir)
 
     def note_check(self, result: CheckResult, dropped_bytes: int) -> None:

@@ -67,6 +67,9 @@ class StatusBoard:
     # The last reload's outcome: when, taken or refused, and the refusal's problems (the old
     # config keeps serving); None before the first reload.
     last_reload: dict[str, Any] | None = None
+    # The maintenance windows as of the last write: open now, and when the next one opens
+    # (ISO and epoch); None when none are configured (a restart may happen any time).
+    maintenance: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
