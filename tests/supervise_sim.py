@@ -16,7 +16,7 @@ import math
 import random
 import selectors
 import signal
-from collections.abc import Callable, Coroutine, Mapping, MutableMapping
+from collections.abc import Callable, Coroutine, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,13 +104,16 @@ def run_virtual(main: Coroutine[Any, Any, T], limit: float = 100_000.0) -> T:
 
 
 class LoopClock:
-    """The `Clock` of the virtual loop."""
+    """The `Clock` of the virtual loop; its wall time reads `epoch` at START."""
+
+    def __init__(self, epoch: float = EPOCH) -> None:
+        self.epoch = epoch
 
     def monotonic(self) -> float:
         return asyncio.get_running_loop().time()
 
     def wall(self) -> float:
-        return EPOCH + asyncio.get_running_loop().time() - START
+        return self.epoch + asyncio.get_running_loop().time() - START
 
 
 def after_start(seconds: float) -> Any:
@@ -255,6 +258,7 @@ class ScriptedProber:
         self.sim = sim
         self.timeout = timeout
         self.closed = False
+        self.expected: list[str] | None = None  # adapters changed live, as last told
 
     async def check(self) -> CheckResult:
         self.sim.probes.append(now())
@@ -279,6 +283,9 @@ class ScriptedProber:
 
     async def aclose(self) -> None:
         self.closed = True
+
+    def expect_adapters(self, names: Sequence[str]) -> None:
+        self.expected = list(names)
 
 
 SETTINGS: dict[str, Any] = {
@@ -311,6 +318,8 @@ def sim_config(
     *,
     port: int = 8000,
     server: dict[str, Any] | None = None,
+    lora: dict[str, Any] | None = None,
+    windows: list[dict[str, Any]] | None = None,
     drain: dict[str, Any] | None = None,
     **supervisor: Any,
 ) -> Config:
@@ -320,8 +329,9 @@ def sim_config(
         "model": {"path": str(tmp / "model"), "served_name": "tiny"},
         "lora": {"enabled": True, "max_loras": 2, "max_lora_rank": 16,
                  "adapters": [{"name": "a", "path": str(tmp / "a")},
-                              {"name": "b", "path": str(tmp / "b")}]},
+                              {"name": "b", "path": str(tmp / "b")}], **(lora or {})},
         "supervisor": settings,
+        "maintenance": {"windows": windows or []},
         **({"drain": drain} if drain else {}),
     }  # fmt: skip
     path = tmp / f"sim-{len(list(tmp.glob('sim-*.yaml')))}.yaml"
@@ -344,6 +354,7 @@ class Sim:
     stop_takes: float = 0.5
     reload_gate: asyncio.Event | None = None
     reload_result: ReloadResult | None = None
+    epoch: float = EPOCH  # the wall clock at START
     # What vLLM's /metrics answers while it drains, one reading per read (the last repeats).
     loads: list[RequestLoad | None] = field(default_factory=lambda: [None])
     runs: list[FakeRun] = field(default_factory=list)
@@ -364,7 +375,7 @@ class Sim:
             reloader=self._reload,
             prober_factory=self._prober,
             rng=random.Random(0),
-            clock=LoopClock(),
+            clock=LoopClock(self.epoch),
             launcher=self,
             load_reader=lambda config: self._read_load,
         )

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["CONFIG", "CRASH_LOOP", "INTERNAL", "NOT_RUNNING", "OK", "TEMPFAIL", "USAGE", "WARNINGS"]
+__all__ = [
+    "CONFIG",
+    "CRASH_LOOP",
+    "INTERNAL",
+    "NOT_RUNNING",
+    "OK",
+    "REFUSED",
+    "TEMPFAIL",
+    "USAGE",
+    "WARNINGS",
+]
 
 OK = 0
 # `check --strict`: only warnings were found.
@@ -11,6 +21,9 @@ WARNINGS = 1
 USAGE = 2
 # `status`, `restart`, ...: no supervisor is running for this config.
 NOT_RUNNING = 3
+# `restart`, `adapters`: the supervisor refused the command (the line printed says why). A
+# refused `reload` exits CONFIG: the new config is what is wrong.
+REFUSED = 4
 # vLLM kept failing: the crash-loop limit was reached (EX_UNAVAILABLE). systemd may retry later.
 CRASH_LOOP = 69
 # A bug in the supervisor (EX_SOFTWARE); the one-line message asks for a report.

@@ -66,25 +66,37 @@ def test_start_returns_once_ready_and_status_shows_the_phases(service: Container
     print(f"StatusText while activating: {list(dict.fromkeys(phases))}")
 
 
-def test_reload_with_a_bad_config_keeps_the_old_one_running(service: Container) -> None:
+def test_reload_with_a_bad_config_fails_and_keeps_the_old_one_running(service: Container) -> None:
     before = start(service)
     processes = service_processes(service)
     service.write(CONFIG, service_config(lora__max_lora_rank=4))
-    reloaded = service.run("systemctl", "reload", UNIT, check=False)
-    # ExecReload= is a bare `kill -HUP`: systemctl reports success even though the
-    # supervisor refuses the config; the refusal shows in StatusText and the journal.
-    assert reloaded.returncode == 0, reloaded.stderr
-    wait_for(
-        lambda: service.show(UNIT, "StatusText")["StatusText"].startswith("reload refused"),
-        30,
-        "StatusText to say the reload was refused",
-    )
+    reloaded = service.run("systemctl", "reload", UNIT, check=False, timeout=90)
+    # ExecReload= asks the supervisor over its control socket and waits: a refused config
+    # fails the reload (before, a bare `kill -HUP` reported success).
+    assert reloaded.returncode != 0, reloaded.stdout
     after = service.show(UNIT, *STATE)
-    assert after["ActiveState"] == "active"
+    assert after["ActiveState"] == "active", after
+    assert after["StatusText"].startswith("reload refused"), after
     assert after["MainPID"] == before["MainPID"]
     assert service_processes(service) == processes
     assert served_models(service) == ["alpha", "tiny"]
-    assert "reload_refused" in service.journal(UNIT)
+    journal = service.journal(UNIT)
+    assert "reload_refused" in journal
+    assert "refused, the running config stays: " in journal  # the verb's own line
+    status = service.run("niodoo-supervisor", "status", "-c", CONFIG, check=False)
+    assert "serving the previous config; the new one was refused: " in status.stdout
+
+
+def test_reload_with_a_good_config_succeeds_once_taken(service: Container) -> None:
+    before = start(service)
+    service.write(CONFIG, service_config(supervisor__health__interval=0.4))
+    reloaded = service.run("systemctl", "reload", UNIT, check=False, timeout=90)
+    assert reloaded.returncode == 0, reloaded.stderr
+    after = service.show(UNIT, *STATE)
+    assert (after["ActiveState"], after["MainPID"]) == ("active", before["MainPID"]), after
+    journal = service.journal(UNIT)
+    assert "taken: applied supervisor.health.interval without a restart" in journal
+    assert "reload_applied" in journal
 
 
 def test_stop_leaves_no_process(service: Container) -> None:

@@ -71,7 +71,7 @@ def test_an_unchanged_config_changes_nothing(tmp_path: Path) -> None:
         ("server.extra_args", KeyClass.RESTART),
         ("model.path", KeyClass.RESTART),
         ("engine.max_num_seqs", KeyClass.RESTART),
-        ("lora.adapters", KeyClass.RESTART),  # live adapter changes come later
+        ("lora.adapters", KeyClass.RESTART),  # live only with lora.runtime_updates on both sides
         ("rules", KeyClass.RESTART),  # vLLM's log pump compiles them at the start
         ("supervisor.state_dir", KeyClass.RESTART),  # the logging config lives there
         ("supervisor.startup_timeout", KeyClass.SUPERVISOR),
@@ -81,6 +81,7 @@ def test_an_unchanged_config_changes_nothing(tmp_path: Path) -> None:
         ("supervisor.restart.max_starts", KeyClass.SUPERVISOR),
         ("supervisor.stop.grace_period", KeyClass.SUPERVISOR),
         ("supervisor.log.crash_report_lines", KeyClass.SUPERVISOR),
+        ("maintenance.windows", KeyClass.SUPERVISOR),  # no restart to change when restarts go
         ("supervisor.log.path", KeyClass.DAEMON),
         ("supervisor.log.echo", KeyClass.DAEMON),
     ],
@@ -104,7 +105,7 @@ def test_a_changed_port_restarts_and_names_the_key_with_old_and_new(tmp_path: Pa
     assert change.restart_reason() == "config changed: server.port"
 
 
-def test_an_added_adapter_restarts_vllm_for_now(tmp_path: Path) -> None:
+def test_an_added_adapter_restarts_vllm_without_runtime_updates(tmp_path: Path) -> None:
     lora = "lora: {{enabled: true, max_lora_rank: 16, adapters: [{adapters}]}}\n"
     one = lora.format(adapters="{name: a, path: /ad/a}")
     two = lora.format(adapters="{name: a, path: /ad/a}, {name: b, path: /ad/b}")

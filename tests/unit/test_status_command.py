@@ -81,4 +81,45 @@ def test_the_human_view_says_not_running_and_the_last_state(
     status = {**StatusBoard(state="READY").to_dict(), "supervisor_create_time": OWN_START - 60}
     (config.parent / "state" / STATUS_FILE).write_text(json.dumps(status))
     assert main(["status", "-c", str(config)]) == exitcodes.NOT_RUNNING
-    assert capsys.readouterr().out.startswith("state:     not running (last state READY)")
+    note, state = capsys.readouterr().out.splitlines()[:2]
+    assert note.startswith("note:      daemon not answering (no control socket at ")
+    assert "from status.json written at" in note
+    assert state.startswith("state:     not running (last state READY)")
+
+
+def test_the_human_view_marks_an_adapter_loaded_live_only(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    board = StatusBoard(state="READY", adapters=["a", "extra"], adapters_live_only=["extra"])
+    status = {**board.to_dict(), "supervisor_create_time": OWN_START - 60}
+    (config.parent / "state" / STATUS_FILE).write_text(json.dumps(status))
+    main(["status", "-c", str(config)])
+    assert "+ adapters a, extra (live only, not in the YAML)" in capsys.readouterr().out
+
+
+def test_the_human_view_shows_a_pending_restart_the_windows_and_a_drain(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = 1_700_000_000.0
+    board = StatusBoard(
+        state="READY",
+        last_check={"at": now, "ok": True, "reason": "ok", "latency_s": 0.0123},
+        pending_restart={
+            "at": "2023-11-15T02:00:00+01:00",
+            "window": "sun 02:00-04:00 Europe/Berlin",
+            "reason": "config changed: model.max_model_len",
+        },
+        maintenance={"open_now": False, "next_opening": "2023-11-15T02:00:00+01:00"},
+        drain={"since": now, "phase": "draining", "running": 3, "waiting": 1, "timeout": 30},
+    )
+    status = {**board.to_dict(), "supervisor_create_time": OWN_START - 60}
+    (config.parent / "state" / STATUS_FILE).write_text(json.dumps(status))
+    main(["status", "-c", str(config)])
+    out = capsys.readouterr().out
+    assert "in 0.0123s (ok)" in out
+    assert (
+        "pending:   restart at 2023-11-15T02:00:00+01:00 (sun 02:00-04:00 Europe/Berlin): "
+        "config changed: model.max_model_len"
+    ) in out
+    assert "windows:   closed now; next opening 2023-11-15T02:00:00+01:00" in out
+    assert "draining:  draining for " in out and ": 3 running, 1 waiting (timeout 30s)" in out

@@ -92,7 +92,10 @@ def test_unit_has_what_the_daemon_relies_on(repo: Path) -> None:
     assert config is not None
     health = config.supervisor.health
     assert int(watchdog[0]) > health.failure_threshold * (health.interval + 2 * health.timeout)
-    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # `reload` waits for the outcome over the control socket: a refused config fails it.
+    assert service["ExecReload"] == [
+        "/opt/niodoo-supervisor/venv/bin/niodoo-supervisor reload -c /etc/niodoo-supervisor/niodoo.yaml"
+    ]
     assert any(
         value.lstrip("-").startswith("/etc/niodoo-supervisor/")
         for value in service["EnvironmentFile"]

@@ -1,4 +1,5 @@
-"""`niodoo-supervisor` command line: run, render, check, status, demo-model.
+"""`niodoo-supervisor` command line: run, render, check, status, reload, restart, adapters,
+demo-model.
 
 Every failure ends in one line on stderr and a documented exit code (`exitcodes.py`), never a
 traceback.
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from niodoo_supervisor import __version__, exitcodes
+from niodoo_supervisor.cli.state_location import locate
 from niodoo_supervisor.config.loader import Config, load_config
 from niodoo_supervisor.config.problems import Problem
 from niodoo_supervisor.launch.plan import PlanError, plan_launch
@@ -75,9 +77,42 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--no-port", action="store_true", help="skip the port-in-use check")
     check.set_defaults(handler=_cmd_check)
 
-    status = with_config("status", "show the running supervisor's state")
+    def with_location(name: str, help_text: str) -> argparse.ArgumentParser:
+        # Only the state folder (and the control socket) is needed: read from the config when
+        # it loads, leniently when not (cli/state_location.py), or given.
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("-c", "--config", type=Path, help="the YAML config file")
+        sub.add_argument("--state-dir", type=Path, help="the supervisor's state folder")
+        return sub
+
+    status = with_location("status", "show the running supervisor's state")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_cmd_status)
+
+    reload_cmd = with_location(
+        "reload", "make the running supervisor read its config again; waits for the outcome"
+    )
+    reload_cmd.set_defaults(handler=_cmd_reload)
+
+    restart = with_location("restart", "a planned restart of vLLM")
+    when = restart.add_mutually_exclusive_group()
+    when.add_argument("--now", action="store_true", help="restart now")
+    when.add_argument(
+        "--at-next-window",
+        action="store_true",
+        help="restart at the next maintenance window (the default)",
+    )
+    restart.set_defaults(handler=_cmd_restart)
+
+    adapters = with_location("adapters", "list, load or unload LoRA adapters in the running vLLM")
+    action = adapters.add_subparsers(dest="action", required=True)
+    action.add_parser("list", help="the adapters expected and served")
+    load = action.add_parser("load", help="load an adapter (not written to the YAML)")
+    load.add_argument("name")
+    load.add_argument("path")
+    unload = action.add_parser("unload", help="unload an adapter (not written to the YAML)")
+    unload.add_argument("name")
+    adapters.set_defaults(handler=_cmd_adapters)
 
     demo = commands.add_parser("demo-model", help="write the tiny demo model and its LoRA adapters")
     demo.add_argument("directory", type=Path)
@@ -174,7 +209,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from niodoo_supervisor.cli.status import show_status
 
-    return show_status(args.config, as_json=args.json)
+    return show_status(args.config, state_dir=args.state_dir, as_json=args.json)
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    from niodoo_supervisor.cli.control_verbs import reload_config
+
+    return reload_config(locate(args.config, args.state_dir))
+
+
+def _cmd_restart(args: argparse.Namespace) -> int:
+    from niodoo_supervisor.cli.control_verbs import restart
+
+    return restart(locate(args.config, args.state_dir), now=args.now)
+
+
+def _cmd_adapters(args: argparse.Namespace) -> int:
+    from niodoo_supervisor.cli.control_verbs import adapters
+
+    where = locate(args.config, args.state_dir)
+    return adapters(where, args.action, getattr(args, "name", None), getattr(args, "path", None))
 
 
 def _cmd_demo_model(args: argparse.Namespace) -> int:

@@ -161,6 +161,16 @@ class LoraSection(Section):
         Field(ge=0, description="Extra vocabulary slots for adapters."),
         VllmFlag("--lora-extra-vocab-size", removed_in=Version(0, 12, 0), vllm_default=256),
     ] = None
+    runtime_updates: Annotated[
+        Bool,
+        Field(
+            description="Add and remove adapters without restarting vLLM: a reload applies "
+            "changes of `lora.adapters` through vLLM's /v1/load_lora_adapter and "
+            "/v1/unload_lora_adapter, and `niodoo-supervisor adapters load|unload` works. The "
+            "supervisor sets VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 for vLLM, which calls the "
+            "feature meant for development. Not a vLLM flag; changing it restarts vLLM."
+        ),
+    ] = False
     adapters: Annotated[
         tuple[Adapter, ...],
         Kind.ADAPTERS,

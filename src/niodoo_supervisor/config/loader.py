@@ -118,6 +118,11 @@ class Config(Section):
         explicit = self.supervisor.log.path
         return Path(explicit) if explicit else self.state_dir / "vllm.log"
 
+    @property
+    def control_socket(self) -> Path:
+        explicit = self.supervisor.control.socket
+        return Path(explicit) if explicit else self.state_dir / "control.sock"
+
     def line_of(self, path: str) -> int | None:
         """The line of a YAML path, or of the list it is in (see `problems.line_in`)."""
         return line_in(self._lines, path)

@@ -215,7 +215,9 @@ Windows = Annotated[
         "forward, a time the jump skips means the instant of the jump (02:30-04:00 opens at "
         "03:00), and a window the jump skips whole opens then for its written length; on a "
         "day they fall back, a repeated time means its first pass, so a window opens once. "
-        "No windows: any time.",
+        "A reload that needs a restart of vLLM outside every window is a pending restart: the "
+        "old vLLM keeps serving until the next opening, when it restarts once. No windows: "
+        "any time (a restart happens at once). Changing the windows restarts nothing.",
     ),
 ]
 

@@ -70,21 +70,18 @@ def check_relations(config: Sections, report: Report, wrong: Collection[str] = (
         _check_adapter_names(config, report)
     if valid("lora.enabled", "lora.max_loras", "lora.max_cpu_loras", "lora.adapters"):
         _check_adapter_counts(lora, report)
+    if lora.enabled and lora.runtime_updates:
+        report(
+            "lora.runtime_updates",
+            "vLLM calls runtime LoRA updating (VLLM_ALLOW_RUNTIME_LORA_UPDATING) a development "
+            "feature: anyone who reaches its API can load and unload adapters",
+            "keep vLLM's port private (loopback, an API key), or set it to false",
+            warning=True,
+        )
     if valid("server.api_key_env", "server.api_key_file", "server.host"):
         _check_api_key(config.server, report)
     if valid("server.shutdown_timeout", "drain.timeout"):
         _check_drain_timeout_alias(config, report)
-    if config.maintenance.windows and valid("maintenance.windows"):
-        # Accepted and checked now so configs can be written; acting on them (pending
-        # restarts) lands with the operations work. Saying so beats a key that silently does
-        # nothing.
-        report(
-            "maintenance.windows",
-            "windows are checked but not acted on yet by this version: a reload that needs a "
-            "restart still restarts vLLM at once",
-            "reload only inside your window until pending restarts are supported",
-            warning=True,
-        )
 
 
 def _check_drain_timeout_alias(config: Sections, report: Report) -> None:

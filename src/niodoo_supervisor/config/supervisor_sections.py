@@ -13,7 +13,9 @@ from typing import Annotated, Any
 from pydantic import Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from niodoo_supervisor.config.control_sections import ControlSection
 from niodoo_supervisor.config.fields import Kind
+from niodoo_supervisor.config.metrics_sections import MetricsSection
 from niodoo_supervisor.config.value_types import Bool, Int, LocalPath, Number, Section
 from niodoo_supervisor.logs.rule_types import Rule
 
@@ -186,6 +188,8 @@ class SupervisorSection(Section):
     restart: RestartSection = Field(default_factory=RestartSection)
     stop: StopSection = Field(default_factory=StopSection)
     log: LogSection = Field(default_factory=LogSection)
+    control: ControlSection = Field(default_factory=ControlSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
 
 RULE_PROBLEMS = "niodoo_rule_problems"

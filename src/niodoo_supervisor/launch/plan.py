@@ -29,6 +29,7 @@ from niodoo_supervisor.launch.vllm_logging import logging_config_for
 __all__ = [
     "ASSUMED_VERSION",
     "LOGGING_CONFIG_NAME",
+    "RUNTIME_LORA_ENV",
     "LaunchPlan",
     "PlanError",
     "is_rendered",
@@ -43,6 +44,8 @@ LOGGING_CONFIG_NAME = "vllm-logging.json"
 ASSUMED_VERSION = Version(0, 32, 0)
 # Stands in for the API key in a plan made without reading it (`render`): shown redacted.
 _UNREAD_SECRET = "<not read>"
+# `lora.runtime_updates`: vLLM serves its load/unload adapter routes only with this set.
+RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 
 _MODULE_LAUNCHER = "vllm.entrypoints.openai.api_server"
 _SERVE_LAUNCHER = "vllm.entrypoints.cli.main"
@@ -121,6 +124,8 @@ def plan_launch(
     secrets = tuple(_flag_values(argv, "--api-key"))
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}  # vLLM's lines must reach the pipe at once
     env.update(config.server.env)
+    if config.lora.runtime_updates:
+        env[RUNTIME_LORA_ENV] = "1"  # vLLM adds /v1/load_lora_adapter and unload only then
     logging_config = None
     if config.server.logging_config:
         logging_path = Path(config.server.logging_config)

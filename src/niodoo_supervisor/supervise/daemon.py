@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import structlog
@@ -23,11 +24,14 @@ import structlog
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config, load_config
 from niodoo_supervisor.config.problems import Problem
+from niodoo_supervisor.control.metrics_http import metrics_endpoint
+from niodoo_supervisor.control.server import ControlSettings
 from niodoo_supervisor.files.statedir import StateDirError, StateLock, prepare
 from niodoo_supervisor.launch.plan import LaunchPlan, PlanError, plan_launch
 from niodoo_supervisor.launch.preflight import PreflightOptions, preflight
 from niodoo_supervisor.launch.render import redacted_argv
 from niodoo_supervisor.supervise import run_record
+from niodoo_supervisor.supervise.control_target import supervise_with_control
 from niodoo_supervisor.supervise.early_signals import StartupSignals
 from niodoo_supervisor.supervise.incidents import ReloadResult
 from niodoo_supervisor.supervise.loop import Supervisor
@@ -114,9 +118,17 @@ def _run_locked(
     )
     log.info("starting", config=str(config_path), argv=" ".join(redacted_argv(plan)))
     try:
-        return asyncio.run(supervisor.run(signals.pending))
+        return asyncio.run(_supervised(supervisor, config, signals.pending))
     finally:
         notifier.close()
+
+
+async def _supervised(
+    supervisor: Supervisor, config: Config, pending: Callable[[], Iterable[int]]
+) -> int:
+    control = ControlSettings.from_config(config)
+    async with metrics_endpoint(config.supervisor.metrics.listen, supervisor.metrics_registry):
+        return await supervise_with_control(supervisor, control, pending)
 
 
 def _stopped_before_start(signum: signal.Signals) -> int:

@@ -3,9 +3,11 @@ the loop waits (before a start, in a backoff, while watching a run):
 
 - a stop (SIGTERM/SIGINT) is recorded for good: `stop_asked` stays set, so whoever looks next
   acts on it, and a probe in flight is cut short;
-- a reload (SIGHUP) runs as a task that posts its result (`ReloadDone`): probes, watchdog pings
-  and a stop go on while a preflight takes minutes; a SIGHUP during a reload reads the config
-  once more when that reload ends;
+- a reload (SIGHUP, or the control API's `ReloadAsked(reply)`) runs as a task that posts its
+  result (`ReloadDone`): probes, watchdog pings and a stop go on while a preflight takes
+  minutes; a SIGHUP during a reload reads the config once more when that reload ends. The
+  control API's callers ride on the result of the reload that reads the file after they asked
+  (`ReloadResult.replies`); whoever takes that result answers them;
 - everything else (a child's exit, a log event, a reload's result) goes to the waiting caller,
   which knows the run it belongs to.
 
@@ -16,18 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import structlog
 
+from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.supervise.incidents import (
+    AdapterLoadAsked,
+    AdapterUnloadAsked,
     Incident,
     LogEvent,
     ReloadAsked,
     ReloadDone,
     ReloadResult,
+    Reply,
+    RestartAsked,
     StopAsked,
 )
 from niodoo_supervisor.supervise.seams import Clock
@@ -39,6 +47,8 @@ log = structlog.get_logger("niodoo_supervisor")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 Reloader = Callable[[], Awaitable[ReloadResult]]
+# The operator's commands: each may carry a reply someone waits for.
+_COMMANDS = (ReloadAsked, RestartAsked, AdapterLoadAsked, AdapterUnloadAsked)
 
 
 class Dispatcher:
@@ -50,6 +60,8 @@ class Dispatcher:
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
         self._stop_watchers: set[asyncio.Event] = set()
+        self._reload_replies: list[Reply] = []  # asked for the next reading of the file
+        self._reading_for: tuple[Reply, ...] = ()  # asked for the reading under way
 
     @property
     def reloading(self) -> bool:
@@ -90,6 +102,8 @@ class Dispatcher:
             incident = await self._get(deadline - self.clock.monotonic())
             if not isinstance(incident, ReloadAsked):
                 return incident
+            if incident.reply is not None:
+                self._reload_replies.append(incident.reply)
             self._start_reload()
 
     async def _get(self, timeout: float) -> Incident | None:
@@ -119,6 +133,8 @@ class Dispatcher:
 
     def _start_reload(self) -> None:
         if self.reloader is None:
+            _refuse(self._reload_replies, "this supervisor cannot reload its config")
+            self._reload_replies.clear()
             return
         if self.reloading:
             self._reload_again = True  # the file may have changed again since this one began
@@ -128,19 +144,37 @@ class Dispatcher:
     async def _reload(self, reloader: Reloader) -> None:
         while True:
             self._reload_again = False
+            self._reading_for, self._reload_replies = tuple(self._reload_replies), []
             log.info("reload_requested")
             try:
                 result = await reloader()
             except Exception as exc:
                 result = ReloadResult(None, None, [f"reload failed: {type(exc).__name__}: {exc}"])
-            self.post(ReloadDone(result))
+            replies, self._reading_for = self._reading_for, ()
+            self.post(ReloadDone(dataclasses.replace(result, replies=replies)))
             if not self._reload_again:
                 return
 
     async def close(self) -> None:
-        """End a reload still under way (a stop does not wait for it)."""
+        """End a reload still under way (a stop does not wait for it), and answer every
+        command still waiting: nobody will carry it out now."""
         task = self._reload_task
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        waiting = [*self._reading_for, *self._reload_replies]
+        self._reading_for, self._reload_replies = (), []
+        while not self._queue.empty():
+            incident = self._queue.get_nowait()
+            if isinstance(incident, ReloadDone):
+                waiting.extend(incident.result.replies)
+            elif isinstance(incident, _COMMANDS) and incident.reply is not None:
+                waiting.append(incident.reply)
+        _refuse(waiting, "the supervisor is stopping")
+
+
+def _refuse(replies: Iterable[Reply], why: str) -> None:
+    for reply in replies:
+        if not reply.done():
+            reply.set_result(CommandResult(False, why))

@@ -88,6 +88,9 @@ class ReloadResult:
     config: Config | None
     plan: LaunchPlan | None
     errors: list[str] = field(default_factory=list)
+    # The control API's callers waiting for this reload (the dispatcher attaches them): the
+    # loop answers them once it has taken or refused the result.
+    replies: tuple[Reply, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,3 +124,6 @@ class Outcome:
     kind: OutcomeKind
     reason: str
     rule: str | None = None
+    # Why a restart: a `restarts` metric reason (`control.metrics.RESTART_REASONS`); None:
+    # derived from `kind` and `rule` (`metrics_feed.restart_reason`).
+    cause: str | None = None

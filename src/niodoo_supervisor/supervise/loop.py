@@ -13,9 +13,12 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
+from prometheus_client import CollectorRegistry
+
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.drain_sections import split_listen
 from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.control.readiness_http import ReadinessServer
 from niodoo_supervisor.files.atomic import describe_os_error
 from niodoo_supervisor.launch.plan import LaunchPlan
@@ -25,17 +28,33 @@ from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.dispatch import Dispatcher, Reloader
 from niodoo_supervisor.supervise.drain import Drain, LoadReader, ready_for_traffic, vllm_load_reader
 from niodoo_supervisor.supervise.incidents import (
+    AdapterLoadAsked,
+    AdapterUnloadAsked,
     ChildExited,
     LogEvent,
     Outcome,
     OutcomeKind,
     ReloadDone,
     ReloadResult,
+    RestartAsked,
     StopAsked,
 )
+from niodoo_supervisor.supervise.live_adapters import (
+    LiveAdapters,
+    adapter_api_for,
+    answer_without_vllm,
+)
+from niodoo_supervisor.supervise.metrics_feed import restart_reason, supervisor_metrics
 from niodoo_supervisor.supervise.probes import prober_for
-from niodoo_supervisor.supervise.reload_diff import ConfigDiff, diff
+from niodoo_supervisor.supervise.reload_diff import ConfigDiff, KeyClass, diff
+from niodoo_supervisor.supervise.reload_outcome import settle_reload
 from niodoo_supervisor.supervise.reporter import Reporter
+from niodoo_supervisor.supervise.restart_planner import (
+    NOT_RUNNING,
+    RestartPlanner,
+    answer,
+    reload_change,
+)
 from niodoo_supervisor.supervise.restart_policy import RestartPolicy
 from niodoo_supervisor.supervise.run import (
     LaunchError,
@@ -48,7 +67,8 @@ from niodoo_supervisor.supervise.states import State
 from niodoo_supervisor.supervise.status_file import StatusBoard
 from niodoo_supervisor.supervise.systemd import Notifier
 from niodoo_supervisor.supervise.vllm_events import VllmEventLog
-from niodoo_supervisor.supervise.watcher import Reloaded, RunWatcher, WatchSettings
+from niodoo_supervisor.supervise.watch_settings import LiveSettle, Reloaded, WatchSettings
+from niodoo_supervisor.supervise.watcher import RunWatcher
 
 __all__ = ["Supervisor"]
 
@@ -81,12 +101,22 @@ class Supervisor:
         self.launcher = launcher
         self.prober_factory = prober_factory or prober_for
         self.load_reader = load_reader
+        self.adapter_api_for = adapter_api_for  # a test seam, like the prober factory
         self.policy = RestartPolicy(config.supervisor.restart, rng)
         counters = EventCounters()
-        self.vllm_events = VllmEventLog(counters)
         status = StatusBoard(vllm_version=plan.vllm_version)
-        self.reporter = Reporter(notifier, self.clock, config.state_dir, status, counters)
+        self.metrics_registry = CollectorRegistry()
+        self.metrics = supervisor_metrics(
+            self.metrics_registry, status, self.clock, lambda: self.config
+        )
+        self.vllm_events = VllmEventLog(counters, metrics=self.metrics)
+        self.reporter = Reporter(
+            notifier, self.clock, config.state_dir, status, counters, metrics=self.metrics
+        )
         self.dispatcher = Dispatcher(self.clock, reloader)
+        # The running vLLM's config, and a restart held for the next maintenance window.
+        self.planner = RestartPlanner(self.clock, self.reporter, config.maintenance.windows)
+        self.reporter.windows = config.maintenance.windows
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
         self.current_drain: int | None = None  # `drain.timeout` of `current`
@@ -166,16 +196,19 @@ class Supervisor:
                     notify=systemd.status(f"restarting vLLM: {outcome.reason}"),
                     planned_restart=True,
                 )
+                self.metrics.restarted(restart_reason(outcome))
                 await self._stop_run(run, planned=True)
                 reloaded = True
                 continue
             await self._stop_run(run)
+            self.planner.unplanned_restart(outcome.reason)
             lines = run.tail(self.config.supervisor.log.crash_report_lines)
             self.reporter.crash_report(outcome.reason, outcome.rule, lines)
             if outcome.kind is OutcomeKind.FATAL:
                 return self.reporter.fatal(outcome.reason, exitcodes.CONFIG)
             delay = self.policy.next_delay()
             self.reporter.status.restarts += 1
+            self.metrics.restarted(restart_reason(outcome))
             # STARTING/READY/UNHEALTHY -> BACKOFF: it failed; try again after a delay
             self.reporter.transition(
                 _RUNNING,
@@ -203,6 +236,7 @@ class Supervisor:
         # The drain this vLLM was launched with is the one its stop must wait for, whatever
         # a reload has set for the next start since.
         self.current_drain = self.config.drain_timeout
+        self.planner.launched(self.config, self.plan)
         self.reporter.launched(run.pid, self.config.served_name, self.config.adapters)
         return run
 
@@ -220,6 +254,15 @@ class Supervisor:
             reporter=self.reporter,
             clock=self.clock,
             apply_reload=self._reload_while_watching,
+            adapters=LiveAdapters(
+                self.config,
+                self.plan,
+                self.reporter.status,
+                self.adapter_api_for(self.config, self.plan.api_key),
+                self.dispatcher.stop_asked,
+                write_status=self.reporter.write_status,
+            ),
+            planner=self.planner,
         )
         try:
             return await watcher.watch()
@@ -239,30 +282,67 @@ class Supervisor:
                 return True
             if isinstance(incident, ReloadDone):
                 self._apply_reload(incident.result, vllm_running=False)
+            elif isinstance(incident, RestartAsked):
+                answer(incident.reply, True, NOT_RUNNING)
+            elif isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked):
+                answer_without_vllm(incident, self.config)
         return False
 
     def _reload_while_watching(self, result: ReloadResult) -> Reloaded | None:
-        change = self._apply_reload(result, vllm_running=True)
-        if change is None:
+        taken = self._apply_reload(result, vllm_running=True)
+        if taken is None:
             return None
-        # Only a change of the supervisor's settings keeps the run: it gets them at once.
-        retune = not change.unchanged and not change.needs_restart
+        change, restart, settle = taken
+        # A run kept (no restart now) gets the supervisor's new settings at once.
+        retune = restart is None and any(c.kind is not KeyClass.RESTART for c in change.changes)
         prober = self.prober_factory(self.config, self.plan.api_key) if retune else None
-        return Reloaded(change, WatchSettings.from_config(self.config), prober)
+        settings = WatchSettings.from_config(self.config)
+        return Reloaded(change, settings, prober, self.config.adapters, restart, settle)
 
-    def _apply_reload(self, result: ReloadResult, *, vllm_running: bool) -> ConfigDiff | None:
-        """Take a reloaded config, and say what it changes; None (and said why) when refused.
-        The supervisor's own settings apply at once; the rest is the next start's config."""
+    def _apply_reload(
+        self, result: ReloadResult, *, vllm_running: bool
+    ) -> tuple[ConfigDiff, str | None, LiveSettle | None] | None:
+        """Take a reloaded config: what it changes, (while vLLM runs) the reason to restart
+        it now, if any, and, for a live adapter change, where its outcome settles the reload;
+        None (and said why) when refused. The supervisor's own settings apply at once; the
+        rest is the next start's config."""
         if result.config is None or result.plan is None:
             self.reporter.reload_refused(result.errors)
+            settle_reload(result, None, self.reporter, vllm_running=vllm_running)
             return None
-        change = diff(self.config, result.config, self.plan, result.plan)
+        running = self.planner.running if vllm_running else None
+        if running is None:
+            change = diff(self.config, result.config, self.plan, result.plan)
+        else:
+            change = reload_change(running, (self.config, self.plan), result.config, result.plan)
         self.config, self.plan = result.config, result.plan
+        self.planner.windows = result.config.maintenance.windows
+        self.reporter.windows = result.config.maintenance.windows
+        restart = self.planner.on_reload(change, self.state) if vllm_running else None
         self.reporter.status.vllm_version = result.plan.vllm_version
         self.policy.settings = result.config.supervisor.restart
         self.reporter.state_dir = result.config.state_dir
-        self.reporter.reload_taken(change, vllm_running=vllm_running)
-        return change
+        held = self.planner.pending if restart is None else None
+        pending = held.status_text() if held else None
+        self.reporter.reload_taken(change, vllm_running=vllm_running, pending=pending)
+
+        def settle(live: CommandResult | None = None) -> None:
+            settle_reload(
+                result,
+                change,
+                self.reporter,
+                vllm_running=vllm_running,
+                restart=restart,
+                pending=pending,
+                live=live,
+            )
+
+        if vllm_running and restart is None and change.keys(KeyClass.LIVE):
+            # The answer waits for the adapters: `reload` must not say "taken" before vLLM
+            # has loaded them (or refused one).
+            return change, restart, settle
+        settle()
+        return change, restart, None
 
     def _readiness_server(self) -> ReadinessServer | None:
         listen = self.config.drain.readiness_listen

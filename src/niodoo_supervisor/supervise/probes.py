@@ -18,7 +18,15 @@ import httpx
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.launch.render import REDACTED
 
-__all__ = ["CheckResult", "HttpProber", "ProbeResult", "models_problems", "prober_for"]
+__all__ = [
+    "CheckResult",
+    "HttpProber",
+    "ProbeResult",
+    "models_problems",
+    "prober_for",
+    "vllm_client",
+    "vllm_url",
+]
 
 _BEARER = re.compile(r"Bearer\s+\S+", re.IGNORECASE)
 
@@ -87,21 +95,17 @@ class HttpProber:
         timeout: float,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.secrets = (api_key,) if api_key else ()
         self.served = served
         self.adapters = tuple(adapters)
-        # No proxies from the environment: vLLM is on this host.
-        self.client = httpx.AsyncClient(
-            base_url=base_url,
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
-            trust_env=False,
-        )
+        self.client = vllm_client(base_url, api_key, timeout, transport)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def expect_adapters(self, names: Sequence[str]) -> None:
+        """The adapters vLLM serves now (changed live): checked from the next probe on."""
+        self.adapters = tuple(names)
 
     async def _get(self, path: str) -> tuple[ProbeResult, httpx.Response | None]:
         started = time.monotonic()
@@ -167,12 +171,31 @@ def _connection_reason(exc: httpx.HTTPError) -> str:
     return text
 
 
-def prober_for(config: Config, api_key: str | None) -> HttpProber:
-    """The prober of the vLLM a config describes (a wildcard listen address is probed on loopback)."""
+def vllm_client(
+    base_url: str,
+    api_key: str | None,
+    timeout: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """A client of vLLM's HTTP API: the API key as a bearer token, and no proxies from the
+    environment (vLLM is on this host)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.AsyncClient(
+        base_url=base_url, headers=headers, timeout=timeout, transport=transport, trust_env=False
+    )
+
+
+def vllm_url(config: Config) -> str:
+    """Where the vLLM a config describes answers (a wildcard listen address on loopback)."""
     host = config.probe_host
     url_host = f"[{host}]" if ":" in host else host
+    return f"http://{url_host}:{config.port}"
+
+
+def prober_for(config: Config, api_key: str | None) -> HttpProber:
+    """The prober of the vLLM a config describes."""
     return HttpProber(
-        f"http://{url_host}:{config.port}",
+        vllm_url(config),
         served=config.served_name,
         adapters=[adapter.name for adapter in config.adapters],
         api_key=api_key,

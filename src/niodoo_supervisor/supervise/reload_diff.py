@@ -7,7 +7,10 @@ change with what it takes to apply.
   keeps serving.
 - `daemon`: read once when the supervisor itself starts (the vLLM log file and its echo):
   restarting vLLM would not apply them; `systemctl restart` does.
-- `live`: applied to the running vLLM. None yet: adapter changes restart vLLM for now.
+- `live`: applied to the running vLLM: items of `lora.adapters` added, removed or moved to
+  another path when `lora.runtime_updates` is true before and after (`live_adapters` loads and
+  unloads them). Any other LoRA key (max_loras, max_lora_rank...) still restarts vLLM, and so
+  does a new adapter that makes `max_lora_rank: auto` resolve higher (the command line changes).
 
 A key not named in the tables below restarts vLLM: a new key is safe before it is classified.
 The plan is compared too, for what no key explains (an API key file's content, an upgraded
@@ -46,6 +49,7 @@ SUPERVISOR_KEYS = (
     "supervisor.restart.",
     "supervisor.stop.",
     "supervisor.log.crash_report_lines",
+    "maintenance.",  # when a pending restart happens: the planner reads the newest windows
     "drain.announce",
 )
 # Keys read once at the supervisor's own start (the launcher's log file and echo).
@@ -54,9 +58,13 @@ DAEMON_KEYS = (
     "supervisor.log.max_bytes",
     "supervisor.log.backup_count",
     "supervisor.log.echo",
+    "supervisor.control.",
+    "supervisor.metrics.",
     "drain.readiness_listen",
 )
 _ABSENT = "(absent)"
+_ADAPTERS_KEY = "lora.adapters"
+_ADAPTERS_FLAG = "--lora-modules"
 
 
 def class_of(key: str) -> KeyClass:
@@ -113,6 +121,8 @@ def diff(
         if old == now:
             continue
         kind = class_of(field.key)
+        if field.key == _ADAPTERS_KEY and _adapters_live(running, new):
+            kind = KeyClass.LIVE
         if field.key == "server.env":
             changes.extend(_env_changes(running_plan, new_plan, old, now, kind))
         elif field.secret:
@@ -120,8 +130,24 @@ def diff(
         else:
             changes.append(Change(field.key, kind, _shown(old, secrets), _shown(now, secrets)))
     if not any(change.kind is KeyClass.RESTART for change in changes):
-        changes.extend(_plan_changes(running_plan, new_plan))
+        live = any(change.kind is KeyClass.LIVE for change in changes)
+        changes.extend(_plan_changes(running_plan, new_plan, adapters_live=live))
     return ConfigDiff(tuple(changes))
+
+
+def _adapters_live(running: Config, new: Config) -> bool:
+    return running.lora.runtime_updates and new.lora.runtime_updates
+
+
+def _without_adapters(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """The command line without the values of --lora-modules (adapters changed live)."""
+    if _ADAPTERS_FLAG not in argv:
+        return argv
+    start = argv.index(_ADAPTERS_FLAG)
+    end = start + 1
+    while end < len(argv) and not argv[end].startswith("--"):
+        end += 1  # adapter values are name=/absolute/path or JSON: never "--"
+    return argv[:start] + argv[end:]
 
 
 def _env_changes(
@@ -143,12 +169,16 @@ def _env_changes(
     ]
 
 
-def _plan_changes(running: LaunchPlan, new: LaunchPlan) -> list[Change]:
-    """What differs in the plans when no config key that restarts vLLM changed."""
+def _plan_changes(running: LaunchPlan, new: LaunchPlan, *, adapters_live: bool) -> list[Change]:
+    """What differs in the plans when no config key that restarts vLLM changed (the adapters'
+    part of the command line aside when they change live)."""
     secrets = running.secrets + new.secrets
     changes: list[Change] = []
-    if running.argv != new.argv:
-        old, now = _changed_segments(running.argv, new.argv)
+    old_argv, new_argv = running.argv, new.argv
+    if adapters_live:
+        old_argv, new_argv = _without_adapters(old_argv), _without_adapters(new_argv)
+    if old_argv != new_argv:
+        old, now = _changed_segments(old_argv, new_argv)
         changes.append(
             Change(
                 "vLLM command line", KeyClass.RESTART, redact(old, secrets), redact(now, secrets)

@@ -14,8 +14,11 @@ import structlog
 
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.engine_sections import Adapter
+from niodoo_supervisor.config.maintenance_sections import Window
+from niodoo_supervisor.control.metrics import SupervisorMetrics
 from niodoo_supervisor.logs.counters import EventCounters
-from niodoo_supervisor.supervise import systemd
+from niodoo_supervisor.supervise import systemd, windows
+from niodoo_supervisor.supervise.metrics_feed import count_check
 from niodoo_supervisor.supervise.probes import CheckResult
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff, KeyClass
 from niodoo_supervisor.supervise.seams import Clock
@@ -38,12 +41,16 @@ class Reporter:
         state_dir: Path,
         status: StatusBoard,
         counters: EventCounters,
+        *,
+        metrics: SupervisorMetrics | None = None,
     ) -> None:
         self.notifier = notifier
         self.clock = clock
         self.state_dir = state_dir  # a reload may name another one
+        self.windows: Sequence[Window] = ()  # the newest accepted config's (the status shows them)
         self.status = status
         self.counters = counters
+        self.metrics = metrics
         self.state = State.STOPPED
 
     def transition(
@@ -120,31 +127,39 @@ class Reporter:
     def reload_refused(self, errors: list[str]) -> None:
         for error in errors:
             log.error("reload_refused", problem=error)
-        self.notify(
-            *systemd.status(
-                f"reload refused ({len(errors)} problem(s)); still running the old config"
-            )
-        )
+        # Still a reload as systemd sees it: RELOADING=1, then READY=1 (the old config serves).
+        text = f"reload refused ({len(errors)} problem(s)); still running the old config"
+        self._reload_done(text, vllm_running=True)
 
-    def reload_taken(self, change: ConfigDiff, *, vllm_running: bool) -> None:
+    def reload_taken(
+        self, change: ConfigDiff, *, vllm_running: bool, pending: str | None = None
+    ) -> None:
         """Say what a reloaded config changes: nothing, settings applied at once, or a
-        restart of vLLM (now, or at the next start when none runs)."""
+        restart of vLLM (now, or at the next start when none runs); `pending` is the status
+        text of a restart held for a maintenance window, when one is."""
         changes = [each.describe() for each in change.changes]
         if change.needs_restart:
             reason = change.restart_reason()
             when = "now" if vllm_running else "at the next start"
+            if pending:
+                when = "at the next maintenance window"
             keys = change.keys(KeyClass.RESTART)
             log.info("reload_restart", keys=keys, changes=changes, reason=reason, when=when)
-            self.notify(*systemd.reloading(f"restarting vLLM {when}: {reason}"))
+            if pending:
+                self._reload_done(pending, vllm_running)
+            else:
+                self.notify(*systemd.reloading(f"restarting vLLM {when}: {reason}"))
         elif change.unchanged:
             log.info("reload_unchanged", reason="the config is the running one: nothing to do")
             self._reload_done("reloaded: config unchanged, vLLM keeps serving", vllm_running)
         else:
-            keys = change.keys(KeyClass.SUPERVISOR)
+            keys = change.keys(KeyClass.SUPERVISOR) + change.keys(KeyClass.LIVE)
             log.info("reload_applied", keys=keys, changes=changes, restart=False)
             self._reload_done(
                 f"reloaded: applied {', '.join(keys)} without a restart", vllm_running
             )
+        if pending and not change.needs_restart:
+            self.notify(*systemd.status(pending))  # what is still held for a window
         not_applied = change.keys(KeyClass.DAEMON)
         if not_applied:
             log.warning(
@@ -185,6 +200,7 @@ class Reporter:
     def write_status(self) -> None:
         self.status.notify_dropped = self.notifier.dropped
         self.status.events = self.counters.as_dict()
+        self.status.maintenance = windows.summary(self.windows, self.clock.wall())
         self.status.write(self.state_dir)
 
     def note_check(self, result: CheckResult, dropped_bytes: int) -> None:
@@ -199,6 +215,8 @@ class Reporter:
             ),
         }
         self.status.log_dropped_bytes = dropped_bytes
+        if self.metrics is not None:
+            count_check(self.metrics, result, self.status.adapters)
 
     def crash_report(self, reason: str, rule: str | None, lines: list[str]) -> None:
         self.status.last_crash = CrashReport(self.clock.wall(), reason, rule, lines)

@@ -10,7 +10,7 @@ clock that reads it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from niodoo_supervisor.config.loader import Config
@@ -95,6 +95,10 @@ class Prober(Protocol):
     async def check(self) -> CheckResult: ...
 
     async def aclose(self) -> None: ...
+
+    def expect_adapters(self, names: Sequence[str]) -> None:
+        """The adapters to find in /v1/models from now on (changed in the running vLLM)."""
+        ...
 
 
 ProberFactory = Callable[[Config, str | None], Prober]

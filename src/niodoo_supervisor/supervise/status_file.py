@@ -44,7 +44,10 @@ class StatusBoard:
     vllm_pid: int | None = None
     vllm_version: str | None = None
     served_model: str = ""
-    adapters: list[str] = field(default_factory=list)
+    adapters: list[str] = field(default_factory=list)  # what vLLM serves (as last changed)
+    # Loaded by `adapters load`, not in lora.adapters ("live only, not in the YAML"): a reload
+    # keeps them, a restart drops them.
+    adapters_live_only: list[str] = field(default_factory=list)
     starts: int = 0
     restarts: int = 0
     last_exit: str | None = None
@@ -64,6 +67,9 @@ class StatusBoard:
     # The last reload's outcome: when, taken or refused, and the refusal's problems (the old
     # config keeps serving); None before the first reload.
     last_reload: dict[str, Any] | None = None
+    # The maintenance windows as of the last write: open now, and when the next one opens
+    # (ISO and epoch); None when none are configured (a restart may happen any time).
+    maintenance: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,9 +14,11 @@ from collections.abc import Iterator
 
 import structlog
 
+from niodoo_supervisor.control.metrics import SupervisorMetrics
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.logs.rule_types import Event, Severity
 from niodoo_supervisor.supervise.event_limit import EventLogLimiter
+from niodoo_supervisor.supervise.metrics_feed import count_log_event
 
 __all__ = ["VllmEventLog"]
 
@@ -27,8 +29,15 @@ log = structlog.get_logger("niodoo_supervisor")
 
 
 class VllmEventLog:
-    def __init__(self, counters: EventCounters, limiter: EventLogLimiter | None = None) -> None:
+    def __init__(
+        self,
+        counters: EventCounters,
+        limiter: EventLogLimiter | None = None,
+        *,
+        metrics: SupervisorMetrics | None = None,
+    ) -> None:
         self.counters = counters
+        self.metrics = metrics
         self.limiter = limiter or EventLogLimiter()
         self.stopping_on_purpose = False  # set by the loop around each stop it makes
 
@@ -44,6 +53,13 @@ class VllmEventLog:
     def record(self, event: Event, now: float) -> None:
         """Count `event` and log it unless its rule is over its budget (`now`: monotonic)."""
         self.counters.add(event)
+        on_purpose: dict[str, object] = {}
+        severity = event.severity
+        if self.stopping_on_purpose and severity in _STOP_LOWERS:
+            on_purpose = {"stop_requested": True, "rule_severity": severity.value}
+            severity = Severity.INFO
+        if self.metrics is not None:
+            count_log_event(self.metrics, event, severity)
         admitted, suppressed = self.limiter.admit(event.rule, now)
         if suppressed:
             log.warning(
@@ -54,11 +70,6 @@ class VllmEventLog:
             )
         if not admitted:
             return
-        on_purpose: dict[str, object] = {}
-        severity = event.severity
-        if self.stopping_on_purpose and severity in _STOP_LOWERS:
-            on_purpose = {"stop_requested": True, "rule_severity": severity.value}
-            severity = Severity.INFO
         log.info(
             "vllm_event",
             rule=event.rule,

@@ -13,7 +13,8 @@ that hangs right after listening is restarted after `failure_threshold` of them,
 `startup_stall_timeout`.
 A reload that changes only the supervisor's settings retunes the run being watched: its probe
 intervals, timeouts and thresholds apply from the next check on (the startup deadline counts
-from the launch as before).
+from the launch as before). Adapter changes that apply live (and `adapters load|unload`) go to
+`live_adapters`, which also tells the prober what to expect.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
 
-from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.logs.builtin_rules import SERVING_PHASES
 from niodoo_supervisor.logs.rule_types import Action, Event
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.dispatch import Dispatcher
 from niodoo_supervisor.supervise.exits import describe_exit
 from niodoo_supervisor.supervise.incidents import (
+    AdapterLoadAsked,
+    AdapterUnloadAsked,
     ChildExited,
     Incident,
     LogEvent,
@@ -39,53 +40,24 @@ from niodoo_supervisor.supervise.incidents import (
     OutcomeKind,
     ReloadDone,
     ReloadResult,
+    RestartAsked,
     StopAsked,
 )
+from niodoo_supervisor.supervise.live_adapters import LiveAdapters
 from niodoo_supervisor.supervise.probes import CheckResult
-from niodoo_supervisor.supervise.reload_diff import ConfigDiff
 from niodoo_supervisor.supervise.reporter import Reporter
+from niodoo_supervisor.supervise.restart_planner import RestartPlanner
 from niodoo_supervisor.supervise.seams import Clock, Prober, Run
 from niodoo_supervisor.supervise.states import State
+from niodoo_supervisor.supervise.watch_settings import Reloaded, WatchSettings
 
-__all__ = ["FAST_PROBES", "SERVING_PROBE_INTERVAL", "Reloaded", "RunWatcher", "WatchSettings"]
+__all__ = ["FAST_PROBES", "SERVING_PROBE_INTERVAL", "RunWatcher"]
 
 log = structlog.get_logger("niodoo_supervisor")
 
 # Half the 0.1 s ready-lag target: the lag is this interval plus one probe's own time.
 SERVING_PROBE_INTERVAL = 0.05
 FAST_PROBES = 200
-
-
-@dataclass(frozen=True)
-class WatchSettings:
-    startup_timeout: float
-    stall_timeout: float
-    startup_interval: float
-    interval: float
-    failure_threshold: int
-    ready_text: str  # systemd's STATUS= while ready
-
-    @classmethod
-    def from_config(cls, config: Config) -> WatchSettings:
-        return cls(
-            startup_timeout=config.supervisor.startup_timeout,
-            stall_timeout=config.supervisor.startup_stall_timeout,
-            startup_interval=config.supervisor.health.startup_interval,
-            interval=config.supervisor.health.interval,
-            failure_threshold=config.supervisor.health.failure_threshold,
-            ready_text=f"ready: serving {config.served_name} with {len(config.adapters)} "
-            f"adapter(s) on port {config.port}",
-        )
-
-
-@dataclass(frozen=True)
-class Reloaded:
-    """A reload the loop took while a run is watched: what it changes and, when that is the
-    supervisor's settings only, the run's new settings and the prober of the new config."""
-
-    change: ConfigDiff
-    settings: WatchSettings
-    prober: Prober | None
 
 
 class RunWatcher:
@@ -100,6 +72,8 @@ class RunWatcher:
         reporter: Reporter,
         clock: Clock,
         apply_reload: Callable[[ReloadResult], Reloaded | None],
+        adapters: LiveAdapters,
+        planner: RestartPlanner,
     ) -> None:
         self.run = run
         self.serial = serial  # which run's log events are this one's
@@ -109,6 +83,8 @@ class RunWatcher:
         self.reporter = reporter
         self.clock = clock
         self.apply_reload = apply_reload
+        self.adapters = adapters  # this run's own: closed when the watch ends
+        self.planner = planner  # a restart held for a window wakes the watch at its opening
         self.ready_since: float | None = None
         # When vLLM's log said its HTTP server starts, or /health first answered (monotonic).
         self.server_up_at: float | None = None
@@ -130,16 +106,22 @@ class RunWatcher:
             return await self._watch()
         finally:
             await self.prober.aclose()
+            await self.adapters.aclose()
 
     async def _watch(self) -> Outcome:
         self.started = self.clock.monotonic()
         self.next_check = self.started
         while True:
-            incident = await self.dispatcher.next(self.next_check - self.clock.monotonic())
+            restart_at = self.planner.deadline()
+            wake = self.next_check if restart_at is None else min(self.next_check, restart_at)
+            incident = await self.dispatcher.next(wake - self.clock.monotonic())
             if incident is not None:
                 outcome = await self._on_incident(incident)
                 if outcome is not None:
                     return outcome
+            due = self.planner.due()
+            if due is not None:
+                return Outcome(OutcomeKind.RELOAD, due)
             now = self.clock.monotonic()
             if now < self.next_check:
                 continue
@@ -158,24 +140,35 @@ class RunWatcher:
             return Outcome(OutcomeKind.STOP, incident.reason)
         if isinstance(incident, ReloadDone):
             return await self._on_reload(incident.result)
+        if isinstance(incident, RestartAsked):
+            restart = self.planner.on_restart_asked(incident, self.state)
+            if restart is None:
+                return None
+            return Outcome(OutcomeKind.RELOAD, restart, cause="operator")
         if isinstance(incident, ChildExited):
             if incident.pid != self.run.pid:
                 return None  # the exit of a child stopped earlier
             return await self._exit_outcome(incident.returncode)
         if isinstance(incident, LogEvent) and incident.run == self.serial:
             return self._on_event(incident.event)  # a stopped run's late lines steer nothing
+        if isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked):
+            await self.adapters.command(incident, self.state, self.prober)
         return None
 
     async def _on_reload(self, result: ReloadResult) -> Outcome | None:
         reloaded = self.apply_reload(result)
-        if reloaded is None or reloaded.change.unchanged:
-            return None  # refused, or nothing to do
-        if reloaded.change.needs_restart:
-            return Outcome(OutcomeKind.RELOAD, reloaded.change.restart_reason())
+        if reloaded is None:
+            return None  # refused
+        if reloaded.restart is not None:
+            return Outcome(OutcomeKind.RELOAD, reloaded.restart)
+        if reloaded.prober is None:
+            return None  # the supervisor's settings are the same
         self.settings = reloaded.settings
-        if reloaded.prober is not None:  # no probe is in flight between incidents
-            old, self.prober = self.prober, reloaded.prober
-            await old.aclose()
+        old, self.prober = self.prober, reloaded.prober  # no probe is in flight between incidents
+        await old.aclose()
+        live = await self.adapters.reloaded(reloaded.adapters, self.prober)
+        if reloaded.settle is not None:
+            reloaded.settle(live)
         fast = self.state is State.STARTING and self.server_up_at is not None
         if self.last_check is not None and not fast and self.engine_death is None:
             # The next check at the new interval (fast probes are 0.05 s apart anyway).
@@ -299,6 +292,7 @@ class RunWatcher:
                     OutcomeKind.FAILED,
                     f"{self.timeouts} probes in a row timed out after vLLM had answered "
                     f"/health while starting: {result.reason}",
+                    cause="hung",
                 )
         else:
             self.timeouts = 0  # in a row: a probe that did not time out ends the count
@@ -306,6 +300,7 @@ class RunWatcher:
             return Outcome(
                 OutcomeKind.FAILED,
                 f"not ready within startup_timeout ({settings.startup_timeout:g}s): {result.reason}",
+                cause="start_timeout",
             )
         silent = self.run.silent_for(now)
         if silent >= settings.stall_timeout:
@@ -313,6 +308,7 @@ class RunWatcher:
                 OutcomeKind.FAILED,
                 f"vLLM wrote nothing for {silent:.0f}s while starting "
                 f"(startup_stall_timeout {settings.stall_timeout:g}s)",
+                cause="hung",
             )
         # Still making progress: keep systemd's start timeout ahead of us.
         self.reporter.notify(
@@ -337,7 +333,7 @@ class RunWatcher:
                     {State.UNHEALTHY},
                     State.READY,
                     "checks pass again",
-                    notify=systemd.status(self.settings.ready_text),
+                    notify=systemd.status(self.planner.serving_text(self.settings.ready_text)),
                 )
             self.reporter.notify(*systemd.WATCHDOG)
             self.reporter.write_status()
@@ -352,7 +348,9 @@ class RunWatcher:
             )
         if self.failures >= threshold:
             return Outcome(
-                OutcomeKind.FAILED, f"{self.failures} failed checks in a row: {result.reason}"
+                OutcomeKind.FAILED,
+                f"{self.failures} failed checks in a row: {result.reason}",
+                cause="unhealthy",
             )
         if self.state is State.READY:
             # READY -> UNHEALTHY: a check failed, below the threshold

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from niodoo_supervisor.config.maintenance_sections import Window
 
-__all__ = ["closes_at", "is_open", "next_opening"]
+__all__ = ["closes_at", "is_open", "next_opening", "summary"]
 
 _UTC = timezone.utc
 _DAY = timedelta(days=1)
@@ -134,3 +134,16 @@ def _jump(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:
         else:
             high = middle
     return datetime.fromtimestamp(high, _UTC)
+
+
+def summary(windows: Sequence[Window], now: float) -> dict[str, object] | None:
+    """For the status: whether a window is open at `now` (epoch) and when the next opens;
+    None when no windows are configured."""
+    opening = next_opening(windows, now)
+    if opening is None:
+        return None
+    return {
+        "open_now": is_open(windows, now),
+        "next_opening": opening.isoformat(),
+        "next_opening_epoch": opening.timestamp(),
+    }
