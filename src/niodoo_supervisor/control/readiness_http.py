@@ -11,6 +11,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from niodoo_supervisor.config.drain_sections import split_listen
+from niodoo_supervisor.files.atomic import describe_os_error
+
 __all__ = ["ReadinessServer"]
 
 
@@ -24,15 +27,27 @@ class ReadinessServer:
         # handle_signals=False: the supervisor owns SIGTERM/SIGINT/SIGHUP.
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
 
-    async def start(self) -> None:
-        """Listen; raises OSError when the address cannot be bound."""
+    @classmethod
+    def listening_on(
+        cls, listen: str | None, is_ready: Callable[[], bool]
+    ) -> ReadinessServer | None:
+        """The server for `drain.readiness_listen` (validated HOST:PORT); None when unset."""
+        if listen is None:
+            return None
+        host, port = split_listen(listen)
+        return cls(host, port, is_ready)
+
+    async def start(self) -> str | None:
+        """Listen; the one-line reason (naming the key) when the address cannot be bound."""
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         try:
             await site.start()
-        except OSError:
+        except OSError as exc:
             await self._runner.cleanup()
-            raise
+            where = f"{self.host}:{self.port}"
+            return f"drain.readiness_listen: cannot listen on {where}: {describe_os_error(exc)}; choose a free address"
+        return None
 
     async def close(self) -> None:
         await self._runner.cleanup()

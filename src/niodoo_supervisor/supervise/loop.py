@@ -16,11 +16,9 @@ from typing import BinaryIO
 from prometheus_client import CollectorRegistry
 
 from niodoo_supervisor import exitcodes
-from niodoo_supervisor.config.drain_sections import split_listen
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.control.readiness_http import ReadinessServer
-from niodoo_supervisor.files.atomic import describe_os_error
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.logs.rule_types import Event
@@ -133,15 +131,13 @@ class Supervisor:
             loop.add_signal_handler(signum, self.dispatcher.signal, signum)
         for early in early_signals() if early_signals else ():
             self.dispatcher.signal(early)
-        readiness = self._readiness_server()
+        readiness = ReadinessServer.listening_on(
+            self.config.drain.readiness_listen,
+            lambda: ready_for_traffic(self.state, self.reporter.status),
+        )
         try:
-            if readiness is not None:
-                try:
-                    await readiness.start()
-                except OSError as exc:
-                    where = f"{readiness.host}:{readiness.port}"
-                    reason = f"drain.readiness_listen: cannot listen on {where}: {describe_os_error(exc)}; choose a free address"
-                    return self.reporter.fatal(reason, exitcodes.CONFIG)
+            if readiness is not None and (refused := await readiness.start()) is not None:
+                return self.reporter.fatal(refused, exitcodes.CONFIG)
             return await self._supervise()
         except BaseException:
             # A bug must not leave vLLM (and its GPU memory) behind: stop it, then report.
@@ -343,15 +339,6 @@ class Supervisor:
             return change, restart, settle
         settle()
         return change, restart, None
-
-    def _readiness_server(self) -> ReadinessServer | None:
-        listen = self.config.drain.readiness_listen
-        if listen is None:
-            return None
-        host, port = split_listen(listen)
-        return ReadinessServer(
-            host, port, lambda: ready_for_traffic(self.state, self.reporter.status)
-        )
 
     async def _stop_run(self, run: Run, *, planned: bool = False) -> None:
         """End `run`; a `planned` stop (asked for, or a planned restart) is drained first."""
