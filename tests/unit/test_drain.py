@@ -234,7 +234,7 @@ def test_announce_defaults_to_ten_seconds_only_with_a_readiness_listener() -> No
 @pytest.mark.parametrize(
     ("listen", "says"),
     [
-        ("8081", "has no HOST:PORT form"),
+        ("8081", "'8081' is not HOST:PORT"),
         ("127.0.0.1:99999", "port '99999' is not a number from 1 to 65535"),
         ("::1:8081", "must be in brackets"),
     ],

@@ -30,7 +30,7 @@ def split_listen(text: str) -> tuple[str, int]:
     """`HOST:PORT` (an IPv6 host in brackets) as (host, port); ValueError says what is wrong."""
     host, colon, port_text = text.rpartition(":")
     if not colon or not host:
-        raise ValueError(f"{text!r} has no HOST:PORT form")
+        raise ValueError(f"{text!r} is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         ipaddress.IPv6Address(host)  # ValueError names the address
