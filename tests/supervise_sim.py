@@ -28,6 +28,7 @@ from structlog.testing import capture_logs
 from niodoo_supervisor.config.loader import Config, load_config
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.rule_types import Action, Event, Severity
+from niodoo_supervisor.supervise.drain import RequestLoad
 from niodoo_supervisor.supervise.incidents import ReloadResult
 from niodoo_supervisor.supervise.loop import Supervisor
 from niodoo_supervisor.supervise.probes import CheckResult, ProbeResult
@@ -319,6 +320,7 @@ def sim_config(
     server: dict[str, Any] | None = None,
     lora: dict[str, Any] | None = None,
     windows: list[dict[str, Any]] | None = None,
+    drain: dict[str, Any] | None = None,
     **supervisor: Any,
 ) -> Config:
     settings = {**SETTINGS, **supervisor, "state_dir": str(tmp / "state")}
@@ -330,6 +332,7 @@ def sim_config(
                               {"name": "b", "path": str(tmp / "b")}], **(lora or {})},
         "supervisor": settings,
         "maintenance": {"windows": windows or []},
+        **({"drain": drain} if drain else {}),
     }  # fmt: skip
     path = tmp / f"sim-{len(list(tmp.glob('sim-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(document))
@@ -352,6 +355,8 @@ class Sim:
     reload_gate: asyncio.Event | None = None
     reload_result: ReloadResult | None = None
     epoch: float = EPOCH  # the wall clock at START
+    # What vLLM's /metrics answers while it drains, one reading per read (the last repeats).
+    loads: list[RequestLoad | None] = field(default_factory=lambda: [None])
     runs: list[FakeRun] = field(default_factory=list)
     probes: list[float] = field(default_factory=list)
     probers: list[ScriptedProber] = field(default_factory=list)
@@ -372,6 +377,7 @@ class Sim:
             rng=random.Random(0),
             clock=LoopClock(self.epoch),
             launcher=self,
+            load_reader=lambda config: self._read_load,
         )
 
     # --- the launcher -------------------------------------------------------------------------
@@ -402,6 +408,10 @@ class Sim:
         prober = ScriptedProber(self, config.supervisor.health.timeout)
         self.probers.append(prober)
         return prober
+
+    async def _read_load(self) -> RequestLoad | None:
+        await asyncio.sleep(0)  # answered at once: a stop's timings stay those of its signals
+        return self.loads.pop(0) if len(self.loads) > 1 else self.loads[0]
 
     async def _reload(self) -> ReloadResult:
         if self.reload_gate is not None:

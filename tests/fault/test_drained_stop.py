@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import httpx
 import yaml
 
-from fault_supervisor import Launcher, assert_nothing_left
+from fault_supervisor import Launcher, assert_nothing_left, free_port, stop
 from harness import SupervisorRun
 
 # The fake's canned completion streams 13 chunks; at 0.15 s each it is in flight ~2 s.
@@ -80,3 +80,61 @@ def test_a_requested_stop_logs_no_critical_vllm_event(supervise: Launcher) -> No
     assert engine_dead and all(record.get("stop_requested") == "true" for record in engine_dead)
     assert all(record.get("rule_severity") == "critical" for record in engine_dead)
     assert_nothing_left(run)
+
+
+def _get_ready(listen: int) -> int | str:
+    try:
+        return httpx.get(f"http://127.0.0.1:{listen}/ready", timeout=2, trust_env=False).status_code
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+def test_a_drain_reports_vllm_requests_going_to_zero_and_says_not_ready_first(
+    supervise: Launcher,
+) -> None:
+    listen = free_port()
+    run = supervise(
+        f"{_STREAM},drain_teardown_seconds=1.5",
+        drain__timeout=5,
+        drain__announce=0.5,
+        drain__readiness_listen=f"127.0.0.1:{listen}",
+    )
+    run.wait_state("READY", 20)
+    assert _get_ready(listen) == 200
+    shown: list[dict[str, object]] = []
+    ready_answers: list[int | str] = []
+
+    def watch() -> None:
+        while run.process.poll() is None:
+            drain = run.status().get("drain")
+            if drain and (not shown or shown[-1] != drain):
+                shown.append(drain)
+                ready_answers.append(_get_ready(listen))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    stream = _stop_during_a_stream(run)
+    watcher.join(10)
+    assert (stream.error, stream.finish_reason) == (None, "stop")
+    phases = [(d["phase"], d["running"]) for d in shown]
+    # Announced first (nothing read yet), then draining with the request running, then none.
+    assert phases[0] == ("announce", None)
+    assert ("draining", 1) in phases and phases[-1] == ("draining", 0), phases
+    assert set(ready_answers) == {503}
+    assert run.status()["drain"] is None
+    started, finished = run.event("drain_started"), run.event("drain_finished")
+    assert started is not None and started["running"] == "1"
+    assert finished is not None and finished["running_at_end"] == "0"
+    assert run.event("vllm_killed") is None
+    assert_nothing_left(run)
+
+
+def test_readiness_listen_serves_only_get_ready(supervise: Launcher) -> None:
+    listen = free_port()
+    run = supervise(drain__readiness_listen=f"127.0.0.1:{listen}")
+    run.wait_state("READY", 20)
+    base = f"http://127.0.0.1:{listen}"
+    assert httpx.get(f"{base}/ready", trust_env=False).text == "ready\n"
+    assert httpx.get(f"{base}/metrics", trust_env=False).status_code == 404
+    assert httpx.post(f"{base}/ready", trust_env=False).status_code == 405
+    assert stop(run) == 0

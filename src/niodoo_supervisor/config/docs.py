@@ -31,6 +31,7 @@ _SECTION_TITLES = {
     "lora": "lora: adapters",
     "supervisor": "supervisor: watching, restarting, stopping, logging",
     "maintenance": "maintenance: when planned restarts may happen",
+    "drain": "drain: taking traffic away before a planned restart or stop",
     "rules": "rules: operator log rules",
 }
 

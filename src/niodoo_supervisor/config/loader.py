@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, ValidationError
 from pydantic_core import ErrorDetails
 
+from niodoo_supervisor.config.drain_sections import DrainSection
 from niodoo_supervisor.config.engine_sections import Adapter, EngineSection, LoraSection
 from niodoo_supervisor.config.envexpand import ExpansionError
 from niodoo_supervisor.config.fields import Kind
@@ -59,6 +60,7 @@ class Config(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
     maintenance: MaintenanceSection = Field(default_factory=MaintenanceSection)
+    drain: DrainSection = Field(default_factory=DrainSection)
     rules: Rules = ()
     _source: str = PrivateAttr(default="config")
     _lines: Mapping[str, int] = PrivateAttr(default_factory=dict)
@@ -99,6 +101,13 @@ class Config(Section):
         if host == "::":
             return "::1"
         return host
+
+    @property
+    def drain_timeout(self) -> int | None:
+        """The `--shutdown-timeout` vLLM runs with: drain.timeout, or its deprecated alias."""
+        return (
+            self.drain.timeout if self.drain.timeout is not None else self.server.shutdown_timeout
+        )
 
     @property
     def state_dir(self) -> Path:

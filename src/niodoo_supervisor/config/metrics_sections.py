@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 
+from niodoo_supervisor.config.drain_sections import split_listen
 from niodoo_supervisor.config.value_types import Int, Section, Text, rejected
 
 __all__ = ["MetricsSection", "loopback_listen", "parse_listen"]
@@ -20,20 +21,14 @@ _LISTEN_FIX = (
 def parse_listen(text: str) -> tuple[str, int]:
     """ "HOST:PORT" with a loopback IP as HOST (IPv6 in brackets) -> (host, port); ValueError
     saying what is wrong otherwise."""
-    host, colon, port_text = text.rpartition(":")
-    if not colon or not host:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    host, port = split_listen(text)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{host!r} is not an IP address") from None
     if not address.is_loopback:
         raise ValueError(f"{host} is not a loopback address")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
-    return host, int(port_text)
+    return host, port
 
 
 def loopback_listen(value: str, fix: str = _LISTEN_FIX) -> str:

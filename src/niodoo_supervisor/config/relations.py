@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Collection
 from typing import Protocol
 
+from niodoo_supervisor.config.drain_sections import DrainSection
 from niodoo_supervisor.config.engine_sections import LoraSection
 from niodoo_supervisor.config.maintenance_sections import MaintenanceSection
 from niodoo_supervisor.config.serving_sections import ModelSection, ServerSection
@@ -39,6 +40,8 @@ class Sections(Protocol):
     def supervisor(self) -> SupervisorSection: ...
     @property
     def maintenance(self) -> MaintenanceSection: ...
+    @property
+    def drain(self) -> DrainSection: ...
 
 
 def check_relations(config: Sections, report: Report, wrong: Collection[str] = ()) -> None:
@@ -77,6 +80,26 @@ def check_relations(config: Sections, report: Report, wrong: Collection[str] = (
         )
     if valid("server.api_key_env", "server.api_key_file", "server.host"):
         _check_api_key(config.server, report)
+    if valid("server.shutdown_timeout", "drain.timeout"):
+        _check_drain_timeout_alias(config, report)
+
+
+def _check_drain_timeout_alias(config: Sections, report: Report) -> None:
+    if config.server.shutdown_timeout is None:
+        return
+    if config.drain.timeout is not None:
+        report(
+            "server.shutdown_timeout",
+            "both server.shutdown_timeout and drain.timeout are set",
+            "keep drain.timeout (server.shutdown_timeout is its deprecated old name)",
+        )
+        return
+    report(
+        "server.shutdown_timeout",
+        "server.shutdown_timeout is deprecated",
+        f"rename it to drain.timeout: {config.server.shutdown_timeout}",
+        warning=True,
+    )
 
 
 def _check_adapter_names(config: Sections, report: Report) -> None:

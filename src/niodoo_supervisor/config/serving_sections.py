@@ -196,8 +196,8 @@ class ServerSection(Section):
         Int | None,
         Field(
             ge=0,
-            description="Seconds vLLM drains in-flight requests after SIGTERM (0 aborts them). "
-            "A stop waits at least this + 10 s, whatever supervisor.stop.grace_period says.",
+            description="Deprecated: the old name of drain.timeout (still accepted, with a "
+            "warning; setting both is an error).",
         ),
         VllmFlag("--shutdown-timeout", since=Version(0, 18, 0), vllm_default=0),
     ] = None

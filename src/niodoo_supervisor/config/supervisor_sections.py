@@ -123,8 +123,8 @@ class StopSection(Section):
             le=DAY,
             description="Seconds vLLM's API server gets after its SIGTERM to drain and end its "
             "own engine and workers; then its whole process group gets SIGTERM, and SIGKILL "
-            "2 s later. With server.shutdown_timeout above 0 the wait is at least "
-            "shutdown_timeout + 10 s (vLLM's worker shutdown and exit), so it never cuts "
+            "2 s later. With drain.timeout above 0 the wait is at least "
+            "drain.timeout + 10 s (vLLM's worker shutdown and exit), so it never cuts "
             "vLLM's drain.",
         ),
     ] = 30.0

@@ -58,7 +58,8 @@ _COMMAND_LINE_ORDER = (
     "lora.adapters",
     "server.uvicorn_log_level",
     "server.disable_access_log",
-    "server.shutdown_timeout",
+    "server.shutdown_timeout",  # deprecated alias of drain.timeout: at most one is set
+    "drain.timeout",
 )
 
 

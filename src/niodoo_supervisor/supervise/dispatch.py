@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import structlog
 
@@ -59,6 +59,7 @@ class Dispatcher:
         self._queue: asyncio.Queue[Incident] = asyncio.Queue()
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
+        self._stop_watchers: set[asyncio.Event] = set()
         self._reload_replies: list[Reply] = []  # asked for the next reading of the file
         self._reading_for: tuple[Reply, ...] = ()  # asked for the reading under way
 
@@ -70,7 +71,20 @@ class Dispatcher:
     def post(self, incident: Incident) -> None:
         if isinstance(incident, StopAsked):
             self.stop_asked.set()
+            for watcher in self._stop_watchers:
+                watcher.set()
         self._queue.put_nowait(incident)
+
+    @contextlib.contextmanager
+    def stop_from_now(self) -> Iterator[asyncio.Event]:
+        """An event set by the next stop asked inside the block (not by one asked before,
+        which `stop_asked` keeps): a stop that is already under way can still be hurried."""
+        watcher = asyncio.Event()
+        self._stop_watchers.add(watcher)
+        try:
+            yield watcher
+        finally:
+            self._stop_watchers.discard(watcher)
 
     def signal(self, signum: int) -> None:
         """A signal handler: records what the signal asks for, nothing more."""

@@ -18,11 +18,13 @@ from prometheus_client import CollectorRegistry
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.control.api import CommandResult
+from niodoo_supervisor.control.readiness_http import ReadinessServer
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.dispatch import Dispatcher, Reloader
+from niodoo_supervisor.supervise.drain import Drain, LoadReader, ready_for_traffic, vllm_load_reader
 from niodoo_supervisor.supervise.incidents import (
     AdapterLoadAsked,
     AdapterUnloadAsked,
@@ -86,6 +88,7 @@ class Supervisor:
         rng: random.Random | None = None,
         clock: Clock | None = None,
         launcher: Launcher | None = None,
+        load_reader: Callable[[Config], LoadReader] = vllm_load_reader,
     ) -> None:
         # What the next start runs; a reload replaces the two together (`_apply_reload`).
         self.config, self.plan = config, plan
@@ -95,6 +98,7 @@ class Supervisor:
             launcher = VllmLauncher(config, environ, echo if echo is not None else echo_to)
         self.launcher = launcher
         self.prober_factory = prober_factory or prober_for
+        self.load_reader = load_reader
         self.adapter_api_for = adapter_api_for  # a test seam, like the prober factory
         self.policy = RestartPolicy(config.supervisor.restart, rng)
         counters = EventCounters()
@@ -113,7 +117,7 @@ class Supervisor:
         self.reporter.windows = config.maintenance.windows
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
-        self.current_drain: int | None = None  # `server.shutdown_timeout` of `current`
+        self.current_drain: int | None = None  # `drain.timeout` of `current`
 
     @property
     def state(self) -> State:
@@ -127,7 +131,13 @@ class Supervisor:
             loop.add_signal_handler(signum, self.dispatcher.signal, signum)
         for early in early_signals() if early_signals else ():
             self.dispatcher.signal(early)
+        readiness = ReadinessServer.listening_on(
+            self.config.drain.readiness_listen,
+            lambda: ready_for_traffic(self.state, self.reporter.status),
+        )
         try:
+            if readiness is not None and (refused := await readiness.start()) is not None:
+                return self.reporter.fatal(refused, exitcodes.CONFIG)
             return await self._supervise()
         except BaseException:
             # A bug must not leave vLLM (and its GPU memory) behind: stop it, then report.
@@ -138,6 +148,8 @@ class Supervisor:
         finally:
             for signum in _HANDLED_SIGNALS:
                 loop.remove_signal_handler(signum)
+            if readiness is not None:
+                await readiness.close()
             await self.dispatcher.close()
             self.launcher.close()
 
@@ -166,7 +178,7 @@ class Supervisor:
                     outcome.reason,
                     notify=systemd.stopping("stopping vLLM"),
                 )
-                await self._stop_run(run)
+                await self._stop_run(run, planned=True)
                 # STOPPING -> STOPPED: the whole session of vLLM is gone
                 self.reporter.transition({State.STOPPING}, State.STOPPED, "vLLM stopped")
                 return exitcodes.OK
@@ -181,7 +193,7 @@ class Supervisor:
                     planned_restart=True,
                 )
                 self.metrics.restarted(restart_reason(outcome))
-                await self._stop_run(run)
+                await self._stop_run(run, planned=True)
                 reloaded = True
                 continue
             await self._stop_run(run)
@@ -219,7 +231,7 @@ class Supervisor:
         self.current = run
         # The drain this vLLM was launched with is the one its stop must wait for, whatever
         # a reload has set for the next start since.
-        self.current_drain = self.config.server.shutdown_timeout
+        self.current_drain = self.config.drain_timeout
         self.planner.launched(self.config, self.plan)
         self.reporter.launched(run.pid, self.config.served_name, self.config.adapters)
         return run
@@ -328,15 +340,23 @@ class Supervisor:
         settle()
         return change, restart, None
 
-    async def _stop_run(self, run: Run) -> None:
+    async def _stop_run(self, run: Run, *, planned: bool = False) -> None:
+        """End `run`; a `planned` stop (asked for, or a planned restart) is drained first."""
         grace = stop_grace(self.config.supervisor.stop.grace_period, self.current_drain)
+        announce = self.config.drain.announce_seconds if planned else 0.0
         # A stubborn vLLM takes the grace, the group's SIGTERM and SIGKILL and its last lines;
         # 3 s more for the state file and status.
-        extend = stop_takes_at_most(grace) + 3.0
-        # vLLM's shutdown lines (EngineDeadError even on a clean SIGTERM) are this stop's, not
-        # a crash: flagged before the first signal, until the pump has read the last line.
-        with self.vllm_events.stopping():
-            async with self.reporter.watchdog_fed(extend=extend):
-                await run.stop(grace)
+        extend = announce + stop_takes_at_most(grace) + 3.0
+        drain = Drain(
+            self.reporter, self.clock, self.load_reader(self.config), self.current_drain or 0
+        )
+        async with self.reporter.watchdog_fed(extend=extend):
+            if planned:
+                with self.dispatcher.stop_from_now() as stop_asked:
+                    await drain.announce(announce, stop_asked)
+            # vLLM's shutdown lines (EngineDeadError even on a clean SIGTERM) are this stop's,
+            # not a crash: flagged before the first signal, until the pump has read the last.
+            with self.vllm_events.stopping():
+                await (drain.stop(run, grace) if planned else run.stop(grace))
         self.current = None
         self.reporter.status.vllm_pid = None

@@ -50,6 +50,7 @@ SUPERVISOR_KEYS = (
     "supervisor.stop.",
     "supervisor.log.crash_report_lines",
     "maintenance.",  # when a pending restart happens: the planner reads the newest windows
+    "drain.announce",
 )
 # Keys read once at the supervisor's own start (the launcher's log file and echo).
 DAEMON_KEYS = (
@@ -59,6 +60,7 @@ DAEMON_KEYS = (
     "supervisor.log.echo",
     "supervisor.control.",
     "supervisor.metrics.",
+    "drain.readiness_listen",
 )
 _ABSENT = "(absent)"
 _ADAPTERS_KEY = "lora.adapters"

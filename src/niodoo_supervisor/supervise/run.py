@@ -49,7 +49,7 @@ DRAIN_MARGIN = 10.0
 def stop_grace(grace_period: float, drain: int | None) -> float:
     """How long a stop waits for vLLM to end by itself before signalling its whole group:
     `grace_period` (`supervisor.stop.grace_period`), or, when vLLM was launched to drain
-    (`server.shutdown_timeout` > 0), at least that drain plus `DRAIN_MARGIN`: a shorter wait
+    (`drain.timeout` > 0), at least that drain plus `DRAIN_MARGIN`: a shorter wait
     would cut the drain it was asked for."""
     return max(grace_period, drain + DRAIN_MARGIN) if drain else grace_period
 
@@ -142,7 +142,7 @@ class VllmRun:
             run = cls(child, pump, config)
         except BaseException:
             await child.terminate(  # never leave it running
-                stop_grace(config.supervisor.stop.grace_period, config.server.shutdown_timeout)
+                stop_grace(config.supervisor.stop.grace_period, config.drain_timeout)
             )
             child.close()
             raise

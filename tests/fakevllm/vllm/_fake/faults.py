@@ -38,6 +38,10 @@ Switches (seconds are floats; "after ready" counts from ``Application startup co
     Each chunk of a streamed completion waits S seconds (default 0: all at once), so a
     request can be in flight during a stop. A chunk due after the engine died is not sent:
     the stream is cut, as vLLM cuts it.
+``drain_teardown_seconds=S``
+    After a drain (below) the HTTP server keeps answering for S s more, as vLLM's does while
+    its engine and workers tear down (seconds on the CPU build): /metrics shows the
+    requests at zero.
 
 On SIGTERM with ``--shutdown-timeout N`` (N > 0) the API server drains as vLLM does: new
 completions get 503, running ones may finish for up to N s while the EngineCore stays up
@@ -74,6 +78,7 @@ class Faults:
     exit_zero_after: float | None = None
     adapters_late: float | None = None
     stream_chunk_seconds: float = 0.0
+    drain_teardown_seconds: float = 0.0
 
 
 _BOOL_SWITCHES = frozenset({"exit_at_start", "ignore_sigterm", "stubborn_children"})

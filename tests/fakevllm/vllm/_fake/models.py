@@ -326,12 +326,18 @@ class ServingState:
     def metrics_text(self) -> str:
         labels = f'engine="0",model_name="{self.served_names[0]}"'
         lines: list[str] = []
-        for name, doc in (
-            ("vllm:num_requests_running", "Number of requests in model execution batches."),
-            ("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
-            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
+        with self._lock:
+            in_flight = float(self.in_flight)  # every completion in flight runs: no queue
+        for name, doc, value in (
+            (
+                "vllm:num_requests_running",
+                "Number of requests in model execution batches.",
+                in_flight,
+            ),
+            ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", 0.0),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", 0.0),
         ):
-            lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name}{{{labels}}} 0.0"]
+            lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name}{{{labels}}} {value}"]
         with self._lock:
             finished = dict(self._finished)
             series = dict(self._lora_series)

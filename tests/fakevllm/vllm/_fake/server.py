@@ -357,6 +357,7 @@ class ApiServer:
         )
         if timeout:
             self._drain_requests(timeout)
+            time.sleep(self.faults.drain_teardown_seconds)
         if not self.state.engine_dead:
             self._engine().shutdown(f"{timeout}s", stop_engine=True)
             emit(texts.OUTPUT_HANDLER_FAILED, _ERROR, texts.output_handler_failed())

@@ -1,0 +1,167 @@
+"""A drained stop: take traffic away from vLLM first, then let it finish what it runs.
+
+vLLM's `/health` stays 200 while it drains, so only the supervisor can tell a load balancer
+"not ready" (kserve and llm-d do the same with a preStop hook): the drain is announced in the
+status (readiness endpoints answer 503 from then on), `drain.announce` seconds pass, then vLLM
+gets its SIGTERM and finishes its running requests for up to `--shutdown-timeout` seconds
+while this module reads `vllm:num_requests_running` and `vllm:num_requests_waiting` off its
+`/metrics` and reports them (status.json and systemd's STATUS=) until it has exited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+import structlog
+from prometheus_client.parser import text_string_to_metric_families
+
+from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.supervise import systemd
+from niodoo_supervisor.supervise.reporter import Reporter
+from niodoo_supervisor.supervise.seams import Clock, Run
+from niodoo_supervisor.supervise.states import State
+from niodoo_supervisor.supervise.status_file import StatusBoard
+
+__all__ = [
+    "POLL_EVERY",
+    "Drain",
+    "LoadReader",
+    "RequestLoad",
+    "ready_for_traffic",
+    "vllm_load_reader",
+]
+
+log = structlog.get_logger("niodoo_supervisor")
+
+POLL_EVERY = 0.5  # seconds between two reads of vLLM's request gauges while it drains
+_SCRAPE_TIMEOUT = 1.0
+_RUNNING = "vllm:num_requests_running"
+_WAITING = "vllm:num_requests_waiting"
+
+
+@dataclass(frozen=True)
+class RequestLoad:
+    """vLLM's requests as its gauges say (summed over every engine and model label)."""
+
+    running: int
+    waiting: int
+
+
+# Reads vLLM's request gauges; None when they cannot be read (a failed read is not fatal).
+LoadReader = Callable[[], Awaitable["RequestLoad | None"]]
+
+
+def ready_for_traffic(state: State, status: StatusBoard) -> bool:
+    """What a readiness endpoint answers: vLLM is ready and no drain has begun."""
+    return state is State.READY and status.drain is None
+
+
+def parse_load(text: str) -> RequestLoad | None:
+    """The two gauges in a Prometheus exposition, None when either is missing."""
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in (_RUNNING, _WAITING):
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    if _RUNNING not in sums or _WAITING not in sums:
+        return None
+    return RequestLoad(round(sums[_RUNNING]), round(sums[_WAITING]))
+
+
+def vllm_load_reader(config: Config) -> LoadReader:
+    """Reads the gauges of the vLLM `config` describes (`/metrics` needs no API key)."""
+    url = f"http://{_url_host(config.probe_host)}:{config.port}/metrics"
+
+    async def read() -> RequestLoad | None:
+        try:
+            async with httpx.AsyncClient(timeout=_SCRAPE_TIMEOUT, trust_env=False) as client:
+                response = await client.get(url)
+            return parse_load(response.text) if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):  # ValueError: not a Prometheus exposition
+            return None
+
+    return read
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class Drain:
+    """One drained stop of one run: `announce`, then `stop`. The status's `drain` field is
+    set from the first until the second ends."""
+
+    def __init__(self, reporter: Reporter, clock: Clock, read_load: LoadReader, timeout: int):
+        self.reporter = reporter
+        self.clock = clock
+        self.read_load = read_load
+        self.timeout = timeout  # the --shutdown-timeout the running vLLM was launched with
+        self.last: RequestLoad | None = None
+
+    async def announce(self, seconds: float, cut_short: asyncio.Event) -> None:
+        """Say not-ready, then wait `seconds` for load balancers to notice, or until
+        `cut_short` (a stop asked meanwhile)."""
+        self._show("announce", f"draining: not ready, SIGTERM to vLLM in {seconds:g}s")
+        if seconds > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(cut_short.wait(), timeout=seconds)
+
+    async def stop(self, run: Run, grace: float) -> None:
+        """SIGTERM vLLM (`run.stop`) and report its requests until it has exited; then the
+        drain is over and the status says so."""
+        started = self.clock.monotonic()
+        self.last = await self.read_load()
+        at_start = self.last
+        log.info(
+            "drain_started",
+            running=at_start.running if at_start else None,
+            waiting=at_start.waiting if at_start else None,
+            timeout_s=self.timeout,
+        )
+        self._show("draining", self._status_text())
+        poll = asyncio.get_running_loop().create_task(self._poll())
+        try:
+            await run.stop(grace)
+        finally:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+            self.reporter.status.drain = None
+            self.reporter.write_status()
+        log.info(
+            "drain_finished",
+            running_at_start=at_start.running if at_start else None,
+            waiting_at_start=at_start.waiting if at_start else None,
+            running_at_end=self.last.running if self.last else None,
+            seconds=round(self.clock.monotonic() - started, 2),
+        )
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_EVERY)
+            load = await self.read_load()
+            if load is not None and load != self.last:
+                self.last = load
+                self._show("draining", self._status_text())
+
+    def _status_text(self) -> str:
+        if self.last is None:
+            return "draining: vLLM's request counts unknown"
+        return f"draining: {self.last.running} running, {self.last.waiting} waiting"
+
+    def _show(self, phase: str, text: str) -> None:
+        status = self.reporter.status
+        since = status.drain["since"] if status.drain else self.clock.wall()
+        status.drain = {
+            "since": since,
+            "phase": phase,
+            "running": self.last.running if self.last else None,
+            "waiting": self.last.waiting if self.last else None,
+            "timeout": self.timeout,
+        }
+        self.reporter.write_status()
+        self.reporter.notify(*systemd.status(text))
