@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -141,6 +143,26 @@ class SupervisorRun:
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
+
+    def cli(self, verb: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """`niodoo-supervisor VERB` against this supervisor (its control socket, found through
+        the state folder), as an operator would type it."""
+        command = [sys.executable, "-m", "niodoo_supervisor", verb, "--state-dir", str(self.state_dir), *args]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def metrics(self) -> dict[str, float]:
+        """The daemon's Prometheus metrics over its control socket, as `name{label="v"}` (or
+        `name`) -> value."""
+        transport = httpx.HTTPTransport(uds=str(self.state_dir / "control.sock"))
+        with httpx.Client(transport=transport, timeout=10) as client:
+            answer = client.get("http://niodoo-supervisor/metrics")
+        answer.raise_for_status()
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(answer.text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
 
 
 def start_supervisor(

@@ -169,3 +169,8 @@ def test_a_drained_restart_under_load_fails_no_accepted_request(
     assert counts and counts[-1] == 0, drained.shown
     drain_events = [e for e in run.events() if e.get("event") == "drain_finished"]
     assert len(drain_events) == 2
+    # The metrics count both planned restarts as reloads, none as a crash, and no drain is left.
+    metrics = run.metrics()
+    assert metrics['niodoo_supervisor_restarts_total{reason="reload"}'] == 2
+    assert metrics['niodoo_supervisor_restarts_total{reason="crash"}'] == 0
+    assert metrics["niodoo_supervisor_drain_in_progress"] == 0

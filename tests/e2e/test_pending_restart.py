@@ -59,6 +59,18 @@ def test_a_change_outside_the_window_stays_pending_while_the_old_vllm_serves(
         assert status["vllm_pid"] == pid and status["state"] == "READY"
         assert run.states() == ["STARTING", "READY"]  # no STOPPING: nothing restarted
 
+        # What the operator sees: `status` from the daemon over its socket, and the metrics.
+        shown = run.cli("status")
+        assert shown.returncode == 0, shown.stderr
+        assert "daemon not answering" not in shown.stdout
+        assert f"pending:   restart at {opening.isoformat()} ({pending['window']})" in shown.stdout
+        assert "windows:   closed now; next opening " + opening.isoformat() in shown.stdout
+        metrics = run.metrics()
+        assert metrics["niodoo_supervisor_restart_pending"] == 1
+        assert metrics['niodoo_supervisor_state{state="READY"}'] == 1
+        wait = metrics["niodoo_supervisor_next_maintenance_window_seconds"]
+        assert 11 * 3600 < wait <= 12 * 3600, wait
+
         run.signal(signal.SIGTERM)
         assert run.wait_exit(60) == 0
     finally:

@@ -82,11 +82,14 @@ def test_adapters_added_and_removed_live_keep_the_same_vllm(
         pid = run.status()["vllm_pid"]
         assert set(_listed(base_url)) == {"tiny", "alpha"}
 
-        # Added: loaded live, listed with the served model as parent, and it answers.
+        # Added: loaded live, listed with the served model as parent, and it answers. Asked
+        # with `niodoo-supervisor reload` (systemd's ExecReload): it answers once loaded.
         _write_adapters(config, {"alpha": alpha, "beta": beta})
         took = time.monotonic()
-        _reload(run, "adapter_loaded", 1)
+        reloaded = run.cli("reload")
         took = time.monotonic() - took
+        assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+        assert "lora.adapters without a restart (loaded beta)" in reloaded.stdout
         assert _listed(base_url)["beta"] == "tiny"
         assert _completion(base_url, "beta").status_code == 200
         assert run.status()["vllm_pid"] == pid and run.states() == ["STARTING", "READY"]
@@ -96,13 +99,31 @@ def test_adapters_added_and_removed_live_keep_the_same_vllm(
         # Refused by vLLM: the previous set keeps serving, vLLM's reason is logged.
         broken = _broken_copy(beta, tmp / "broken")
         _write_adapters(config, {"alpha": alpha, "beta": beta, "broken": broken})
-        _reload(run, "adapter_load_failed", 1)
+        refused = run.cli("reload")
+        assert refused.returncode == 78, refused.stdout + refused.stderr  # `systemctl reload` fails
+        assert "the live adapter change failed" in refused.stdout + refused.stderr
         failed = run.event("adapter_load_failed")
         assert failed is not None and failed["adapter"] == "broken" and failed["reason"]
         record_figure(f"a broken adapter refused live; vLLM said: {failed['reason'][:160]}")
         assert set(_listed(base_url)) == {"tiny", "alpha", "beta"}
         assert _completion(base_url, "beta").status_code == 200
         assert run.status()["vllm_pid"] == pid and run.states() == ["STARTING", "READY"]
+
+        # The operator's own live change, through the control socket: listed, counted, gone.
+        loaded = run.cli("adapters", "load", "gamma", str(beta))
+        assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+        assert _listed(base_url)["gamma"] == "tiny"
+        listed = run.cli("adapters", "list")
+        assert "gamma (live only, not in the YAML)" in listed.stdout, listed.stdout
+        served = wait_for(
+            lambda: run.metrics()["niodoo_supervisor_adapters_served"] == 3 or None,
+            60,
+            "the next check counting alpha, beta and gamma as served",
+        )
+        assert served and run.metrics()["niodoo_supervisor_adapters_expected"] == 3
+        unloaded = run.cli("adapters", "unload", "gamma")
+        assert unloaded.returncode == 0, unloaded.stdout + unloaded.stderr
+        assert "gamma" not in _listed(base_url)
 
         # Removed: unloaded live, no longer listed, same vLLM.
         _write_adapters(config, {"alpha": alpha})
