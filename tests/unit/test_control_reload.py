@@ -228,3 +228,18 @@ def test_a_restart_held_for_a_window_answers_pending(tmp_path: Path) -> None:
     assert answer.message.startswith("taken: serving; restart pending at ")
     assert "config changed: vLLM command line" in answer.message
     assert len(sim.runs) == 1  # the old vLLM keeps serving
+
+
+def test_a_reload_cannot_move_the_state_folder(tmp_path: Path) -> None:
+    sim = Sim(tmp_path, scripts=[boots(5.0)])
+    (tmp_path / "elsewhere").mkdir()
+    moved = sim_config(tmp_path / "elsewhere")
+    sim.reload_result = ReloadResult(moved, sim_plan("python3"))
+    asked = _ask_reload(sim, 20)
+    sim.at(30, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    answer = _answer(asked)
+    assert not answer.ok
+    assert answer.message.startswith("refused, the running config stays: supervisor.state_dir: ")
+    assert "change it with `systemctl restart`" in answer.message
+    assert len(sim.runs) == 1 and _status(sim)["last_reload"]["ok"] is False  # type: ignore[index]

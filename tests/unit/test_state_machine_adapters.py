@@ -20,7 +20,7 @@ from niodoo_supervisor.supervise.incidents import (
     ReloadAsked,
     ReloadResult,
 )
-from supervise_sim import FakeRun, Sim, boots, sim_config, sim_plan
+from supervise_sim import START, FakeRun, Sim, boots, sim_config, sim_plan
 
 LIVE = {"runtime_updates": True}
 
@@ -176,3 +176,51 @@ def test_the_adapter_list_marks_what_is_live_only(tmp_path: Path) -> None:
     answer = task.result()
     assert answer.message == "tiny + adapters a, b, extra (live only, not in the YAML)"
     assert answer.details["live_only"] == ["extra"]
+
+
+def test_a_reload_of_the_same_yaml_brings_back_an_adapter_unloaded_by_command(
+    tmp_path: Path,
+) -> None:
+    sim, vllm = _live_sim(tmp_path, boots(5.0))
+    sim.reload_result = ReloadResult(_with_adapters(tmp_path, "ab"), sim_plan("python3"))
+    replies = Replies(sim)
+    replies.unload(10, "a")
+    replies.reload(20)  # the YAML is the running one: only the served set differs
+    sim.at(40, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    [unloaded, reloaded] = replies.answers()
+    assert unloaded[0]
+    assert reloaded == (
+        True,
+        "taken: the config is unchanged; the served adapters made its own again (loaded a)",
+    )
+    assert set(vllm.loaded) == {"a", "b"} and len(sim.runs) == 1
+
+
+def test_an_adapter_change_while_vllm_starts_restarts_it(tmp_path: Path) -> None:
+    sim, vllm = _live_sim(tmp_path, boots(5.0), boots(5.0))
+    adapter_folder(tmp_path / "c")
+    sim.reload_result = ReloadResult(_with_adapters(tmp_path, "abc"), sim_plan("python3"))
+    replies = Replies(sim)
+    replies.reload(2)  # not listening yet: it cannot load, and it serves nobody
+    sim.at(30, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    [(ok, answer)] = replies.answers()
+    assert ok and answer == (
+        "taken: restarting vLLM now (config changed while vLLM starts: lora.adapters)"
+    )
+    assert len(sim.runs) == 2 and vllm.calls == [] and "BACKOFF" not in sim.states()
+
+
+def test_systemds_watchdog_is_fed_around_an_adapter_command(tmp_path: Path) -> None:
+    sim, _ = _live_sim(tmp_path, boots(5.0))
+    Replies(sim).load(10, "extra", adapter_folder(tmp_path / "extra"))
+    sim.at(20, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    at_command = [
+        field
+        for sent in sim.notifier.sent
+        if START + 10 <= sent.at < START + 11
+        for field in sent.fields
+    ]
+    assert "EXTEND_TIMEOUT_USEC=120000000" in at_command and "WATCHDOG=1" in at_command

@@ -60,9 +60,7 @@ def test_failed_checks_and_a_reload_restart_by_their_reasons(tmp_path: Path) -> 
         run.sim.after(12, lambda: setattr(run.sim.server, "health", 503))
 
     sim = Sim(tmp_path, scripts=[boots(5.0, then=goes_unhealthy), boots(5.0), boots(5.0)])
-    new_dir = tmp_path / "new"
-    new_dir.mkdir()
-    new = sim_config(new_dir, port=8001)  # a new port needs a restart
+    new = sim_config(tmp_path, port=8001)  # a new port needs a restart
     sim.reload_result = ReloadResult(new, replace(sim_plan("python3", "--port", "8001")))
     sim.at(150, sim.signal(signal.SIGHUP))
     sim.at(200, sim.signal(signal.SIGTERM))

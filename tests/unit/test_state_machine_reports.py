@@ -83,11 +83,10 @@ def test_a_refused_reload_says_so_to_systemd(tmp_path: Path) -> None:
     assert "STATUS=reload refused (2 problem(s)); still running the old config" in _statuses(sim)
 
 
-def test_a_reload_takes_the_new_restart_settings_and_state_folder(tmp_path: Path) -> None:
+def test_a_reload_takes_the_new_restart_settings(tmp_path: Path) -> None:
+    # (A reload that moves the state folder is refused: test_control_reload.py.)
     sim = Sim(tmp_path, scripts=[boots(5.0, then=lambda run: run.sim.after(20, lambda: run.exit(1))), boots(5.0)])  # fmt: skip
-    new_dir = tmp_path / "new"
-    new_dir.mkdir()
-    new = sim_config(new_dir, restart={"initial_delay": 7, "jitter": 0})
+    new = sim_config(tmp_path, restart={"initial_delay": 7, "jitter": 0})
     sim.reload_result = ReloadResult(new, replace(sim_plan("python3"), vllm_version="0.99.1"))
     sim.at(10, sim.signal(signal.SIGHUP))  # the reload restarts the first run
     sim.at(100, sim.signal(signal.SIGTERM))
@@ -96,7 +95,7 @@ def test_a_reload_takes_the_new_restart_settings_and_state_folder(tmp_path: Path
     assert crashed.stopped_at is not None
     delay = restarted.started - crashed.stopped_at - sim.stop_takes
     assert delay == pytest.approx(7.0, abs=1e-6)  # the new initial_delay, not 2 s
-    status = json.loads((new_dir / "state" / STATUS_FILE).read_text())
+    status = json.loads((tmp_path / "state" / STATUS_FILE).read_text())
     assert status["vllm_version"] == "0.99.1"
 
 

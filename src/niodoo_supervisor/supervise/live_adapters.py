@@ -232,8 +232,6 @@ class LiveAdapters:
         change = adapter_change(self.serving, target)
         result = await self.apply(change) if not change.empty else None
         prober.expect_adapters(list(self.serving))
-        if result is not None and self.status.last_reload is not None:
-            self.status.last_reload["live_adapters"] = result.message
         self._publish()
         return result
 

@@ -11,6 +11,7 @@ import random
 import signal
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import BinaryIO
 
 from prometheus_client import CollectorRegistry
@@ -302,6 +303,7 @@ class Supervisor:
         it now, if any, and, for a live adapter change, where its outcome settles the reload;
         None (and said why) when refused. The supervisor's own settings apply at once; the
         rest is the next start's config."""
+        result = _state_dir_kept(result, self.config)
         if result.config is None or result.plan is None:
             self.reporter.reload_refused(result.errors)
             settle_reload(result, None, self.reporter, vllm_running=vllm_running)
@@ -315,9 +317,12 @@ class Supervisor:
         self.planner.windows = result.config.maintenance.windows
         self.reporter.windows = result.config.maintenance.windows
         restart = self.planner.on_reload(change, self.state) if vllm_running else None
+        live_keys = change.keys(KeyClass.LIVE)
+        if restart is None and vllm_running and self.state is State.STARTING and live_keys:
+            # vLLM is not listening yet, so it cannot load them; it serves nobody yet either.
+            restart = f"config changed while vLLM starts: {', '.join(live_keys)}"
         self.reporter.status.vllm_version = result.plan.vllm_version
         self.policy.settings = result.config.supervisor.restart
-        self.reporter.state_dir = result.config.state_dir
         held = self.planner.pending if restart is None else None
         pending = held.status_text() if held else None
         self.reporter.reload_taken(change, vllm_running=vllm_running, pending=pending)
@@ -333,9 +338,11 @@ class Supervisor:
                 live=live,
             )
 
-        if vllm_running and restart is None and change.keys(KeyClass.LIVE):
-            # The answer waits for the adapters: `reload` must not say "taken" before vLLM
-            # has loaded them (or refused one).
+        live = self.config.lora.runtime_updates and self.state is not State.STARTING
+        if vllm_running and restart is None and live:
+            # The served adapters are brought to the YAML's (even an unchanged one's: a live
+            # load may have failed, or `adapters unload` taken one away), and the answer waits
+            # for them: `reload` must not say "taken" before vLLM has loaded them.
             return change, restart, settle
         settle()
         return change, restart, None
@@ -360,3 +367,16 @@ class Supervisor:
                 await (drain.stop(run, grace) if planned else run.stop(grace))
         self.current = None
         self.reporter.status.vllm_pid = None
+
+
+def _state_dir_kept(result: ReloadResult, running: Config) -> ReloadResult:
+    """A reload cannot move the state folder: the lock, the run record and the control socket
+    (which `reload` and `status` find through the config) stay where the supervisor started."""
+    if result.config is None or result.config.state_dir == running.state_dir:
+        return result
+    problem = (
+        f"supervisor.state_dir: {result.config.state_dir} differs from the running "
+        f"{running.state_dir}, which holds the lock, the run record and the control socket; "
+        "a reload cannot move it: change it with `systemctl restart`"
+    )
+    return replace(result, config=None, plan=None, errors=[problem])

@@ -34,7 +34,23 @@ def reload_outcome(
             {"outcome": "refused", "problems": list(errors)},
         )
     details: dict[str, object] = {"changes": [each.describe() for each in change.changes]}
-    if change.unchanged:
+    if live is not None and not live.ok:
+        # First: whatever else the reload did, the adapters it asked for are not served.
+        details["keys"] = change.keys(KeyClass.LIVE)
+        details["live_adapters"] = live.message
+        if pending:
+            details["pending"] = pending
+        return CommandResult(
+            False,
+            f"the live adapter change failed, the previous adapters keep serving: {live.message}",
+            {"outcome": "live_failed", **details},
+        )
+    if change.unchanged and live is not None:
+        outcome, text = (
+            "unchanged",
+            "taken: the config is unchanged; the served adapters made its own again",
+        )
+    elif change.unchanged:
         outcome, text = "unchanged", "taken: the config is unchanged, nothing to do"
     elif restart is not None:
         details["keys"] = change.keys(KeyClass.RESTART)
@@ -45,13 +61,6 @@ def reload_outcome(
     elif change.needs_restart and pending:
         details["keys"] = change.keys(KeyClass.RESTART)
         outcome, text = "restart_pending", f"taken: {pending}"
-    elif live is not None and not live.ok:
-        details["keys"] = change.keys(KeyClass.LIVE)
-        details["live_adapters"] = live.message
-        outcome, text = (
-            "live_failed",
-            f"the live adapter change failed, the previous adapters keep serving: {live.message}",
-        )
     else:
         keys = change.keys(KeyClass.SUPERVISOR) + change.keys(KeyClass.LIVE)
         details["keys"] = keys
@@ -59,9 +68,9 @@ def reload_outcome(
             "applied",
             f"taken: applied {', '.join(keys) or 'nothing'} without a restart",
         )
-        if live is not None:
-            details["live_adapters"] = live.message
-            text += f" ({live.message})"
+    if live is not None:  # adapters loaded or unloaded live, with or without a config change
+        details["live_adapters"] = live.message
+        text += f" ({live.message})"
     if pending and outcome != "restart_pending":
         details["pending"] = pending
         text += f"; {pending}"
@@ -69,7 +78,7 @@ def reload_outcome(
     if not_applied:
         details["not_applied"] = not_applied
         text += f"; {', '.join(not_applied)} wait for `systemctl restart`"
-    return CommandResult(outcome != "live_failed", text, {"outcome": outcome, **details})
+    return CommandResult(True, text, {"outcome": outcome, **details})
 
 
 def settle_reload(

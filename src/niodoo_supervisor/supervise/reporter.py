@@ -46,7 +46,7 @@ class Reporter:
     ) -> None:
         self.notifier = notifier
         self.clock = clock
-        self.state_dir = state_dir  # a reload may name another one
+        self.state_dir = state_dir  # where the supervisor started (a reload cannot move it)
         self.windows: Sequence[Window] = ()  # the newest accepted config's (the status shows them)
         self.status = status
         self.counters = counters

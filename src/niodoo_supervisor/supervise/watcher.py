@@ -28,6 +28,7 @@ import structlog
 from niodoo_supervisor.logs.builtin_rules import SERVING_PHASES
 from niodoo_supervisor.logs.rule_types import Action, Event
 from niodoo_supervisor.supervise import systemd
+from niodoo_supervisor.supervise.adapter_api import LOAD_TIMEOUT
 from niodoo_supervisor.supervise.dispatch import Dispatcher
 from niodoo_supervisor.supervise.exits import describe_exit
 from niodoo_supervisor.supervise.incidents import (
@@ -58,6 +59,9 @@ log = structlog.get_logger("niodoo_supervisor")
 # Half the 0.1 s ready-lag target: the lag is this interval plus one probe's own time.
 SERVING_PROBE_INTERVAL = 0.05
 FAST_PROBES = 200
+# Seconds systemd's timeout is extended by around a live adapter change (a reload job waits
+# for it); the watchdog is fed meanwhile whatever it takes.
+ADAPTER_CHANGE_EXTEND = 2 * LOAD_TIMEOUT
 
 
 class RunWatcher:
@@ -152,7 +156,9 @@ class RunWatcher:
         if isinstance(incident, LogEvent) and incident.run == self.serial:
             return self._on_event(incident.event)  # a stopped run's late lines steer nothing
         if isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked):
-            await self.adapters.command(incident, self.state, self.prober)
+            # vLLM may take a while per adapter: systemd's watchdog must not take it for a hang.
+            async with self.reporter.watchdog_fed(extend=ADAPTER_CHANGE_EXTEND):
+                await self.adapters.command(incident, self.state, self.prober)
         return None
 
     async def _on_reload(self, result: ReloadResult) -> Outcome | None:
@@ -161,14 +167,20 @@ class RunWatcher:
             return None  # refused
         if reloaded.restart is not None:
             return Outcome(OutcomeKind.RELOAD, reloaded.restart)
-        if reloaded.prober is None:
-            return None  # the supervisor's settings are the same
-        self.settings = reloaded.settings
-        old, self.prober = self.prober, reloaded.prober  # no probe is in flight between incidents
-        await old.aclose()
-        live = await self.adapters.reloaded(reloaded.adapters, self.prober)
+        if reloaded.prober is not None:  # the supervisor's settings changed
+            self.settings = reloaded.settings
+            old, self.prober = self.prober, reloaded.prober  # no probe is in flight now
+            await old.aclose()
+            self._retime_next_check()
         if reloaded.settle is not None:
+            # Even an unchanged YAML brings the served adapters back to it (after a refused
+            # live load, or an `adapters unload` of one of its adapters).
+            async with self.reporter.watchdog_fed(extend=ADAPTER_CHANGE_EXTEND):
+                live = await self.adapters.reloaded(reloaded.adapters, self.prober)
             reloaded.settle(live)
+        return None
+
+    def _retime_next_check(self) -> None:
         fast = self.state is State.STARTING and self.server_up_at is not None
         if self.last_check is not None and not fast and self.engine_death is None:
             # The next check at the new interval (fast probes are 0.05 s apart anyway).
@@ -178,7 +190,6 @@ class RunWatcher:
                 else self.settings.interval
             )
             self.next_check = self.last_check + interval
-        return None
 
     def _on_event(self, event: Event) -> Outcome | None:
         fatal = self._fatal_outcome(line=event)
