@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from control_fakes import FakeTarget
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.cli.main import main
-from niodoo_supervisor.control.api import CommandResult
+from niodoo_supervisor.control.api import STOPPING, CommandResult
 from niodoo_supervisor.control.server import ControlServer, ControlSettings
 from niodoo_supervisor.supervise.status_file import STATUS_FILE, StatusBoard
 
@@ -188,6 +188,28 @@ async def test_adapters_list_load_and_unload(
     assert await _cli("adapters", *where, "unload", "b") == exitcodes.OK
     assert daemon.calls == [("adapters",), ("load", "b", "/srv/b"), ("unload", "b")]
     assert capsys.readouterr().out.splitlines()[0] == "tiny + adapters a"
+
+
+@pytest.mark.parametrize("verb", [("reload",), ("restart",), ("adapters", "unload", "b")])
+async def test_a_command_that_comes_while_stopping_exits_not_running(
+    daemon: FakeTarget, state_dir: Path, capsys: pytest.CaptureFixture[str], verb: tuple[str, ...]
+) -> None:
+    daemon.result = CommandResult(False, STOPPING)
+    assert await _cli(verb[0], "--state-dir", str(state_dir), *verb[1:]) == exitcodes.NOT_RUNNING
+    assert capsys.readouterr().err == f"niodoo-supervisor: {STOPPING}\n"
+
+
+async def test_adapter_names_are_sent_url_encoded_and_paths_absolute(
+    daemon: FakeTarget, state_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    where = ("--state-dir", str(state_dir))
+    assert await _cli("adapters", *where, "unload", "org/b?x#y") == exitcodes.OK
+    assert await _cli("adapters", *where, "load", "org/b", "adapters/b") == exitcodes.OK
+    assert daemon.calls == [
+        ("unload", "org/b?x#y"),
+        ("load", "org/b", str(tmp_path.resolve() / "adapters" / "b")),
+    ]
 
 
 def test_the_verbs_are_listed_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:

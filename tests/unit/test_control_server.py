@@ -16,12 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from control_fakes import FakeTarget
 from niodoo_supervisor.config.loader import load_config
+from niodoo_supervisor.control import runner as runner_module
 from niodoo_supervisor.control import server as server_module
-from niodoo_supervisor.control.api import CommandResult
+from niodoo_supervisor.control.api import STOPPING, CommandResult
 from niodoo_supervisor.control.server import (
     MAX_BODY_BYTES,
     ControlServer,
@@ -125,6 +127,52 @@ def test_a_path_that_is_not_a_socket_is_refused_and_left_alone(short_dir: Path, 
         assert path.read_text() == "keep me"
 
 
+def test_a_socket_whose_listener_never_accepts_is_refused_without_blocking(
+    short_dir: Path,
+) -> None:
+    path = short_dir / "control.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as holder:
+        holder.bind(str(path))
+        holder.listen(0)
+        queued = []
+        while True:  # fill its backlog: a blocking connect() would now wait for good
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            queued.append(client)
+            try:
+                client.connect(str(path))
+            except BlockingIOError:
+                break
+        try:
+            with pytest.raises(ControlServerError, match=r"holds .* but does not take connections"):
+                bind_unix_socket(path, None)
+        finally:
+            for client in queued:
+                client.close()
+    assert stat.S_ISSOCK(path.lstat().st_mode)  # left alone
+
+
+async def test_a_site_that_fails_to_start_closes_the_socket_and_removes_the_file(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bound: list[socket.socket] = []
+
+    def binding(path: Path, group: str | None) -> socket.socket:
+        bound.append(bind_unix_socket(path, group))
+        return bound[-1]
+
+    async def failing(self: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(server_module, "bind_unix_socket", binding)
+    monkeypatch.setattr(web.SockSite, "start", failing)
+    path = short_dir / "control.sock"
+    server = ControlServer(FakeTarget(), CollectorRegistry(), ControlSettings(path))
+    with pytest.raises(OSError, match="Too many open files"):
+        await server.start()
+    assert bound[0].fileno() == -1 and not path.exists()
+
+
 def test_a_path_too_long_for_a_socket_is_refused(short_dir: Path) -> None:
     path = short_dir / ("x" * 120)
     with pytest.raises(ControlServerError, match=r"at most 107: name a shorter path"):
@@ -216,6 +264,15 @@ async def test_reload_is_200_when_taken_and_409_when_refused(
     }
 
 
+async def test_a_command_that_comes_while_stopping_is_503(
+    served: tuple[FakeTarget, httpx.AsyncClient, Path],
+) -> None:
+    target, client, _ = served
+    target.result = CommandResult(False, STOPPING)
+    answer = await client.post("/restart", params={"when": "now"})
+    assert (answer.status_code, answer.json()["message"]) == (503, STOPPING)
+
+
 async def test_restart_now_or_at_the_next_window(
     served: tuple[FakeTarget, httpx.AsyncClient, Path],
 ) -> None:
@@ -255,6 +312,31 @@ async def test_adapters_list_load_and_unload(
             b'{"name": "b", "path": "/x", "rank": 8}',
             "unknown field 'rank': send only name and path",
         ),
+        (
+            b'{"name": " b ", "path": "/x"}',
+            "name: ' b ' has spaces around it: send it without them",
+        ),
+        (
+            b'{"name": "a b", "path": "/x"}',
+            "name: 'a b' contains whitespace or '=': use letters, digits, '-', '_' or '.'",
+        ),
+        (
+            b'{"name": "a=b", "path": "/x"}',
+            "name: 'a=b' contains whitespace or '=': use letters, digits, '-', '_' or '.'",
+        ),
+        (
+            b'{"name": "' + b"n" * 256 + b'", "path": "/x"}',
+            "name: 256 characters long; at most 255",
+        ),
+        (
+            b'{"name": "b", "path": "/' + b"p" * 4096 + b'"}',
+            "path: 4097 characters long; at most 4096",
+        ),
+        (
+            b'{"name": "b", "path": "srv/b"}',
+            "path: 'srv/b' is not absolute: send the adapter folder's full path",
+        ),
+        (b"[" * 60_000, 'the body is not JSON: send {"name": ..., "path": ...}'),
     ],
 )
 async def test_a_bad_adapter_request_is_400_with_one_line(
@@ -264,6 +346,16 @@ async def test_a_bad_adapter_request_is_400_with_one_line(
     answer = await client.post("/adapters", content=body)
     assert (answer.status_code, answer.json()) == (400, {"ok": False, "message": message})
     assert target.calls == []
+
+
+async def test_an_adapter_name_with_a_slash_or_question_mark_reaches_unload_whole(
+    served: tuple[FakeTarget, httpx.AsyncClient, Path],
+) -> None:
+    target, client, _ = served
+    assert (await client.delete("/adapters/org%2Fb%3Fx")).status_code == 200
+    bad = await client.delete("/adapters/a%20b")
+    assert bad.status_code == 400 and bad.json()["message"].startswith("name: 'a b' contains")
+    assert target.calls == [("unload", "org/b?x")]
 
 
 async def test_a_body_too_large_unknown_routes_and_methods_answer_json(
@@ -296,7 +388,7 @@ async def test_a_failing_target_is_a_500_and_the_server_goes_on(
     assert (await client.get("/status")).status_code == 200
 
 
-async def test_loopback_tcp_serves_the_read_only_routes_only(short_dir: Path) -> None:
+async def test_loopback_tcp_serves_only_readiness_and_metrics(short_dir: Path) -> None:
     with socket.socket() as probe:  # an OS-chosen free port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -306,9 +398,10 @@ async def test_loopback_tcp_serves_the_read_only_routes_only(short_dir: Path) ->
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             assert (await client.get("/ready")).status_code == 200
-            assert (await client.get("/status")).status_code == 200
             assert (await client.get("/metrics")).status_code == 200
-            # Every local user reaches a loopback port: commands need the socket.
+            # Every local user reaches a loopback port: the status (log lines) and commands
+            # need the socket.
+            assert (await client.get("/status")).status_code == 404
             assert (await client.post("/reload")).status_code == 404
             assert (await client.post("/restart")).status_code == 404
             assert (await client.get("/adapters")).status_code == 404
@@ -334,7 +427,7 @@ async def test_a_taken_tcp_port_is_a_config_error_and_leaves_no_socket(short_dir
 async def test_closing_does_not_wait_on_a_command_nobody_answers(
     short_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_module, "SHUTDOWN_GRACE", 0.2)
+    monkeypatch.setattr(runner_module, "SHUTDOWN_GRACE", 0.2)
     target = FakeTarget()
     never: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
 

@@ -5,6 +5,8 @@ line and a documented exit code."""
 from __future__ import annotations
 
 import sys
+import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from niodoo_supervisor import exitcodes
@@ -28,8 +30,10 @@ def adapters(where: StateLocation, action: str, name: str | None, path: str | No
     if action == "list":
         return _command(where, "GET", "/adapters")
     if action == "load":
-        return _command(where, "POST", "/adapters", body={"name": name, "path": path})
-    return _command(where, "DELETE", f"/adapters/{name}")
+        # The daemon's working folder is not the operator's: a relative PATH means this one.
+        absolute = str(Path(path).resolve()) if path is not None else None
+        return _command(where, "POST", "/adapters", body={"name": name, "path": absolute})
+    return _command(where, "DELETE", f"/adapters/{urllib.parse.quote(name or '', safe='')}")
 
 
 def _command(
@@ -46,6 +50,9 @@ def _command(
             answer = client.request(method, path, params=params, body=body)
     except DaemonUnreachable as why:
         print(f"niodoo-supervisor: no supervisor answers: {why}", file=sys.stderr)
+        return exitcodes.NOT_RUNNING
+    if answer.status == 503:  # the supervisor is stopping: it will not carry this out
+        print(f"niodoo-supervisor: {answer.message}", file=sys.stderr)
         return exitcodes.NOT_RUNNING
     if answer.status == 200:
         print(answer.message)

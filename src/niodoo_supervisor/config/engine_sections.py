@@ -79,8 +79,13 @@ class EngineSection(Section):
     ] = None
 
 
+def adapter_name_is_valid(name: str) -> bool:
+    """What vLLM's `--lora-modules NAME=PATH` can carry (the control API checks it too)."""
+    return not any(char.isspace() for char in name) and "=" not in name
+
+
 def _adapter_name(name: str) -> str:
-    if any(char.isspace() for char in name) or "=" in name:
+    if not adapter_name_is_valid(name):
         raise rejected(
             f"{name!r} contains whitespace or '='", "use letters, digits, '-', '_' or '.'"
         )

@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["CommandResult", "ControlTarget"]
+__all__ = ["STOPPING", "CommandResult", "ControlTarget"]
+
+# The refusal of a command that came too late: the server answers it 503, the CLI exits 3.
+STOPPING = "the supervisor is stopping"
 
 
 @dataclass(frozen=True)

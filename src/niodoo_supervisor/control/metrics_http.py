@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from niodoo_supervisor.config.metrics_sections import parse_listen
+from niodoo_supervisor.control.runner import app_runner, metrics_handler
 
 __all__ = ["metrics_endpoint"]
 
@@ -29,15 +30,9 @@ async def metrics_endpoint(
         yield None
         return
 
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
     app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    # The supervisor's loop owns the signals; no access log (Prometheus scrapes every few s).
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    app.router.add_get("/metrics", metrics_handler(registry))
+    runner = app_runner(app)
     await runner.setup()
     host, port = parse_listen(listen)
     served: str | None = listen

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from niodoo_supervisor.config.drain_sections import split_listen
+from niodoo_supervisor.control.runner import app_runner
 from niodoo_supervisor.files.atomic import describe_os_error
 
 __all__ = ["ReadinessServer"]
@@ -24,8 +25,7 @@ class ReadinessServer:
         self.is_ready = is_ready
         app = web.Application()
         app.router.add_get("/ready", self._ready)
-        # handle_signals=False: the supervisor owns SIGTERM/SIGINT/SIGHUP.
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = app_runner(app)
 
     @classmethod
     def listening_on(

@@ -4,7 +4,8 @@ supervisor's own event loop (`AppRunner(handle_signals=False)`: the loop's signa
 stay the supervisor's).
 
 Routes (JSON unless said): GET /status, GET /ready (200 or 503 with the reason), GET /metrics
-(Prometheus text), POST /reload (200 taken, 409 refused), POST /restart?when=now|next-window,
+(Prometheus text), POST /reload (200 taken, 409 refused, 503 when the supervisor is stopping),
+POST /restart?when=now|next-window,
 GET /adapters, POST /adapters {"name", "path"}, DELETE /adapters/{name}. A bad request is a
 400 with one line saying what is wrong; every error answers `{"ok": false, "message": ...}`.
 """
@@ -25,12 +26,14 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from niodoo_supervisor import exitcodes
+from niodoo_supervisor.config.engine_sections import adapter_name_is_valid
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.config.metrics_sections import parse_listen
-from niodoo_supervisor.control.api import CommandResult, ControlTarget
+from niodoo_supervisor.control.api import STOPPING, CommandResult, ControlTarget
+from niodoo_supervisor.control.runner import app_runner, metrics_handler
 
 __all__ = ["SOCKET_MODE", "ControlServer", "ControlServerError", "ControlSettings", "control_app"]
 
@@ -38,13 +41,12 @@ log = structlog.get_logger("niodoo_supervisor")
 
 SOCKET_MODE = 0o660
 MAX_BODY_BYTES = 64 * 1024  # a command is a few names and a path
-# At exit, requests still waiting get this long (their commands are answered "not carried out"
-# as the loop closes); then they are cut: a stop must not wait on a client.
-SHUTDOWN_GRACE = 5.0
+MAX_NAME_CHARS = 255
+MAX_PATH_CHARS = 4096  # PATH_MAX
+_PROBE_TIMEOUT = 1.0  # a listener whose backlog is full would block connect() for good
 _MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last a NUL
 _RESTART_WHEN = {"now": True, "next-window": False}
 _TARGET: web.AppKey[ControlTarget] = web.AppKey("target", ControlTarget)
-_REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -73,16 +75,15 @@ class ControlSettings:
 def control_app(
     target: ControlTarget, registry: CollectorRegistry, *, commands: bool = True
 ) -> web.Application:
-    """The API; without `commands`, only its read-only routes (what a loopback TCP port,
-    open to every local user, may serve)."""
+    """The API; without `commands`, only /ready and /metrics: what a loopback TCP port, open
+    to every local user, may serve (/status quotes log lines, which may quote requests)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_as_json])
     app[_TARGET] = target
-    app[_REGISTRY] = registry
-    app.router.add_get("/status", _status)
     app.router.add_get("/ready", _ready)
-    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/metrics", metrics_handler(registry))
     if not commands:
         return app
+    app.router.add_get("/status", _status)
     app.router.add_post("/reload", _reload)
     app.router.add_post("/restart", _restart)
     app.router.add_get("/adapters", _adapters)
@@ -99,18 +100,23 @@ class ControlServer:
         self, target: ControlTarget, registry: CollectorRegistry, settings: ControlSettings
     ) -> None:
         self.settings = settings
-        self._runner = _runner(control_app(target, registry))
+        self._runner = app_runner(control_app(target, registry))
         self._tcp_runner: web.AppRunner | None = None
         if settings.listen is not None:
-            self._tcp_runner = _runner(control_app(target, registry, commands=False))
+            self._tcp_runner = app_runner(control_app(target, registry, commands=False))
         self._bound: os.stat_result | None = None  # the socket file this server made
 
     async def start(self) -> None:
         sock = bind_unix_socket(self.settings.socket, self.settings.group)
         self._bound = self.settings.socket.stat()
-        await self._runner.setup()
         try:
+            await self._runner.setup()
             await web.SockSite(self._runner, sock).start()
+        except BaseException:
+            sock.close()  # a site that never started does not own it
+            await self.close()
+            raise
+        try:
             if self._tcp_runner is not None and self.settings.listen is not None:
                 await self._start_tcp(self._tcp_runner, self.settings.listen)
         except BaseException:
@@ -139,13 +145,6 @@ class ControlServer:
                 now = self.settings.socket.lstat()
                 if (now.st_dev, now.st_ino) == (bound.st_dev, bound.st_ino):  # still ours
                     self.settings.socket.unlink()
-
-
-def _runner(app: web.Application) -> web.AppRunner:
-    # The supervisor's loop owns the signals; no access log (a scraper polls every few s).
-    return web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE
-    )
 
 
 def bind_unix_socket(path: Path, group: str | None) -> socket.socket:
@@ -213,8 +212,14 @@ def _remove_stale(path: Path) -> None:
             "move it away or name another path"
         )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(_PROBE_TIMEOUT)
     try:
         probe.connect(os.fspath(path))
+    except (TimeoutError, BlockingIOError):  # its queue is full (EAGAIN), or it is stuck
+        raise ControlServerError(
+            f"supervisor.control.socket: another process holds {path} but does not take "
+            "connections; stop it or name another path"
+        ) from None
     except OSError as exc:
         if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
             raise ControlServerError(
@@ -276,8 +281,10 @@ class _BadRequest(Exception):
 
 
 def _answer(result: CommandResult) -> web.Response:
-    """200 when the command was carried out, 409 when it was refused."""
-    return web.json_response(asdict(result), status=200 if result.ok else 409)
+    """200 when the command was carried out, 409 when it was refused, 503 when it came too
+    late: the supervisor is stopping."""
+    status = 200 if result.ok else 503 if result.message == STOPPING else 409
+    return web.json_response(asdict(result), status=status)
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -287,11 +294,6 @@ async def _status(request: web.Request) -> web.Response:
 async def _ready(request: web.Request) -> web.Response:
     ready, reason = request.app[_TARGET].readiness()
     return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[_REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _reload(request: web.Request) -> web.Response:
@@ -314,18 +316,20 @@ async def _load_adapter(request: web.Request) -> web.Response:
     unknown = sorted(set(body) - {"name", "path"})
     if unknown:
         raise _BadRequest(f"unknown field {unknown[0]!r}: send only name and path")
-    name, path = _text_field(body, "name"), _text_field(body, "path")
+    name = _adapter_name(_text_field(body, "name"))
+    path = _adapter_path(_text_field(body, "path"))
     return _answer(await request.app[_TARGET].load_adapter(name, path))
 
 
 async def _unload_adapter(request: web.Request) -> web.Response:
-    return _answer(await request.app[_TARGET].unload_adapter(request.match_info["name"]))
+    name = _adapter_name(request.match_info["name"])
+    return _answer(await request.app[_TARGET].unload_adapter(name))
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a body nested thousands deep
         raise _BadRequest('the body is not JSON: send {"name": ..., "path": ...}') from None
     if not isinstance(body, dict):
         raise _BadRequest('the body must be a JSON object: {"name": ..., "path": ...}')
@@ -336,7 +340,27 @@ def _text_field(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value.strip():
         raise _BadRequest(f"{name}: a non-empty string is required")
+    if value != value.strip():
+        raise _BadRequest(f"{name}: {value!r} has spaces around it: send it without them")
     return value
+
+
+def _adapter_name(name: str) -> str:
+    if len(name) > MAX_NAME_CHARS:
+        raise _BadRequest(f"name: {len(name)} characters long; at most {MAX_NAME_CHARS}")
+    if not adapter_name_is_valid(name):
+        raise _BadRequest(
+            f"name: {name!r} contains whitespace or '=': use letters, digits, '-', '_' or '.'"
+        )
+    return name
+
+
+def _adapter_path(path: str) -> str:
+    if len(path) > MAX_PATH_CHARS:
+        raise _BadRequest(f"path: {len(path)} characters long; at most {MAX_PATH_CHARS}")
+    if not path.startswith("/"):
+        raise _BadRequest(f"path: {path!r} is not absolute: send the adapter folder's full path")
+    return path
 
 
 def _dumps(value: Any) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import structlog
 
-from niodoo_supervisor.control.api import CommandResult
+from niodoo_supervisor.control.api import STOPPING, CommandResult
 from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.supervise.incidents import (
     AdapterLoadAsked,
@@ -62,6 +62,7 @@ class Dispatcher:
         self._stop_watchers: set[asyncio.Event] = set()
         self._reload_replies: list[Reply] = []  # asked for the next reading of the file
         self._reading_for: tuple[Reply, ...] = ()  # asked for the reading under way
+        self._closed = False
 
     @property
     def reloading(self) -> bool:
@@ -69,6 +70,11 @@ class Dispatcher:
         return self._reload_task is not None and not self._reload_task.done()
 
     def post(self, incident: Incident) -> None:
+        late = self._closed or self.stop_asked.is_set()
+        if late and isinstance(incident, _COMMANDS) and incident.reply is not None:
+            # Nobody will carry it out: its caller must not wait out the stop (or hang).
+            _refuse([incident.reply], STOPPING)
+            return
         if isinstance(incident, StopAsked):
             self.stop_asked.set()
             for watcher in self._stop_watchers:
@@ -157,7 +163,9 @@ class Dispatcher:
 
     async def close(self) -> None:
         """End a reload still under way (a stop does not wait for it), and answer every
-        command still waiting: nobody will carry it out now."""
+        command still waiting, and from now on every command posted: nobody will carry it
+        out now."""
+        self._closed = True
         task = self._reload_task
         if task is not None and not task.done():
             task.cancel()
@@ -171,7 +179,7 @@ class Dispatcher:
                 waiting.extend(incident.result.replies)
             elif isinstance(incident, _COMMANDS) and incident.reply is not None:
                 waiting.append(incident.reply)
-        _refuse(waiting, "the supervisor is stopping")
+        _refuse(waiting, STOPPING)
 
 
 def _refuse(replies: Iterable[Reply], why: str) -> None:
