@@ -83,6 +83,15 @@ def test_a_second_stop_cuts_the_announce_of_a_stop_short(tmp_path: Path) -> None
     assert sim.runs[0].stopped_at == after_start(25)
 
 
+def test_a_stop_of_a_vllm_that_never_served_is_not_announced(tmp_path: Path) -> None:
+    # Still STARTING at 2 s: no load balancer sends to it, so the SIGTERM goes at once.
+    sim = Sim(tmp_path, scripts=[boots(5.0)], config=sim_config(tmp_path, drain={"announce": 8}))
+    sim.at(2, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert sim.runs[0].stopped_at == after_start(2)
+    assert "STATUS=draining: not ready, SIGTERM to vLLM in 0s" in _statuses(sim)
+
+
 def test_a_stop_announces_in_full_and_extends_systemds_timeout_by_it(tmp_path: Path) -> None:
     sim = Sim(tmp_path, scripts=[boots(5.0)], config=sim_config(tmp_path, drain={"announce": 8}))
     sim.at(20, sim.signal(signal.SIGTERM))

@@ -70,7 +70,7 @@ class DrainSection(Section):
             le=3600.0,
             description="Seconds the supervisor answers not-ready (503 on its readiness "
             "endpoints) before it SIGTERMs vLLM, so load balancers stop sending first; a stop "
-            f"asked meanwhile cuts it short. Absent: {DEFAULT_ANNOUNCE_WITH_LISTENER:g} when "
+            f"asked meanwhile cuts it short, and a vLLM never ready is not waited for. Absent: {DEFAULT_ANNOUNCE_WITH_LISTENER:g} when "
             "readiness_listen is set, else 0.",
         ),
     ] = None

@@ -71,6 +71,7 @@ from niodoo_supervisor.supervise.watcher import RunWatcher
 __all__ = ["Supervisor"]
 
 _RUNNING = {State.STARTING, State.READY, State.UNHEALTHY}
+_SERVING = {State.READY, State.UNHEALTHY}  # vLLM took traffic: a drain announces its stop
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -170,6 +171,7 @@ class Supervisor:
             if isinstance(run, LaunchError):
                 return self.reporter.fatal(str(run), run.exit_code)
             outcome = await self._watch(run)
+            served = self.state in _SERVING
             if outcome.kind is OutcomeKind.STOP:
                 # STARTING/READY/UNHEALTHY -> STOPPING: asked to stop
                 self.reporter.transition(
@@ -178,7 +180,7 @@ class Supervisor:
                     outcome.reason,
                     notify=systemd.stopping("stopping vLLM"),
                 )
-                await self._stop_run(run, planned=True)
+                await self._stop_run(run, planned=True, served=served)
                 # STOPPING -> STOPPED: the whole session of vLLM is gone
                 self.reporter.transition({State.STOPPING}, State.STOPPED, "vLLM stopped")
                 return exitcodes.OK
@@ -193,7 +195,7 @@ class Supervisor:
                     planned_restart=True,
                 )
                 self.metrics.restarted(restart_reason(outcome))
-                await self._stop_run(run, planned=True)
+                await self._stop_run(run, planned=True, served=served)
                 reloaded = True
                 continue
             await self._stop_run(run)
@@ -340,10 +342,12 @@ class Supervisor:
         settle()
         return change, restart, None
 
-    async def _stop_run(self, run: Run, *, planned: bool = False) -> None:
-        """End `run`; a `planned` stop (asked for, or a planned restart) is drained first."""
+    async def _stop_run(self, run: Run, *, planned: bool = False, served: bool = False) -> None:
+        """End `run`; a `planned` stop (asked for, or a planned restart) is drained first, and
+        announced first only when vLLM had `served` (no load balancer sends to a vLLM that
+        never was ready)."""
         grace = stop_grace(self.config.supervisor.stop.grace_period, self.current_drain)
-        announce = self.config.drain.announce_seconds if planned else 0.0
+        announce = self.config.drain.announce_seconds if planned and served else 0.0
         # A stubborn vLLM takes the grace, the group's SIGTERM and SIGKILL and its last lines;
         # 3 s more for the state file and status.
         extend = announce + stop_takes_at_most(grace) + 3.0
