@@ -233,11 +233,19 @@ def test_both_drain_timeout_and_its_old_name_is_an_error() -> None:
 
 def test_announce_defaults_to_ten_seconds_only_with_a_readiness_listener() -> None:
     config, _ = _load("")
-    assert config is not None and config.drain.announce_seconds == 0.0
+    assert config is not None and config.drain_announce == 0.0
     config, _ = _load("drain: {readiness_listen: '127.0.0.1:8081'}\n")
-    assert config is not None and config.drain.announce_seconds == 10.0
+    assert config is not None and config.drain_announce == 10.0
     config, _ = _load("drain: {readiness_listen: '[::1]:8081', announce: 2}\n")
-    assert config is not None and config.drain.announce_seconds == 2.0
+    assert config is not None and config.drain_announce == 2.0
+
+
+def test_announce_defaults_to_ten_seconds_with_the_control_apis_tcp_ready() -> None:
+    # supervisor.control.listen serves GET /ready to load balancers too
+    config, _ = _load("supervisor: {control: {listen: '127.0.0.1:8082'}}\n")
+    assert config is not None and config.drain_announce == 10.0
+    config, _ = _load("supervisor: {control: {listen: '127.0.0.1:8082'}}\ndrain: {announce: 0}\n")
+    assert config is not None and config.drain_announce == 0.0
 
 
 @pytest.mark.parametrize(

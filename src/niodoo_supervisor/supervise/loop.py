@@ -347,7 +347,7 @@ class Supervisor:
         announced first only when vLLM had `served` (no load balancer sends to a vLLM that
         never was ready)."""
         grace = stop_grace(self.config.supervisor.stop.grace_period, self.current_drain)
-        announce = self.config.drain.announce_seconds if planned and served else 0.0
+        announce = self.config.drain_announce if planned and served else 0.0
         # A stubborn vLLM takes the grace, the group's SIGTERM and SIGKILL and its last lines;
         # 3 s more for the state file and status.
         extend = announce + stop_takes_at_most(grace) + 3.0
