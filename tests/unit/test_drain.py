@@ -11,11 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from niodoo_supervisor.config.loader import parse_config
 from niodoo_supervisor.config.problems import Problem
 from niodoo_supervisor.control.readiness_http import ReadinessServer
-from niodoo_supervisor.supervise.drain import RequestLoad, parse_load
+from niodoo_supervisor.supervise.drain import RequestLoad, parse_load, vllm_load_reader
 from niodoo_supervisor.supervise.incidents import ReloadResult
 from niodoo_supervisor.supervise.reload_diff import KeyClass, class_of
 from supervise_sim import START, Sim, after_start, boots, sim_config, sim_plan
@@ -134,6 +135,25 @@ def test_unreadable_gauges_do_not_stop_the_drain(tmp_path: Path) -> None:
     assert finished is not None and finished["running_at_start"] is None
 
 
+def test_the_sigterm_is_not_delayed_by_a_slow_gauge_read(tmp_path: Path) -> None:
+    sim = _drained_restart(tmp_path, announce=5)
+    sim.read_takes = 1.0  # each read of /metrics takes its whole timeout
+    sim.at(60, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert sim.runs[0].stopped_at == after_start(25)  # the restart at 20 s + announce
+    reads = [read for reader in sim.readers for read in reader["reads"]]
+    assert reads and all(sigterm_sent for _, sigterm_sent in reads)
+
+
+def test_each_drain_reads_over_one_reader_closed_when_it_ends(tmp_path: Path) -> None:
+    sim = _drained_restart(tmp_path)
+    sim.stop_takes = 3.0  # about 7 reads each
+    sim.at(60, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert [reader["closed"] for reader in sim.readers] == [True, True]
+    assert all(len(reader["reads"]) > 1 for reader in sim.readers)
+
+
 def test_a_crash_is_not_drained(tmp_path: Path) -> None:
     def dies(run: Any) -> None:
         sim.after(5.0, lambda: run.exit(1))
@@ -172,6 +192,47 @@ def test_the_gauges_are_summed_over_their_labels() -> None:
 
 def test_missing_gauges_read_as_unknown() -> None:
     assert parse_load("# nothing here\n") is None
+
+
+def _read_twice(body: str) -> tuple[tuple[Any, ...], list[httpx.Request], bool]:
+    """Two reads of one drain's reader against a /metrics answering `body`: the loads, the
+    requests sent and whether the client was closed after."""
+    config, _ = _load("")
+    requests: list[httpx.Request] = []
+    closed = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, text=body)
+
+    class Transport(httpx.MockTransport):
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    async def main() -> tuple[Any, ...]:
+        async with vllm_load_reader(config, Transport(answer)) as read:
+            return await read(), await read()
+
+    return asyncio.run(main()), requests, closed == [True]
+
+
+def test_one_client_reads_vllms_metrics_and_is_closed_after() -> None:
+    loads, requests, closed = _read_twice(_METRICS)
+    assert loads == (RequestLoad(3, 4), RequestLoad(3, 4))
+    assert [str(request.url) for request in requests] == ["http://127.0.0.1:8000/metrics"] * 2
+    assert closed
+
+
+def test_gauges_that_break_the_parsing_in_any_way_read_as_unknown_logged_once() -> None:
+    # round(+Inf) raises OverflowError, not the ValueError of a malformed exposition
+    with capture_logs() as logs:
+        loads, _, closed = _read_twice(
+            "vllm:num_requests_running +Inf\nvllm:num_requests_waiting 0\n"
+        )
+    assert loads == (None, None) and closed
+    unreadable = [record for record in logs if record["event"] == "drain_gauges_unreadable"]
+    assert len(unreadable) == 1 and unreadable[0]["log_level"] == "warning"
+    assert "OverflowError" in unreadable[0]["error"]
 
 
 # --- the readiness endpoint ------------------------------------------------------------------

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import signal
 import sys
 from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import BinaryIO
 
 from prometheus_client import CollectorRegistry
@@ -89,7 +91,7 @@ class Supervisor:
         rng: random.Random | None = None,
         clock: Clock | None = None,
         launcher: Launcher | None = None,
-        load_reader: Callable[[Config], LoadReader] = vllm_load_reader,
+        load_reader: Callable[[Config], AbstractAsyncContextManager[LoadReader]] = vllm_load_reader,
     ) -> None:
         # What the next start runs; a reload replaces the two together (`_apply_reload`).
         self.config, self.plan = config, plan
@@ -352,7 +354,10 @@ class Supervisor:
         # 3 s more for the state file and status.
         extend = announce + stop_takes_at_most(grace) + 3.0
         drain = Drain(
-            self.reporter, self.clock, self.load_reader(self.config), self.current_drain or 0
+            self.reporter,
+            self.clock,
+            functools.partial(self.load_reader, self.config),
+            self.current_drain or 0,
         )
         async with self.reporter.watchdog_fed(extend=extend):
             if planned:
