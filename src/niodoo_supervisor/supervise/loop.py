@@ -120,7 +120,7 @@ class Supervisor:
         self.reporter.windows = config.maintenance.windows
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
-        self.current_drain: int | None = None  # `drain.timeout` of `current`
+        self.launched_with = config  # the config `current` was launched with
 
     @property
     def state(self) -> State:
@@ -233,9 +233,9 @@ class Supervisor:
         except LaunchError as exc:
             return exc
         self.current = run
-        # The drain this vLLM was launched with is the one its stop must wait for, whatever
-        # a reload has set for the next start since.
-        self.current_drain = self.config.drain_timeout
+        # The drain (and port) this vLLM was launched with are those its stop must wait for
+        # (and read), whatever a reload has set for the next start since.
+        self.launched_with = self.config
         self.planner.launched(self.config, self.plan)
         self.reporter.launched(run.pid, self.config.served_name, self.config.adapters)
         return run
@@ -348,7 +348,8 @@ class Supervisor:
         """End `run`; a `planned` stop (asked for, or a planned restart) is drained first, and
         announced first only when vLLM had `served` (no load balancer sends to a vLLM that
         never was ready)."""
-        grace = stop_grace(self.config.supervisor.stop.grace_period, self.current_drain)
+        drain_timeout = self.launched_with.drain_timeout
+        grace = stop_grace(self.config.supervisor.stop.grace_period, drain_timeout)
         announce = self.config.drain_announce if planned and served else 0.0
         # A stubborn vLLM takes the grace, the group's SIGTERM and SIGKILL and its last lines;
         # 3 s more for the state file and status.
@@ -356,8 +357,8 @@ class Supervisor:
         drain = Drain(
             self.reporter,
             self.clock,
-            functools.partial(self.load_reader, self.config),
-            self.current_drain or 0,
+            functools.partial(self.load_reader, self.launched_with),
+            drain_timeout or 0,
         )
         async with self.reporter.watchdog_fed(extend=extend):
             if planned:
