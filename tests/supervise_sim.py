@@ -11,12 +11,20 @@ raises instead of hanging.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import random
 import selectors
 import signal
-from collections.abc import Callable, Coroutine, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +36,7 @@ from structlog.testing import capture_logs
 from niodoo_supervisor.config.loader import Config, load_config
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.rule_types import Action, Event, Severity
-from niodoo_supervisor.supervise.drain import RequestLoad
+from niodoo_supervisor.supervise.drain import LoadReader, RequestLoad
 from niodoo_supervisor.supervise.incidents import ReloadResult
 from niodoo_supervisor.supervise.loop import Supervisor
 from niodoo_supervisor.supervise.probes import CheckResult, ProbeResult
@@ -357,6 +365,9 @@ class Sim:
     epoch: float = EPOCH  # the wall clock at START
     # What vLLM's /metrics answers while it drains, one reading per read (the last repeats).
     loads: list[RequestLoad | None] = field(default_factory=lambda: [None])
+    read_takes: float = 0.0  # how long one read of the gauges takes
+    # Each drain's reader: the port it reads, its reads (when, the SIGTERM sent before?), closed?
+    readers: list[dict[str, Any]] = field(default_factory=list)
     runs: list[FakeRun] = field(default_factory=list)
     probes: list[float] = field(default_factory=list)
     probers: list[ScriptedProber] = field(default_factory=list)
@@ -377,7 +388,7 @@ class Sim:
             rng=random.Random(0),
             clock=LoopClock(self.epoch),
             launcher=self,
-            load_reader=lambda config: self._read_load,
+            load_reader=self._load_reader,
         )
 
     # --- the launcher -------------------------------------------------------------------------
@@ -409,9 +420,21 @@ class Sim:
         self.probers.append(prober)
         return prober
 
-    async def _read_load(self) -> RequestLoad | None:
-        await asyncio.sleep(0)  # answered at once: a stop's timings stay those of its signals
-        return self.loads.pop(0) if len(self.loads) > 1 else self.loads[0]
+    @contextlib.asynccontextmanager
+    async def _load_reader(self, config: Config) -> AsyncIterator[LoadReader]:
+        reader: dict[str, Any] = {"port": config.port, "reads": [], "closed": False}
+        self.readers.append(reader)
+
+        async def read() -> RequestLoad | None:
+            reader["reads"].append((now(), self.runs[-1].stopped_at is not None))
+            # at once by default: a stop's timings stay those of its signals
+            await asyncio.sleep(self.read_takes)
+            return self.loads.pop(0) if len(self.loads) > 1 else self.loads[0]
+
+        try:
+            yield read
+        finally:
+            reader["closed"] = True
 
     async def _reload(self) -> ReloadResult:
         if self.reload_gate is not None:

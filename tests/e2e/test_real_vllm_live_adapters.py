@@ -127,7 +127,7 @@ def test_adapters_added_and_removed_live_keep_the_same_vllm(
 
         # Removed: unloaded live, no longer listed, same vLLM.
         _write_adapters(config, {"alpha": alpha})
-        _reload(run, "adapter_unloaded", 1)
+        _reload(run, "adapter_unloaded", 2)  # the first was the `adapters unload gamma` above
         assert set(_listed(base_url)) == {"tiny", "alpha"}
         assert _completion(base_url, "beta").status_code == 404
         assert run.status()["vllm_pid"] == pid and run.states() == ["STARTING", "READY"]

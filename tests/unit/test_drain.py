@@ -11,11 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from niodoo_supervisor.config.loader import parse_config
 from niodoo_supervisor.config.problems import Problem
 from niodoo_supervisor.control.readiness_http import ReadinessServer
-from niodoo_supervisor.supervise.drain import RequestLoad, parse_load
+from niodoo_supervisor.supervise.drain import RequestLoad, parse_load, vllm_load_reader
 from niodoo_supervisor.supervise.incidents import ReloadResult
 from niodoo_supervisor.supervise.reload_diff import KeyClass, class_of
 from supervise_sim import START, Sim, after_start, boots, sim_config, sim_plan
@@ -83,6 +84,15 @@ def test_a_second_stop_cuts_the_announce_of_a_stop_short(tmp_path: Path) -> None
     assert sim.runs[0].stopped_at == after_start(25)
 
 
+def test_a_stop_of_a_vllm_that_never_served_is_not_announced(tmp_path: Path) -> None:
+    # Still STARTING at 2 s: no load balancer sends to it, so the SIGTERM goes at once.
+    sim = Sim(tmp_path, scripts=[boots(5.0)], config=sim_config(tmp_path, drain={"announce": 8}))
+    sim.at(2, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert sim.runs[0].stopped_at == after_start(2)
+    assert "STATUS=draining: not ready, SIGTERM to vLLM in 0s" in _statuses(sim)
+
+
 def test_a_stop_announces_in_full_and_extends_systemds_timeout_by_it(tmp_path: Path) -> None:
     sim = Sim(tmp_path, scripts=[boots(5.0)], config=sim_config(tmp_path, drain={"announce": 8}))
     sim.at(20, sim.signal(signal.SIGTERM))
@@ -125,6 +135,26 @@ def test_unreadable_gauges_do_not_stop_the_drain(tmp_path: Path) -> None:
     assert finished is not None and finished["running_at_start"] is None
 
 
+def test_the_sigterm_is_not_delayed_by_a_slow_gauge_read(tmp_path: Path) -> None:
+    sim = _drained_restart(tmp_path, announce=5)
+    sim.read_takes = 1.0  # each read of /metrics takes its whole timeout
+    sim.at(60, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert sim.runs[0].stopped_at == after_start(25)  # the restart at 20 s + announce
+    reads = [read for reader in sim.readers for read in reader["reads"]]
+    assert reads and all(sigterm_sent for _, sigterm_sent in reads)
+
+
+def test_each_drain_reads_over_one_reader_closed_when_it_ends(tmp_path: Path) -> None:
+    sim = _drained_restart(tmp_path)
+    sim.stop_takes = 3.0  # about 7 reads each
+    sim.at(60, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    # the restart's drain reads the vLLM it stops (port 8000), not the next one's port
+    assert [(r["port"], r["closed"]) for r in sim.readers] == [(8000, True), (8001, True)]
+    assert all(len(reader["reads"]) > 1 for reader in sim.readers)
+
+
 def test_a_crash_is_not_drained(tmp_path: Path) -> None:
     def dies(run: Any) -> None:
         sim.after(5.0, lambda: run.exit(1))
@@ -163,6 +193,47 @@ def test_the_gauges_are_summed_over_their_labels() -> None:
 
 def test_missing_gauges_read_as_unknown() -> None:
     assert parse_load("# nothing here\n") is None
+
+
+def _read_twice(body: str) -> tuple[tuple[Any, ...], list[httpx.Request], bool]:
+    """Two reads of one drain's reader against a /metrics answering `body`: the loads, the
+    requests sent and whether the client was closed after."""
+    config, _ = _load("")
+    requests: list[httpx.Request] = []
+    closed = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, text=body)
+
+    class Transport(httpx.MockTransport):
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    async def main() -> tuple[Any, ...]:
+        async with vllm_load_reader(config, Transport(answer)) as read:
+            return await read(), await read()
+
+    return asyncio.run(main()), requests, closed == [True]
+
+
+def test_one_client_reads_vllms_metrics_and_is_closed_after() -> None:
+    loads, requests, closed = _read_twice(_METRICS)
+    assert loads == (RequestLoad(3, 4), RequestLoad(3, 4))
+    assert [str(request.url) for request in requests] == ["http://127.0.0.1:8000/metrics"] * 2
+    assert closed
+
+
+def test_gauges_that_break_the_parsing_in_any_way_read_as_unknown_logged_once() -> None:
+    # round(+Inf) raises OverflowError, not the ValueError of a malformed exposition
+    with capture_logs() as logs:
+        loads, _, closed = _read_twice(
+            "vllm:num_requests_running +Inf\nvllm:num_requests_waiting 0\n"
+        )
+    assert loads == (None, None) and closed
+    unreadable = [record for record in logs if record["event"] == "drain_gauges_unreadable"]
+    assert len(unreadable) == 1 and unreadable[0]["log_level"] == "warning"
+    assert "OverflowError" in unreadable[0]["error"]
 
 
 # --- the readiness endpoint ------------------------------------------------------------------
@@ -224,11 +295,19 @@ def test_both_drain_timeout_and_its_old_name_is_an_error() -> None:
 
 def test_announce_defaults_to_ten_seconds_only_with_a_readiness_listener() -> None:
     config, _ = _load("")
-    assert config is not None and config.drain.announce_seconds == 0.0
+    assert config is not None and config.drain_announce == 0.0
     config, _ = _load("drain: {readiness_listen: '127.0.0.1:8081'}\n")
-    assert config is not None and config.drain.announce_seconds == 10.0
+    assert config is not None and config.drain_announce == 10.0
     config, _ = _load("drain: {readiness_listen: '[::1]:8081', announce: 2}\n")
-    assert config is not None and config.drain.announce_seconds == 2.0
+    assert config is not None and config.drain_announce == 2.0
+
+
+def test_announce_defaults_to_ten_seconds_with_the_control_apis_tcp_ready() -> None:
+    # supervisor.control.listen serves GET /ready to load balancers too
+    config, _ = _load("supervisor: {control: {listen: '127.0.0.1:8082'}}\n")
+    assert config is not None and config.drain_announce == 10.0
+    config, _ = _load("supervisor: {control: {listen: '127.0.0.1:8082'}}\ndrain: {announce: 0}\n")
+    assert config is not None and config.drain_announce == 0.0
 
 
 @pytest.mark.parametrize(

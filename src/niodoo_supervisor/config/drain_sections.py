@@ -70,8 +70,9 @@ class DrainSection(Section):
             le=3600.0,
             description="Seconds the supervisor answers not-ready (503 on its readiness "
             "endpoints) before it SIGTERMs vLLM, so load balancers stop sending first; a stop "
-            f"asked meanwhile cuts it short. Absent: {DEFAULT_ANNOUNCE_WITH_LISTENER:g} when "
-            "readiness_listen is set, else 0.",
+            "asked meanwhile cuts it short, and a vLLM never ready is not waited for. Absent: "
+            f"{DEFAULT_ANNOUNCE_WITH_LISTENER:g} when a load balancer can poll a readiness "
+            "endpoint (drain.readiness_listen or supervisor.control.listen is set), else 0.",
         ),
     ] = None
     readiness_listen: Annotated[
@@ -83,10 +84,3 @@ class DrainSection(Section):
             "else is served. Absent: none. Read once at the supervisor's start.",
         ),
     ] = None
-
-    @property
-    def announce_seconds(self) -> float:
-        """`announce`, or its default: only a listener someone polls needs the wait."""
-        if self.announce is not None:
-            return self.announce
-        return DEFAULT_ANNOUNCE_WITH_LISTENER if self.readiness_listen else 0.0

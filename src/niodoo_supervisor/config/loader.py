@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, ValidationError
 from pydantic_core import ErrorDetails
 
-from niodoo_supervisor.config.drain_sections import DrainSection
+from niodoo_supervisor.config.drain_sections import DEFAULT_ANNOUNCE_WITH_LISTENER, DrainSection
 from niodoo_supervisor.config.engine_sections import Adapter, EngineSection, LoraSection
 from niodoo_supervisor.config.envexpand import ExpansionError
 from niodoo_supervisor.config.fields import Kind
@@ -108,6 +108,15 @@ class Config(Section):
         return (
             self.drain.timeout if self.drain.timeout is not None else self.server.shutdown_timeout
         )
+
+    @property
+    def drain_announce(self) -> float:
+        """drain.announce, or its default: the wait is for load balancers polling a readiness
+        endpoint, drain.readiness_listen's or supervisor.control.listen's GET /ready."""
+        if self.drain.announce is not None:
+            return self.drain.announce
+        polled = self.drain.readiness_listen or self.supervisor.control.listen
+        return DEFAULT_ANNOUNCE_WITH_LISTENER if polled else 0.0
 
     @property
     def state_dir(self) -> Path:

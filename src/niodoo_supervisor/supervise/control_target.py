@@ -12,6 +12,7 @@ import structlog
 
 from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.control.server import ControlServer, ControlServerError, ControlSettings
+from niodoo_supervisor.supervise.drain import ready_for_traffic
 from niodoo_supervisor.supervise.incidents import (
     AdapterLoadAsked,
     AdapterUnloadAsked,
@@ -38,11 +39,11 @@ class SupervisorControl:
     def readiness(self) -> tuple[bool, str]:
         status = self.supervisor.reporter.status
         state = self.supervisor.state
+        if ready_for_traffic(state, status):
+            return True, f"ready: serving {status.served_model}"
         if state is not State.READY:
             return False, f"{state.value}: {status.reason}" if status.reason else state.value
-        if status.drain is not None:
-            return False, "draining before a planned restart"
-        return True, f"ready: serving {status.served_model}"
+        return False, "draining before a planned restart"
 
     async def reload(self) -> CommandResult:
         return await self._ask(ReloadAsked)

@@ -5,14 +5,16 @@ vLLM's `/health` stays 200 while it drains, so only the supervisor can tell a lo
 status (readiness endpoints answer 503 from then on), `drain.announce` seconds pass, then vLLM
 gets its SIGTERM and finishes its running requests for up to `--shutdown-timeout` seconds
 while this module reads `vllm:num_requests_running` and `vllm:num_requests_waiting` off its
-`/metrics` and reports them (status.json and systemd's STATUS=) until it has exited.
+`/metrics` and reports them (status.json and systemd's STATUS=) until it has exited. The
+reads begin once the SIGTERM is sent, so a slow `/metrics` never delays it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import httpx
@@ -21,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.supervise import systemd
+from niodoo_supervisor.supervise.probes import vllm_client, vllm_url
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.seams import Clock, Run
 from niodoo_supervisor.supervise.states import State
@@ -30,6 +33,7 @@ __all__ = [
     "POLL_EVERY",
     "Drain",
     "LoadReader",
+    "OpenLoadReader",
     "RequestLoad",
     "ready_for_traffic",
     "vllm_load_reader",
@@ -53,6 +57,8 @@ class RequestLoad:
 
 # Reads vLLM's request gauges; None when they cannot be read (a failed read is not fatal).
 LoadReader = Callable[[], Awaitable["RequestLoad | None"]]
+# Opens a LoadReader for one drain; what it holds (an HTTP client) is closed when it ends.
+OpenLoadReader = Callable[[], AbstractAsyncContextManager[LoadReader]]
 
 
 def ready_for_traffic(state: State, status: StatusBoard) -> bool:
@@ -72,35 +78,45 @@ def parse_load(text: str) -> RequestLoad | None:
     return RequestLoad(round(sums[_RUNNING]), round(sums[_WAITING]))
 
 
-def vllm_load_reader(config: Config) -> LoadReader:
-    """Reads the gauges of the vLLM `config` describes (`/metrics` needs no API key)."""
-    url = f"http://{_url_host(config.probe_host)}:{config.port}/metrics"
+@contextlib.asynccontextmanager
+async def vllm_load_reader(
+    config: Config, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[LoadReader]:
+    """Reads the gauges of the vLLM `config` describes over one client, closed on leaving
+    (`/metrics` needs no API key). A failed read is logged once, then reads as unknown."""
+    failed = False
 
-    async def read() -> RequestLoad | None:
-        try:
-            async with httpx.AsyncClient(timeout=_SCRAPE_TIMEOUT, trust_env=False) as client:
-                response = await client.get(url)
-            return parse_load(response.text) if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):  # ValueError: not a Prometheus exposition
-            return None
+    async with vllm_client(vllm_url(config), None, _SCRAPE_TIMEOUT, transport) as client:
 
-    return read
+        async def read() -> RequestLoad | None:
+            nonlocal failed
+            try:
+                response = await client.get("/metrics")
+                return parse_load(response.text) if response.status_code == 200 else None
+            except Exception as exc:  # odd /metrics text must not end a stop either
+                if not failed:
+                    failed = True
+                    # vLLM going away mid-drain is expected; text the parser chokes on is not.
+                    level = log.debug if isinstance(exc, httpx.HTTPError) else log.warning
+                    level("drain_gauges_unreadable", error=repr(exc))
+                return None
 
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+        yield read
 
 
 class Drain:
     """One drained stop of one run: `announce`, then `stop`. The status's `drain` field is
     set from the first until the second ends."""
 
-    def __init__(self, reporter: Reporter, clock: Clock, read_load: LoadReader, timeout: int):
+    def __init__(
+        self, reporter: Reporter, clock: Clock, open_reader: OpenLoadReader, timeout: int
+    ) -> None:
         self.reporter = reporter
         self.clock = clock
-        self.read_load = read_load
+        self.open_reader = open_reader
         self.timeout = timeout  # the --shutdown-timeout the running vLLM was launched with
         self.last: RequestLoad | None = None
+        self.at_start: RequestLoad | None = None  # the first read, just after the SIGTERM
 
     async def announce(self, seconds: float, cut_short: asyncio.Event) -> None:
         """Say not-ready, then wait `seconds` for load balancers to notice, or until
@@ -112,38 +128,44 @@ class Drain:
 
     async def stop(self, run: Run, grace: float) -> None:
         """SIGTERM vLLM (`run.stop`) and report its requests until it has exited; then the
-        drain is over and the status says so."""
+        drain is over and the status says so. `drain_started` is logged with the first read,
+        taken just after the SIGTERM."""
         started = self.clock.monotonic()
-        self.last = await self.read_load()
-        at_start = self.last
-        log.info(
-            "drain_started",
-            running=at_start.running if at_start else None,
-            waiting=at_start.waiting if at_start else None,
-            timeout_s=self.timeout,
-        )
-        self._show("draining", self._status_text())
-        poll = asyncio.get_running_loop().create_task(self._poll())
-        try:
-            await run.stop(grace)
-        finally:
-            poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poll
-            self.reporter.status.drain = None
-            self.reporter.write_status()
+        async with self.open_reader() as read_load:
+            # The poll's first step runs once `run.stop` first waits, its SIGTERM sent.
+            poll = asyncio.get_running_loop().create_task(self._poll(read_load))
+            try:
+                await run.stop(grace)
+            finally:
+                poll.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poll
+                self.reporter.status.drain = None
+                self.reporter.write_status()
+        first = self.at_start
         log.info(
             "drain_finished",
-            running_at_start=at_start.running if at_start else None,
-            waiting_at_start=at_start.waiting if at_start else None,
+            running_at_start=first.running if first else None,
+            waiting_at_start=first.waiting if first else None,
             running_at_end=self.last.running if self.last else None,
             seconds=round(self.clock.monotonic() - started, 2),
         )
 
-    async def _poll(self) -> None:
+    async def _poll(self, read_load: LoadReader) -> None:
+        try:
+            self.last = await read_load()
+        finally:  # even when vLLM was gone before the first read answered
+            self.at_start = self.last
+            log.info(
+                "drain_started",
+                running=self.last.running if self.last else None,
+                waiting=self.last.waiting if self.last else None,
+                timeout_s=self.timeout,
+            )
+        self._show("draining", self._status_text())
         while True:
             await asyncio.sleep(POLL_EVERY)
-            load = await self.read_load()
+            load = await read_load()
             if load is not None and load != self.last:
                 self.last = load
                 self._show("draining", self._status_text())

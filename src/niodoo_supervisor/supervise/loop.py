@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import signal
 import sys
 from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -72,6 +74,7 @@ from niodoo_supervisor.supervise.watcher import RunWatcher
 __all__ = ["Supervisor"]
 
 _RUNNING = {State.STARTING, State.READY, State.UNHEALTHY}
+_SERVING = {State.READY, State.UNHEALTHY}  # vLLM took traffic: a drain announces its stop
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -89,7 +92,7 @@ class Supervisor:
         rng: random.Random | None = None,
         clock: Clock | None = None,
         launcher: Launcher | None = None,
-        load_reader: Callable[[Config], LoadReader] = vllm_load_reader,
+        load_reader: Callable[[Config], AbstractAsyncContextManager[LoadReader]] = vllm_load_reader,
     ) -> None:
         # What the next start runs; a reload replaces the two together (`_apply_reload`).
         self.config, self.plan = config, plan
@@ -118,7 +121,7 @@ class Supervisor:
         self.reporter.windows = config.maintenance.windows
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
-        self.current_drain: int | None = None  # `drain.timeout` of `current`
+        self.launched_with = config  # the config `current` was launched with
 
     @property
     def state(self) -> State:
@@ -171,6 +174,7 @@ class Supervisor:
             if isinstance(run, LaunchError):
                 return self.reporter.fatal(str(run), run.exit_code)
             outcome = await self._watch(run)
+            served = self.state in _SERVING
             if outcome.kind is OutcomeKind.STOP:
                 # STARTING/READY/UNHEALTHY -> STOPPING: asked to stop
                 self.reporter.transition(
@@ -179,7 +183,7 @@ class Supervisor:
                     outcome.reason,
                     notify=systemd.stopping("stopping vLLM"),
                 )
-                await self._stop_run(run, planned=True)
+                await self._stop_run(run, planned=True, served=served)
                 # STOPPING -> STOPPED: the whole session of vLLM is gone
                 self.reporter.transition({State.STOPPING}, State.STOPPED, "vLLM stopped")
                 return exitcodes.OK
@@ -194,7 +198,7 @@ class Supervisor:
                     planned_restart=True,
                 )
                 self.metrics.restarted(restart_reason(outcome))
-                await self._stop_run(run, planned=True)
+                await self._stop_run(run, planned=True, served=served)
                 reloaded = True
                 continue
             await self._stop_run(run)
@@ -230,9 +234,9 @@ class Supervisor:
         except LaunchError as exc:
             return exc
         self.current = run
-        # The drain this vLLM was launched with is the one its stop must wait for, whatever
-        # a reload has set for the next start since.
-        self.current_drain = self.config.drain_timeout
+        # The drain (and port) this vLLM was launched with are those its stop must wait for
+        # (and read), whatever a reload has set for the next start since.
+        self.launched_with = self.config
         self.planner.launched(self.config, self.plan)
         self.reporter.launched(run.pid, self.config.served_name, self.config.adapters)
         return run
@@ -347,15 +351,21 @@ class Supervisor:
         settle()
         return change, restart, None
 
-    async def _stop_run(self, run: Run, *, planned: bool = False) -> None:
-        """End `run`; a `planned` stop (asked for, or a planned restart) is drained first."""
-        grace = stop_grace(self.config.supervisor.stop.grace_period, self.current_drain)
-        announce = self.config.drain.announce_seconds if planned else 0.0
+    async def _stop_run(self, run: Run, *, planned: bool = False, served: bool = False) -> None:
+        """End `run`; a `planned` stop (asked for, or a planned restart) is drained first, and
+        announced first only when vLLM had `served` (no load balancer sends to a vLLM that
+        never was ready)."""
+        drain_timeout = self.launched_with.drain_timeout
+        grace = stop_grace(self.config.supervisor.stop.grace_period, drain_timeout)
+        announce = self.config.drain_announce if planned and served else 0.0
         # A stubborn vLLM takes the grace, the group's SIGTERM and SIGKILL and its last lines;
         # 3 s more for the state file and status.
         extend = announce + stop_takes_at_most(grace) + 3.0
         drain = Drain(
-            self.reporter, self.clock, self.load_reader(self.config), self.current_drain or 0
+            self.reporter,
+            self.clock,
+            functools.partial(self.load_reader, self.launched_with),
+            drain_timeout or 0,
         )
         async with self.reporter.watchdog_fed(extend=extend):
             if planned:
