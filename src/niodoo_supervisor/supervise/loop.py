@@ -1,6 +1,7 @@
 """The main loop: start vLLM, hand the run to its watcher, and act on how it ended with the
 restart policy (back off and start again, stop, or give up). Nothing else lives here: one run
-is `watcher`, what the world is told is `reporter`, what happens arrives through `dispatch`.
+is `watcher`, what the world is told is `reporter`, what happens arrives through `dispatch`,
+the next start's config (and the taking of a reloaded one) is `reload_taker`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ import signal
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import replace
 from typing import BinaryIO
 
 from prometheus_client import CollectorRegistry
 
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
-from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.control.readiness_http import ReadinessServer
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.counters import EventCounters
@@ -36,7 +35,6 @@ from niodoo_supervisor.supervise.incidents import (
     Outcome,
     OutcomeKind,
     ReloadDone,
-    ReloadResult,
     RestartAsked,
     StopAsked,
 )
@@ -47,15 +45,9 @@ from niodoo_supervisor.supervise.live_adapters import (
 )
 from niodoo_supervisor.supervise.metrics_feed import restart_reason, supervisor_metrics
 from niodoo_supervisor.supervise.probes import prober_for
-from niodoo_supervisor.supervise.reload_diff import ConfigDiff, KeyClass, diff
-from niodoo_supervisor.supervise.reload_outcome import settle_reload
+from niodoo_supervisor.supervise.reload_taker import NextStart, ReloadTaker
 from niodoo_supervisor.supervise.reporter import Reporter
-from niodoo_supervisor.supervise.restart_planner import (
-    NOT_RUNNING,
-    RestartPlanner,
-    answer,
-    reload_change,
-)
+from niodoo_supervisor.supervise.restart_planner import NOT_RUNNING, RestartPlanner, answer
 from niodoo_supervisor.supervise.restart_policy import RestartPolicy
 from niodoo_supervisor.supervise.run import (
     LaunchError,
@@ -68,7 +60,7 @@ from niodoo_supervisor.supervise.states import State
 from niodoo_supervisor.supervise.status_file import StatusBoard
 from niodoo_supervisor.supervise.systemd import Notifier
 from niodoo_supervisor.supervise.vllm_events import VllmEventLog
-from niodoo_supervisor.supervise.watch_settings import LiveSettle, Reloaded, WatchSettings
+from niodoo_supervisor.supervise.watch_settings import WatchSettings
 from niodoo_supervisor.supervise.watcher import RunWatcher
 
 __all__ = ["Supervisor"]
@@ -94,8 +86,7 @@ class Supervisor:
         launcher: Launcher | None = None,
         load_reader: Callable[[Config], AbstractAsyncContextManager[LoadReader]] = vllm_load_reader,
     ) -> None:
-        # What the next start runs; a reload replaces the two together (`_apply_reload`).
-        self.config, self.plan = config, plan
+        self.next_start = NextStart(config, plan)  # `reloads` replaces it with a reload's
         self.clock = clock or SystemClock()
         if launcher is None:
             echo_to = sys.stdout.buffer if config.supervisor.log.echo else None
@@ -119,6 +110,13 @@ class Supervisor:
         # The running vLLM's config, and a restart held for the next maintenance window.
         self.planner = RestartPlanner(self.clock, self.reporter, config.maintenance.windows)
         self.reporter.windows = config.maintenance.windows
+        self.reloads = ReloadTaker(
+            self.next_start,
+            planner=self.planner,
+            reporter=self.reporter,
+            policy=self.policy,
+            prober_factory=self.prober_factory,
+        )
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
         self.launched_with = config  # the config `current` was launched with
@@ -126,6 +124,16 @@ class Supervisor:
     @property
     def state(self) -> State:
         return self.reporter.state
+
+    @property
+    def config(self) -> Config:
+        """The next start's config (a reload's once taken)."""
+        return self.next_start.config
+
+    @property
+    def plan(self) -> LaunchPlan:
+        """The next start's launch plan, the config's."""
+        return self.next_start.plan
 
     async def run(self, early_signals: Callable[[], Iterable[int]] | None = None) -> int:
         """Supervise until stopped; `early_signals` gives what arrived before these handlers
@@ -254,7 +262,7 @@ class Supervisor:
             dispatcher=self.dispatcher,
             reporter=self.reporter,
             clock=self.clock,
-            apply_reload=self._reload_while_watching,
+            apply_reload=self.reloads.while_watching,
             adapters=LiveAdapters(
                 self.config,
                 self.plan,
@@ -282,74 +290,12 @@ class Supervisor:
             if isinstance(incident, StopAsked):
                 return True
             if isinstance(incident, ReloadDone):
-                self._apply_reload(incident.result, vllm_running=False)
+                self.reloads.take(incident.result, vllm_running=False)
             elif isinstance(incident, RestartAsked):
                 answer(incident.reply, True, NOT_RUNNING)
             elif isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked):
                 answer_without_vllm(incident, self.config)
         return False
-
-    def _reload_while_watching(self, result: ReloadResult) -> Reloaded | None:
-        taken = self._apply_reload(result, vllm_running=True)
-        if taken is None:
-            return None
-        change, restart, settle = taken
-        # A run kept (no restart now) gets the supervisor's new settings at once.
-        retune = restart is None and any(c.kind is not KeyClass.RESTART for c in change.changes)
-        prober = self.prober_factory(self.config, self.plan.api_key) if retune else None
-        settings = WatchSettings.from_config(self.config)
-        return Reloaded(change, settings, prober, self.config.adapters, restart, settle)
-
-    def _apply_reload(
-        self, result: ReloadResult, *, vllm_running: bool
-    ) -> tuple[ConfigDiff, str | None, LiveSettle | None] | None:
-        """Take a reloaded config: what it changes, (while vLLM runs) the reason to restart
-        it now, if any, and, for a live adapter change, where its outcome settles the reload;
-        None (and said why) when refused. The supervisor's own settings apply at once; the
-        rest is the next start's config."""
-        result = _state_dir_kept(result, self.config)
-        if result.config is None or result.plan is None:
-            self.reporter.reload_refused(result.errors)
-            settle_reload(result, None, self.reporter, vllm_running=vllm_running)
-            return None
-        running = self.planner.running if vllm_running else None
-        if running is None:
-            change = diff(self.config, result.config, self.plan, result.plan)
-        else:
-            change = reload_change(running, (self.config, self.plan), result.config, result.plan)
-        self.config, self.plan = result.config, result.plan
-        self.planner.windows = result.config.maintenance.windows
-        self.reporter.windows = result.config.maintenance.windows
-        restart = self.planner.on_reload(change, self.state) if vllm_running else None
-        live_keys = change.keys(KeyClass.LIVE)
-        if restart is None and vllm_running and self.state is State.STARTING and live_keys:
-            # vLLM is not listening yet, so it cannot load them; it serves nobody yet either.
-            restart = f"config changed while vLLM starts: {', '.join(live_keys)}"
-        self.reporter.status.vllm_version = result.plan.vllm_version
-        self.policy.settings = result.config.supervisor.restart
-        held = self.planner.pending if restart is None else None
-        pending = held.status_text() if held else None
-        self.reporter.reload_taken(change, vllm_running=vllm_running, pending=pending)
-
-        def settle(live: CommandResult | None = None) -> None:
-            settle_reload(
-                result,
-                change,
-                self.reporter,
-                vllm_running=vllm_running,
-                restart=restart,
-                pending=pending,
-                live=live,
-            )
-
-        live = self.config.lora.runtime_updates and self.state is not State.STARTING
-        if vllm_running and restart is None and live:
-            # The served adapters are brought to the YAML's (even an unchanged one's: a live
-            # load may have failed, or `adapters unload` taken one away), and the answer waits
-            # for them: `reload` must not say "taken" before vLLM has loaded them.
-            return change, restart, settle
-        settle()
-        return change, restart, None
 
     async def _stop_run(self, run: Run, *, planned: bool = False, served: bool = False) -> None:
         """End `run`; a `planned` stop (asked for, or a planned restart) is drained first, and
@@ -377,16 +323,3 @@ class Supervisor:
                 await (drain.stop(run, grace) if planned else run.stop(grace))
         self.current = None
         self.reporter.status.vllm_pid = None
-
-
-def _state_dir_kept(result: ReloadResult, running: Config) -> ReloadResult:
-    """A reload cannot move the state folder: the lock, the run record and the control socket
-    (which `reload` and `status` find through the config) stay where the supervisor started."""
-    if result.config is None or result.config.state_dir == running.state_dir:
-        return result
-    problem = (
-        f"supervisor.state_dir: {result.config.state_dir} differs from the running "
-        f"{running.state_dir}, which holds the lock, the run record and the control socket; "
-        "a reload cannot move it: change it with `systemctl restart`"
-    )
-    return replace(result, config=None, plan=None, errors=[problem])
