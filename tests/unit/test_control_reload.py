@@ -12,7 +12,7 @@ from pathlib import Path
 
 from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.supervise.control_target import SupervisorControl
-from niodoo_supervisor.supervise.incidents import ReloadAsked, ReloadResult, Reply
+from niodoo_supervisor.supervise.incidents import ReloadAsked, ReloadDone, ReloadResult, Reply
 from niodoo_supervisor.supervise.status_file import STATUS_FILE
 from supervise_sim import EPOCH, START, FakeRun, Sim, boots, sim_config, sim_plan
 
@@ -243,3 +243,26 @@ def test_a_reload_cannot_move_the_state_folder(tmp_path: Path) -> None:
     assert answer.message.startswith("refused, the running config stays: supervisor.state_dir: ")
     assert "change it with `systemctl restart`" in answer.message
     assert len(sim.runs) == 1 and _status(sim)["last_reload"]["ok"] is False  # type: ignore[index]
+
+
+def test_a_reload_result_queued_as_the_backoff_ends_is_the_next_starts_config(
+    tmp_path: Path,
+) -> None:
+    new = ReloadResult(sim_config(tmp_path), sim_plan("python3", "--new"))
+
+    def crash(run: FakeRun) -> None:
+        def exit_then_reloaded() -> None:
+            run.exit(1)
+            # The reload's result lands behind the exit: the watcher ends on the exit, and the
+            # backoff (none: initial_delay 0) is over before it waits for anything.
+            run.sim.supervisor.dispatcher.post(ReloadDone(new))
+
+        run.sim.after(10, exit_then_reloaded)
+
+    sim = Sim(tmp_path, scripts=[boots(5.0, then=crash), boots(5.0)])
+    sim.config = sim_config(tmp_path, restart={"initial_delay": 0, "jitter": 0})
+    sim.__post_init__()
+    sim.at(80, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    # Started with the new config at once, not with the old one and then restarted for it.
+    assert [run.argv for run in sim.runs] == [("python3",), ("python3", "--new")]

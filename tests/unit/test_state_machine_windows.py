@@ -269,16 +269,28 @@ def test_restart_at_the_next_window_is_pending_and_no_reload_cancels_it(tmp_path
     )
 
 
-def test_a_restart_asked_during_the_backoff_is_answered(tmp_path: Path) -> None:
+def test_a_restart_at_the_next_window_asked_during_the_backoff_is_answered(
+    tmp_path: Path,
+) -> None:
     sim = windowed(tmp_path, DAILY)
     sim.at(100, lambda: sim.runs[0].exit(1))
-    answers = ask_restart(sim, 101, now=True)  # the backoff lasts 2 s
+    answers = ask_restart(sim, 101, now=False)  # the backoff lasts 2 s
     sim.at(200, sim.signal(signal.SIGTERM))
     assert sim.play() == 0
     assert answers == [
         CommandResult(True, "vLLM is not running; the next start uses the current config")
     ]
     assert len(sim.runs) == 2 and sim.runs[1].started == at(102.5)
+
+
+def test_a_restart_now_asked_during_the_backoff_cuts_it_short(tmp_path: Path) -> None:
+    sim = windowed(tmp_path, DAILY)
+    sim.at(100, lambda: sim.runs[0].exit(1))
+    answers = ask_restart(sim, 101, now=True)  # the backoff would last until 102.5
+    sim.at(200, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert answers == [CommandResult(True, "starting vLLM now: the backoff is cut short")]
+    assert len(sim.runs) == 2 and sim.runs[1].started == at(101)
 
 
 def test_a_restart_asked_while_stopping_is_answered(tmp_path: Path) -> None:

@@ -122,17 +122,25 @@ class Dispatcher:
         except asyncio.TimeoutError:
             return None
 
+    def take_reload_results(self) -> list[ReloadDone]:
+        """Remove and return the queued results of reloads, keeping everything else queued in
+        order."""
+        return [
+            i for i in self._take(lambda i: isinstance(i, ReloadDone)) if isinstance(i, ReloadDone)
+        ]
+
     def take_log_events(self, run: int) -> list[Event]:
         """Remove and return the queued log events of `run` (the lines read while it exited),
         keeping everything else queued in order."""
-        taken: list[Event] = []
+        taken = self._take(lambda i: isinstance(i, LogEvent) and i.run == run)
+        return [i.event for i in taken if isinstance(i, LogEvent)]
+
+    def _take(self, wanted: Callable[[Incident], bool]) -> list[Incident]:
+        taken: list[Incident] = []
         kept: list[Incident] = []
         while not self._queue.empty():
             incident = self._queue.get_nowait()
-            if isinstance(incident, LogEvent) and incident.run == run:
-                taken.append(incident.event)
-            else:
-                kept.append(incident)
+            (taken if wanted(incident) else kept).append(incident)
         for incident in kept:
             self._queue.put_nowait(incident)
         return taken

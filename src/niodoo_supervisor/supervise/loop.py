@@ -291,10 +291,16 @@ class Supervisor:
                 return True
             if isinstance(incident, ReloadDone):
                 self.reloads.take(incident.result, vllm_running=False)
+            elif isinstance(incident, RestartAsked) and incident.now:
+                answer(incident.reply, True, "starting vLLM now: the backoff is cut short")
+                break
             elif isinstance(incident, RestartAsked):
                 answer(incident.reply, True, NOT_RUNNING)
             elif isinstance(incident, AdapterLoadAsked | AdapterUnloadAsked):
                 answer_without_vllm(incident, self.config)
+        # A reload that ended just as the wait did: its config is the next start's too.
+        for done in self.dispatcher.take_reload_results():
+            self.reloads.take(done.result, vllm_running=False)
         return False
 
     async def _stop_run(self, run: Run, *, planned: bool = False, served: bool = False) -> None:
