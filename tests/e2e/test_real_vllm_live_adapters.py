@@ -94,7 +94,9 @@ def test_adapters_added_and_removed_live_keep_the_same_vllm(
         assert _completion(base_url, "beta").status_code == 200
         assert run.status()["vllm_pid"] == pid and run.states() == ["STARTING", "READY"]
         assert run.status()["adapters"] == ["alpha", "beta"]
-        record_figure(f"adapter added live by SIGHUP in {took:.2f}s (a restart takes ~30 s)")
+        record_figure(
+            f"adapter added live by `niodoo-supervisor reload` in {took:.2f}s (a restart: 30-100 s here)"
+        )
 
         # Refused by vLLM: the previous set keeps serving, vLLM's reason is logged.
         broken = _broken_copy(beta, tmp / "broken")
