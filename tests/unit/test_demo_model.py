@@ -110,7 +110,7 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
     a = generate(tmp_path / "a", seed=3, base_model_ref=REF)
     b = generate(tmp_path / "b", seed=3, base_model_ref=REF)
     files_a, files_b = file_bytes(a.root), file_bytes(b.root)
-    assert len(files_a) == 13
+    assert len(files_a) == 13 + 8  # base 6, 3 adapters, 4 broken ones, the stamp
     assert files_a == files_b
 
 
@@ -354,6 +354,37 @@ def test_generated_adapters_are_those_of_the_brief(model: DemoModel) -> None:
         for path in (model.root / "adapters").iterdir()
     }
     assert written == {"alpha": 8, "beta": 16, "wide": 64}
+
+
+def test_broken_adapters_are_broken_the_way_their_names_say(model: DemoModel) -> None:
+    assert set(model.broken) == {"untrained", "prefixed", "misshapen", "stranger"}
+    shapes = {}
+    for name, path in model.broken.items():
+        assert path == model.root / "broken-adapters" / name
+        header, _ = read_safetensors(path / "adapter_model.safetensors")
+        header.pop("__metadata__")
+        shapes[name] = {k: v["shape"] for k, v in header.items()}
+    h = SHAPE.hidden_size
+    good = "base_model.model.model.layers.0.self_attn.q_proj"
+    # untrained: the usual modules and shapes, lora_B exactly zero
+    assert shapes["untrained"][f"{good}.lora_A.weight"] == [8, h]
+    lora_b = bf16_tensor(
+        model.broken["untrained"] / "adapter_model.safetensors", f"{good}.lora_B.weight"
+    )
+    assert not np.any(lora_b)
+    # prefixed: tensors and target_modules under language_model.
+    assert all(
+        k.startswith("base_model.model.language_model.model.layers.") for k in shapes["prefixed"]
+    )
+    targets = read_json(model.broken["prefixed"] / "adapter_config.json")["target_modules"]
+    assert "language_model.model.layers.0.self_attn.q_proj" in targets
+    # misshapen: lora_A half as wide as the layer it targets
+    assert shapes["misshapen"][f"{good}.lora_A.weight"] == [8, h // 2]
+    # stranger: w_proj only
+    assert {k.split(".")[-3] for k in shapes["stranger"]} == {"w_proj"}
+    assert read_json(model.broken["stranger"] / "adapter_config.json")["target_modules"] == [
+        "w_proj"
+    ]
 
 
 # --- bf16 ----------------------------------------------------------------------------------

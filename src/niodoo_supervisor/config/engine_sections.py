@@ -176,6 +176,30 @@ class LoraSection(Section):
             "feature meant for development. Not a vLLM flag; changing it restarts vLLM."
         ),
     ] = False
+    verify: Annotated[
+        Literal["off", "warn", "strict"],
+        Field(
+            description="Prove every adapter changes the output once vLLM lists it (at "
+            "readiness and after each live change): one `max_tokens: 1` request with "
+            "log-probabilities as the adapter and as the base model. `warn`: an adapter whose "
+            "log-probabilities equal the base model's is reported (`adapter_no_effect`) and "
+            "vLLM still becomes ready; `strict`: it is not ready; `off`: not asked. An "
+            "adapter whose request fails (HTTP 4xx/5xx) fails the check unless `off`. Not a "
+            "vLLM flag; applied without restarting vLLM."
+        ),
+    ] = "warn"
+    lora_name_field: Annotated[
+        Literal["log", "reject", "route"],
+        Field(
+            description="What happens to a request carrying a `lora_name` field, which vLLM "
+            "ignores (the base model answers). `log`: vLLM serves it and the supervisor "
+            "reports the field; `reject`: HTTP 400 saying to send the adapter's name as "
+            "`model`; `route`: served by the adapter `lora_name` names when `model` is the "
+            "base model or absent (an unknown name is a 400 listing the adapters). `reject` "
+            "and `route` put a small middleware into vLLM (`--middleware`); changing this key "
+            "restarts vLLM."
+        ),
+    ] = "log"
     adapters: Annotated[
         tuple[Adapter, ...],
         Kind.ADAPTERS,

@@ -51,6 +51,7 @@ SUPERVISOR_KEYS = (
     "supervisor.log.crash_report_lines",
     "maintenance.",  # when a pending restart happens: the planner reads the newest windows
     "drain.announce",
+    "lora.verify",  # the effect probe runs in the supervisor
 )
 # Keys read once at the supervisor's own start (the launcher's log file and echo).
 DAEMON_KEYS = (
