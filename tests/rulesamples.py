@@ -18,6 +18,9 @@ SAMPLES: list[tuple[str, str, dict[str, Any]]] = [
      "ignored; output will NOT be constrained. Use `structured_outputs` (or `response_format`) "
      "instead; see docs/features/structured_outputs.md.",
      "removed_guided_fields", {"fields": ["guided_json"]}),
+    (H + "lora_name guard: routed to adapter 'alpha'", "lora_name_routed", {"adapter": "alpha"}),
+    (H + "lora_name guard: rejected (unknown_adapter) lora_name='zeta'", "lora_name_rejected",
+     {"reason": "unknown_adapter"}),
     (E + "EngineCore encountered a fatal error.", "engine_fatal_error", {}),
     ("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.",
      "engine_dead", {}),

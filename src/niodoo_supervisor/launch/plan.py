@@ -23,6 +23,12 @@ from niodoo_supervisor.config.versions import Version
 from niodoo_supervisor.config.vllm_options import VLLM_OPTIONS, lora_ranks_for
 from niodoo_supervisor.launch.adapters import AdapterReadError, read_adapter, smallest_rank_at_least
 from niodoo_supervisor.launch.install import VllmInstall
+from niodoo_supervisor.launch.lora_guard import (
+    GUARD_MIDDLEWARE,
+    LoraGuard,
+    guard_environment,
+    lora_guard_for,
+)
 from niodoo_supervisor.launch.named_files import read_api_key
 from niodoo_supervisor.launch.vllm_logging import logging_config_for
 
@@ -95,6 +101,7 @@ class LaunchPlan:
     vllm_version: str | None  # of the installed vLLM planned for; None: not known
     api_key: str | None = field(repr=False)
     secrets: tuple[str, ...] = field(repr=False)
+    lora_guard: LoraGuard | None = None  # lora.lora_name_field reject|route: files to write
 
     def child_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
         return vllm_environment(environ, self.env)
@@ -120,7 +127,8 @@ def plan_launch(
     for displays only, never to launch. Raises PlanError."""
     version = installed_vllm.version if installed_vllm else None
     rank = resolve_max_lora_rank(config, _adapter_ranks(config), installed_vllm)
-    argv = _argv(config, rank)
+    guard = lora_guard_for(config)
+    argv = _argv(config, rank, guard)
     secrets = tuple(_flag_values(argv, "--api-key"))
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}  # vLLM's lines must reach the pipe at once
     env.update(config.server.env)
@@ -133,6 +141,8 @@ def plan_launch(
         logging_path = config.state_dir / LOGGING_CONFIG_NAME
         logging_config = logging_config_for(version or ASSUMED_VERSION)
     env["VLLM_LOGGING_CONFIG_PATH"] = str(logging_path)
+    if guard is not None:
+        env.update(guard_environment(guard, {**environ, **env}))
     api_key = _api_key(config, environ) if read_secret else None
     if api_key:
         env["VLLM_API_KEY"] = api_key
@@ -148,6 +158,7 @@ def plan_launch(
         vllm_version=installed_vllm.version_text if installed_vllm else None,
         api_key=api_key,
         secrets=secrets,
+        lora_guard=guard,
     )
 
 
@@ -206,13 +217,15 @@ def _api_key(config: Config, environ: Mapping[str, str]) -> str | None:
     return key
 
 
-def _argv(config: Config, max_lora_rank: int | None) -> list[str]:
+def _argv(config: Config, max_lora_rank: int | None, guard: LoraGuard | None) -> list[str]:
     argv = _launcher_argv(config)
     for option in VLLM_OPTIONS:
         if option.key == "model.path":
             continue  # placed by the launcher
         value = max_lora_rank if option.key == "lora.max_lora_rank" else option.value_in(config)
         argv.extend(_render_option(option, value))
+    if guard is not None:
+        argv.extend(["--middleware", GUARD_MIDDLEWARE])
     argv.extend(config.server.extra_args)
     return argv
 

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from niodoo_supervisor.logs.rule_types import Action, Rule, Severity
 
-__all__ = ["BUILTIN_RULES", "IGNORED_FIELDS_RULE", "LINE_CUT_RULE", "PHASES", "SERVING_PHASES"]
+__all__ = [
+    "BUILTIN_RULES",
+    "IGNORED_FIELDS_RULE",
+    "LINE_CUT_RULE",
+    "LORA_GUARD_RULES",
+    "PHASES",
+    "SERVING_PHASES",
+]
 
 
 S, A = Severity, Action
@@ -37,6 +44,8 @@ PHASES = ("starting", "engine_init", "loading_weights", "weights_loaded", "kv_ca
 # adapters are loaded before): from then on a client can make vLLM write text.
 SERVING_PHASES = frozenset(("listening", "routes", "startup_complete"))
 IGNORED_FIELDS_RULE = "ignored_request_fields"
+# The lora_name guard's lines (`trust.LineKind.LORA_GUARD`: they quote a client's names).
+LORA_GUARD_RULES = frozenset(("lora_name_routed", "lora_name_rejected"))
 LINE_CUT_RULE = "line_cut"  # the event of a line cut before matching (`rules`)
 
 BUILTIN_RULES: tuple[Rule, ...] = (
@@ -49,6 +58,19 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("removed_guided_fields",
          r"Request contains the removed guided-decoding field\(s\) (?P<fields>\[.*?\])",
          S.WARNING, A.LOG, _GUIDED_HINT, ("Request contains the removed guided-decoding",)),
+    # The lora_name guard (lora.lora_name_field: reject|route) inside vLLM. Only the parts
+    # before a client's text are captured: the adapter is one the config names.
+    Rule("lora_name_routed", r"lora_name guard: routed to adapter '(?P<adapter>[^'\n]{1,64})",
+         S.INFO, A.LOG,
+         "A client sent `lora_name` with the base model; the guard served the adapter it "
+         "names (lora.lora_name_field: route). Clients should send the adapter as `model`.",
+         ("lora_name guard: routed",)),
+    Rule("lora_name_rejected", r"lora_name guard: rejected \((?P<reason>\w{1,32})\)",
+         S.WARNING, A.LOG,
+         "A client sent `lora_name`; the guard answered HTTP 400 instead of letting the base "
+         "model answer (reject mode, or in route mode an unknown adapter or a `model` naming "
+         "another): the client must send the adapter's name as `model`.",
+         ("lora_name guard: rejected",)),
     # --- engine death -------------------------------------------------------------------
     Rule("engine_fatal_error", r"EngineCore encountered a fatal error", S.CRITICAL,
          A.CHECK_NOW, _ENGINE_DEAD_HINT, ("EngineCore encountered a fatal error",)),

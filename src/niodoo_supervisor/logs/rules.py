@@ -34,6 +34,7 @@ from niodoo_supervisor.logs.builtin_rules import (
     BUILTIN_RULES,
     IGNORED_FIELDS_RULE,
     LINE_CUT_RULE,
+    LORA_GUARD_RULES,
     SERVING_PHASES,
 )
 from niodoo_supervisor.logs.counters import clip_field_name
@@ -128,6 +129,7 @@ class RuleSet:
         self._ignored_fields = tuple(
             k for k, rule in enumerate(self.rules) if rule.name == IGNORED_FIELDS_RULE
         )
+        self._guard = tuple(k for k, rule in enumerate(self.rules) if rule.name in LORA_GUARD_RULES)
         self.anchors = tuple(sorted(a.encode() for a in by_anchor))
         self._memo: dict[tuple[LineKind, str], tuple[_Match, ...]] = {}
         self._single: dict[str, tuple[Event, ...]] = {}  # events of one-line records
@@ -188,7 +190,7 @@ class RuleSet:
         kind = line_kind(line)
         if kind is LineKind.REQUEST:
             return []
-        candidates = range(len(self.rules)) if kind is LineKind.VLLM else self._ignored_fields
+        candidates = range(len(self.rules)) if kind is LineKind.VLLM else self._only(kind)
         starts = trusted_starts(line.message)
         return [self.rules[k].name for k in candidates if self._match(k, line.message, starts)]
 
@@ -207,8 +209,8 @@ class RuleSet:
     def _find(self, kind: LineKind, message: str) -> Iterable[_Match]:
         if kind is LineKind.REQUEST:
             return
-        if kind is LineKind.IGNORED_FIELDS:
-            candidates: Iterable[int] = self._ignored_fields
+        if kind is not LineKind.VLLM:
+            candidates: Iterable[int] = self._only(kind)
         else:
             candidates = sorted(
                 {k for anchor, ks in self._by_anchor if anchor in message for k in ks}
@@ -218,6 +220,10 @@ class RuleSet:
             m = self._match(k, message, starts)
             if m is not None:
                 yield (k, *_details(self._compiled[k][0], m))
+
+    def _only(self, kind: LineKind) -> tuple[int, ...]:
+        """The rules a line quoting a client may feed."""
+        return self._ignored_fields if kind is LineKind.IGNORED_FIELDS else self._guard
 
     def _match(self, k: int, message: str, starts: tuple[str, ...]) -> Any:
         rule, regex = self._compiled[k]

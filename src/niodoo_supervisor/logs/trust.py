@@ -6,7 +6,7 @@ lines. No rule may act on that text, or one request naming its field
 ``LoRA rank 99 is greater than max_lora_rank 16`` would stop the service for good. So:
 
 - `line_kind`: lines known to quote a request. The ignored-fields line feeds only the
-  ignored-fields rule; access and request-log lines feed no rule at all.
+  ignored-fields rule, the `lora_name` guard's lines only its two rules; access and request-log lines feed no rule at all.
 - `trusted_starts`: in every other line a rule matches only where vLLM's own wording
   stands: at the start of the message, or right after a leading exception type
   (``ValueError: ``) or pydantic's ``Value error, ``. Client text quoted further into a
@@ -25,14 +25,16 @@ from enum import Enum
 
 from niodoo_supervisor.logs.line import ParsedLine
 
-__all__ = ["IGNORED_FIELDS_PREFIX", "LineKind", "line_kind", "trusted_starts"]
+__all__ = ["IGNORED_FIELDS_PREFIX", "LORA_GUARD_PREFIX", "LineKind", "line_kind", "trusted_starts"]
 
 IGNORED_FIELDS_PREFIX = "The following fields were present in the request but ignored:"
+LORA_GUARD_PREFIX = "lora_name guard: "  # the supervisor's middleware inside vLLM
 
 
 class LineKind(Enum):
     VLLM = "vllm"  # vLLM's own wording; client text may still be quoted further in
     IGNORED_FIELDS = "ignored_fields"  # names chosen by a client: the ignored-fields rule only
+    LORA_GUARD = "lora_guard"  # the guard's decisions, quoting a client: its two rules only
     REQUEST = "request"  # quotes a request (access log, request log): no rule at all
 
 
@@ -56,6 +58,8 @@ def line_kind(line: ParsedLine) -> LineKind:
     message = line.message
     if message.startswith(IGNORED_FIELDS_PREFIX):
         return LineKind.IGNORED_FIELDS
+    if message.startswith(LORA_GUARD_PREFIX):
+        return LineKind.LORA_GUARD
     # Whatever header it has: an operator's logging config may route uvicorn's access log
     # through vLLM's formatter.
     if _ACCESS.match(message):

@@ -31,6 +31,7 @@ from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.launch.adapters import AdapterReadError, read_adapter, same_base_model
+from niodoo_supervisor.launch.lora_guard import write_guard_adapters
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.supervise.adapter_api import AdapterApi, AdapterApiError
 from niodoo_supervisor.supervise.incidents import AdapterLoadAsked, AdapterUnloadAsked, Reply
@@ -136,6 +137,7 @@ class LiveAdapters:
         self.write_status = write_status  # status.json: the adapters changed
         self.api = api
         self.stop_asked = stop_asked
+        self.lora_guard = plan.lora_guard  # route mode follows the adapters served
         self._publish()
 
     @property
@@ -384,3 +386,8 @@ class LiveAdapters:
         self.status.adapters = list(self.serving)
         self.status.adapters_live_only = self.live_only
         self.write_status()
+        if self.lora_guard is not None:
+            try:
+                write_guard_adapters(self.lora_guard, self.serving)
+            except OSError as exc:
+                log.error("lora_guard_not_updated", adapters=list(self.serving), error=str(exc))

@@ -20,6 +20,7 @@ import structlog
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.files.atomic import atomic_write, describe_os_error, exit_code_for
+from niodoo_supervisor.launch.lora_guard import write_guard
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.pump import LogPump
 from niodoo_supervisor.logs.rule_types import Event
@@ -126,6 +127,12 @@ class VllmRun:
         except OSError as exc:
             path = plan.logging_config_path
             raise _launch_error(f"cannot write vLLM's logging config {path}", exc) from None
+        if plan.lora_guard is not None:
+            try:
+                write_guard(plan.lora_guard)
+            except OSError as exc:
+                where = plan.lora_guard.folder
+                raise _launch_error(f"cannot write the lora_name guard to {where}", exc) from None
         try:
             child = await spawn(plan.argv, plan.child_environment(environ))
         except OSError as exc:

@@ -1,0 +1,285 @@
+"""The `lora_name` guard: an ASGI middleware vLLM runs (`--middleware
+niodoo_lora_guard.LoraNameGuard`) for `lora.lora_name_field: reject|route`.
+
+vLLM has no `lora_name` request field: it drops it and the base model answers. This guard
+stops that at the door. Standard library only, and standalone: the supervisor copies this
+file into its state folder and puts that folder first on vLLM's PYTHONPATH; it imports
+neither vLLM nor the supervisor.
+
+Only POST requests to the generation endpoints that take a `model` (`GUARDED_PATHS`) are
+looked at; everything else goes to vLLM untouched. For those, the body's chunks are
+collected (vLLM reads the whole body before parsing it anyway, so this adds no wait) and
+searched for the bytes ``"lora_name"``; when absent, the very same chunks are replayed to
+vLLM and nothing is parsed. A key a client wrote with JSON escapes (``"\\u006cora_name"``) is
+not looked for: that is no client mistake anyone makes, and vLLM still reports it as an
+ignored field. The response is never touched, so streamed answers pass as they are.
+
+With the field (and a body under `MAX_INSPECTED_BYTES` that parses to a JSON object):
+
+- ``reject``: HTTP 400 in vLLM's error format saying to send the adapter's name as `model`.
+- ``route``: `lora_name` naming a served adapter while `model` is the base model's served
+  name, empty or absent: the body is rewritten (`model` = the adapter, `lora_name` removed)
+  and served. `model` equal to `lora_name`: served as that adapter. An unknown `lora_name`,
+  or `model` naming something else: 400 naming the served adapters.
+
+`"lora_name": null` counts as absent (a client serialising an empty option asks for no
+adapter, and gets none). A request vLLM would refuse for its API key (a key in
+`VLLM_API_KEY`) is passed on for vLLM to answer 401: the guard's answers name the adapters.
+
+Settings come from the JSON file `SETTINGS_ENV` names: ``{"mode", "served_model",
+"adapters"}``; it is read again when it changed (the supervisor rewrites it after a live
+adapter change), checked only on requests that carry the field. Each decision is one log
+line under ``vllm.`` (so vLLM's handler prints it in vLLM's format) starting with
+`LOG_PREFIX`; client-chosen names in it are repr()'d and cut to `MAX_NAME` characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "GUARDED_PATHS",
+    "LOG_PREFIX",
+    "MAX_INSPECTED_BYTES",
+    "SETTINGS_ENV",
+    "LoraNameGuard",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SETTINGS_ENV = "NIODOO_LORA_GUARD_SETTINGS"
+GUARDED_PATHS = frozenset(("/v1/chat/completions", "/v1/completions", "/v1/responses"))
+LOG_PREFIX = "lora_name guard: "
+# A body with the field and larger than this is passed on unparsed (vLLM itself has no limit;
+# base64 images make chat bodies large): parsing it twice would double vLLM's own cost.
+MAX_INSPECTED_BYTES = 16 * 1024 * 1024
+MAX_NAME = 64  # characters of a client-chosen name kept in a log line or an answer
+_NEEDLE = b'"lora_name"'
+_AUTH_PREFIXES = ("/v1",)  # where vLLM's AuthenticationMiddleware asks for the key
+_MODES = ("reject", "route")
+
+log = logging.getLogger("vllm.niodoo_lora_guard")
+
+
+def _shown(value: object) -> str:
+    """A client-chosen value for a log line or an answer: bounded and on one line."""
+    text = value if isinstance(value, str) else json.dumps(value)[: MAX_NAME + 1]
+    if len(text) > MAX_NAME:
+        text = text[:MAX_NAME] + "..."
+    return repr(text)
+
+
+class _Settings:
+    """The settings file, read again when its identity or time changed."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.mode = "reject"  # until a file says otherwise: never serve the base silently
+        self.served_model = ""
+        self.adapters: tuple[str, ...] = ()
+        self._stamp: tuple[int, int, int] | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        if not self.path:
+            self._fail(f"{SETTINGS_ENV} is not set")
+            return
+        try:
+            path = Path(self.path)
+            stat = path.stat()
+            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if stamp == self._stamp:
+                return
+            with path.open(encoding="utf-8") as handle:
+                data = json.loads(handle.read(1024 * 1024))
+            mode, served, adapters = data["mode"], data["served_model"], data["adapters"]
+            if mode not in _MODES or not isinstance(served, str) or not isinstance(adapters, list):
+                raise ValueError("mode, served_model or adapters has the wrong type")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._fail(f"cannot read {self.path}: {exc}")
+            return
+        self.mode, self.served_model = mode, served
+        self.adapters = tuple(str(name) for name in adapters)
+        self._stamp = stamp
+
+    def _fail(self, why: str) -> None:
+        if self._stamp is None:  # nothing read yet: the safe mode
+            self.mode = "reject"
+        log.error("%ssettings unusable (%s); mode %s", LOG_PREFIX, why, self.mode)
+
+
+class LoraNameGuard:
+    """The ASGI middleware (Starlette's `add_middleware` calls it with the app)."""
+
+    def __init__(self, app: App, settings_path: str | None = None) -> None:
+        self.app = app
+        self.settings = _Settings(settings_path or os.environ.get(SETTINGS_ENV))
+        key = os.environ.get("VLLM_API_KEY", "")
+        self._key_hash = hashlib.sha256(key.encode()).digest() if key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not _guarded(scope):
+            await self.app(scope, receive, send)
+            return
+        messages, size, found = await _read_body(receive)
+        if found and size <= MAX_INSPECTED_BYTES:
+            request = _json_object(b"".join(m.get("body", b"") for m in messages))
+            # Not the guard's to answer: no field at the top level (it was in a prompt), or
+            # a request vLLM refuses for its key (the guard's answers name the adapters).
+            if (
+                request is not None
+                and request.get("lora_name") is not None
+                and self._authorized(scope)
+            ):
+                await self._decide(scope, request, receive, send)
+                return
+        elif found:
+            log.warning(
+                "%sbody of %d bytes not inspected (over %d): passed to vLLM unchanged",
+                LOG_PREFIX,
+                size,
+                MAX_INSPECTED_BYTES,
+            )
+        await self.app(scope, _replay(messages, receive), send)
+
+    async def _decide(
+        self, scope: Scope, request: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
+        settings = self.settings
+        settings.refresh()
+        lora_name, model = request["lora_name"], request.get("model")
+        served = ", ".join(repr(name) for name in settings.adapters) or "none"
+        if settings.mode == "reject":
+            log.info("%srejected (reject_mode) lora_name=%s", LOG_PREFIX, _shown(lora_name))
+            await _bad_request(
+                send,
+                "This server does not take a `lora_name` field (vLLM would ignore it and "
+                "answer with the base model): send the adapter's name as `model` instead. "
+                f"Served adapters: {served}.",
+            )
+            return
+        if not isinstance(lora_name, str) or lora_name not in settings.adapters:
+            log.info("%srejected (unknown_adapter) lora_name=%s", LOG_PREFIX, _shown(lora_name))
+            await _bad_request(
+                send,
+                f"`lora_name` {_shown(lora_name)} names no served adapter. Served adapters: "
+                f"{served}. Send the adapter's name as `model`.",
+            )
+            return
+        if model not in (None, "", settings.served_model, lora_name):
+            log.info(
+                "%srejected (conflicting_model) lora_name=%s model=%s",
+                LOG_PREFIX,
+                _shown(lora_name),
+                _shown(model),
+            )
+            await _bad_request(
+                send,
+                f"`lora_name` {_shown(lora_name)} and `model` {_shown(model)} disagree: send "
+                f"only `model`, naming the adapter. Served adapters: {served}.",
+            )
+            return
+        rewritten = dict(request, model=lora_name)
+        del rewritten["lora_name"]
+        body = json.dumps(rewritten, ensure_ascii=False).encode()
+        log.info("%srouted to adapter %r", LOG_PREFIX, lora_name)
+        await self.app(
+            _with_length(scope, len(body)),
+            _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
+            send,
+        )
+
+    def _authorized(self, scope: Scope) -> bool:
+        """As vLLM's own key check decides; a refused request is left for it to answer."""
+        if self._key_hash is None or not _path(scope).startswith(_AUTH_PREFIXES):
+            return True
+        for name, value in scope.get("headers", ()):
+            if name.lower() == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                digest = hashlib.sha256(token.encode()).digest()
+                return scheme.lower() == "bearer" and hmac.compare_digest(digest, self._key_hash)
+        return False
+
+
+def _path(scope: Scope) -> str:
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _guarded(scope: Scope) -> bool:
+    return _path(scope) in GUARDED_PATHS
+
+
+async def _read_body(receive: Receive) -> tuple[list[Message], int, bool]:
+    """Every message of the request body as received, its size, and whether the field's
+    bytes are in it (also across a chunk boundary)."""
+    messages: list[Message] = []
+    size, found, tail = 0, False, b""
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, size, found  # the client left: vLLM sees that as it would
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if not found and chunk:
+            keep = len(_NEEDLE) - 1  # a field split across chunks is found at the seam
+            found = _NEEDLE in tail + chunk[:keep] or _NEEDLE in chunk
+            tail = chunk[-keep:] if len(chunk) >= keep else (tail + chunk)[-keep:]
+        if not message.get("more_body", False):
+            return messages, size, found
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """The request as a dict; None when it is no JSON object (vLLM answers that itself)."""
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return request if isinstance(request, dict) else None
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(reversed(messages))
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()  # after the body: the client's disconnect, as vLLM expects
+
+    return replayed
+
+
+def _with_length(scope: Scope, length: int) -> Scope:
+    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"content-length"]
+    if len(headers) != len(scope.get("headers", ())):
+        headers.append((b"content-length", str(length).encode()))
+    return {**scope, "headers": headers}
+
+
+async def _bad_request(send: Send, message: str) -> None:
+    error = {"message": message, "type": "BadRequestError", "param": "lora_name", "code": 400}
+    body = json.dumps({"error": error}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
