@@ -12,6 +12,11 @@ Printed: p50 and p99 of each, and the ratio guard/plain (target <= 1.02), then t
 requests that carry the field (`{"model": "tiny", "lora_name": "alpha"}` through the guard,
 routed) against the plain server asked for `"model": "alpha"` directly.
 
+Two servers are two processes whose engines the CPU build binds to cores of its own choosing,
+on a machine others share: their difference is not all the middleware's. So the guard's own
+time is measured first, in this process: the middleware in front of an app that reads the body
+as vLLM does, against that app alone, on the same chat body (medians of interleaved rounds).
+
 Usage: NIODOO_VLLM_PYTHON=<vLLM's python> python benchmarks/bench_lora_guard.py [REQUESTS]
 (run `make demo-model` first). Not part of the test suite; asserts only that every answer
 is 200.
@@ -19,7 +24,9 @@ is 200.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -36,6 +43,7 @@ import httpx
 import yaml
 
 from niodoo_supervisor.config.loader import load_config
+from niodoo_supervisor.launch.guard.niodoo_lora_guard import LoraNameGuard
 from niodoo_supervisor.launch.lora_guard import write_guard
 from niodoo_supervisor.launch.plan import LaunchPlan, plan_launch
 
@@ -137,6 +145,53 @@ def _compare(
     )
 
 
+def _in_process(tmp: Path, rounds: int = 7, calls: int = 20000) -> None:
+    """The guard's own time per request, without and with the field (routed)."""
+    settings = tmp / "settings.json"
+    settings.write_text(
+        json.dumps({"mode": "route", "served_model": "tiny", "adapters": ["alpha"]})
+    )
+    chat = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2, "temperature": 0}
+    plain_body = json.dumps({**chat, "model": "tiny"}).encode()
+    field_body = json.dumps({**chat, "model": "tiny", "lora_name": "alpha"}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+
+    async def vllm_like(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+
+    async def send(message: Any) -> None:
+        return None
+
+    async def timed(app: Any, body: bytes) -> float:
+        message = {"type": "http.request", "body": body, "more_body": False}
+
+        async def receive() -> Any:
+            return message
+
+        started = time.perf_counter()
+        for _ in range(calls):
+            await app(scope, receive, send)
+        return (time.perf_counter() - started) / calls * 1e6
+
+    guard = LoraNameGuard(vllm_like, str(settings))
+    logging.getLogger("vllm").setLevel(logging.WARNING)  # the routed line, 20000 times
+    cases = {
+        "app alone": (vllm_like, plain_body),
+        "guard, no field": (guard, plain_body),
+        "guard, lora_name routed": (guard, field_body),
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, (app, body) in cases.items():
+            times[name].append(asyncio.run(timed(app, body)))
+    alone = statistics.median(times["app alone"])
+    print(f"The middleware in this process ({calls} calls x {rounds} rounds, medians)")
+    for name, values in times.items():
+        extra = statistics.median(values) - alone
+        print(f"  {name:26} {statistics.median(values):7.2f} us/request   +{extra:.2f} us")
+
+
 def main() -> None:
     requests = int(sys.argv[1]) if len(sys.argv) > 1 else 400
     python = os.environ.get("NIODOO_VLLM_PYTHON")
@@ -146,6 +201,7 @@ def main() -> None:
         sys.exit("run `make demo-model` first")
     with tempfile.TemporaryDirectory(prefix="bench-lora-guard-") as folder, ExitStack() as stack:
         tmp = Path(folder)
+        _in_process(tmp)
         servers: dict[str, httpx.Client] = {}
         for mode in ("route", "log"):
             plan, port = _plan(tmp, mode, python)

@@ -1,6 +1,6 @@
 """Config + installed vLLM -> the launch plan: the exact argv, environment, secrets and logging
-config of vLLM. The only place that renders: `run` launches, `render` prints and `check`
-validates the same plan.
+config of vLLM, and the `lora_name` guard middleware it runs (`lora_guard`). The only place
+that renders: `run` launches, `render` prints and `check` validates the same plan.
 
 The argv is a list handed to `exec` (no shell anywhere). The API key travels in the child's
 environment as VLLM_API_KEY, never on argv, where `ps` would show it. Preflight reports every

@@ -89,6 +89,7 @@ class _Settings:
         self.served_model = ""
         self.adapters: tuple[str, ...] = ()
         self._stamp: tuple[int, int, int] | None = None
+        self._failure = ""
         self.refresh()
 
     def refresh(self) -> None:
@@ -112,11 +113,14 @@ class _Settings:
         self.mode, self.served_model = mode, served
         self.adapters = tuple(str(name) for name in adapters)
         self._stamp = stamp
+        self._failure = ""
 
     def _fail(self, why: str) -> None:
         if self._stamp is None:  # nothing read yet: the safe mode
             self.mode = "reject"
-        log.error("%ssettings unusable (%s); mode %s", LOG_PREFIX, why, self.mode)
+        if why != self._failure:  # once per cause, not once per request
+            log.error("%ssettings unusable (%s); mode %s", LOG_PREFIX, why, self.mode)
+        self._failure = why
 
 
 class LoraNameGuard:
