@@ -12,14 +12,16 @@ Printed: p50 and p99 of each, and the ratio guard/plain (target <= 1.02), then t
 requests that carry the field (`{"model": "tiny", "lora_name": "alpha"}` through the guard,
 routed) against the plain server asked for `"model": "alpha"` directly.
 
-Two servers are two processes whose engines the CPU build binds to cores of its own choosing,
-on a machine others share: their difference is not all the middleware's. So the guard's own
-time is measured first, in this process: the middleware in front of an app that reads the body
-as vLLM does, against that app alone, on the same chat body (medians of interleaved rounds).
+Two servers are two processes on a machine others share, each engine bound to a core of its
+own (guard: core GUARD_CORE, plain: the other): their difference is not all the middleware's,
+and a run with the cores swapped shows how much is the cores'. So the guard's own time is
+measured first, in this process: the middleware in front of an app that reads the body as
+vLLM does, against that app alone, on the same chat body (medians of interleaved rounds).
 
-Usage: NIODOO_VLLM_PYTHON=<vLLM's python> python benchmarks/bench_lora_guard.py [REQUESTS]
-(run `make demo-model` first). Not part of the test suite; asserts only that every answer
-is 200.
+Usage: NIODOO_VLLM_PYTHON=<vLLM's python> python benchmarks/bench_lora_guard.py [REQUESTS
+[GUARD_CORE [plain-first]]] (run `make demo-model` first; GUARD_CORE 0 or 1, default 0;
+`plain-first` starts the server without the middleware first). Not part of the test suite;
+asserts only that every answer is 200.
 """
 
 from __future__ import annotations
@@ -58,10 +60,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _plan(tmp: Path, mode: str, python: str) -> tuple[LaunchPlan, int]:
+def _plan(tmp: Path, mode: str, python: str, core: int) -> tuple[LaunchPlan, int]:
     document = yaml.safe_load((REPO / "config" / "demo-cpu.yaml").read_text())
     port = _free_port()
     document["server"].update(python=python, port=port)
+    # Left to itself the CPU build binds every server's worker to core 0: two servers then
+    # share it and whichever spins slows the other (p50 ratios of 0.4 to 5.6 were seen).
+    document["server"]["env"]["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
     document["model"]["path"] = str(MODEL / "base")
     document["lora"]["adapters"] = [
         {"name": name, "path": str(MODEL / "adapters" / name)} for name in ("alpha", "beta")
@@ -194,6 +199,8 @@ def _in_process(tmp: Path, rounds: int = 7, calls: int = 20000) -> None:
 
 def main() -> None:
     requests = int(sys.argv[1]) if len(sys.argv) > 1 else 400
+    guard_core = int(sys.argv[2]) if len(sys.argv) > 2 else 0  # run with 0, then 1
+    plain_first = len(sys.argv) > 3 and sys.argv[3] == "plain-first"  # the start order
     python = os.environ.get("NIODOO_VLLM_PYTHON")
     if not python:
         sys.exit("set NIODOO_VLLM_PYTHON to the python of vLLM's environment")
@@ -203,8 +210,9 @@ def main() -> None:
         tmp = Path(folder)
         _in_process(tmp)
         servers: dict[str, httpx.Client] = {}
-        for mode in ("route", "log"):
-            plan, port = _plan(tmp, mode, python)
+        cores = {"route": guard_core, "log": 1 - guard_core}
+        for mode in ("log", "route") if plain_first else ("route", "log"):
+            plan, port = _plan(tmp, mode, python, cores[mode] % (os.cpu_count() or 1))
             log = tmp / f"{mode}.log"
             process = _start(plan, log)
             stack.callback(_stop, process)
