@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from niodoo_supervisor.config.vllm_options import LORA_RANKS
 from niodoo_supervisor.files.inputs import InputFileError, is_dir, is_file, read_text_file
@@ -38,6 +40,7 @@ class AdapterInfo:
     rank: int  # the largest of `r` and every `rank_pattern` value
     peft_type: str
     base_model: str | None
+    config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def read_adapter(path: Path) -> AdapterInfo:
@@ -81,7 +84,7 @@ def read_adapter(path: Path) -> AdapterInfo:
     if not has_weights:
         raise AdapterReadError(f"{path} has no adapter_model.safetensors (or .bin)")
     base = raw.get("base_model_name_or_path")
-    return AdapterInfo(path, max(valid), peft_type, str(base) if base else None)
+    return AdapterInfo(path, max(valid), peft_type, str(base) if base else None, raw)
 
 
 def smallest_rank_at_least(rank: int, allowed: tuple[int, ...] = LORA_RANKS) -> int | None:

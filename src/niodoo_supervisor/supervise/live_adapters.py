@@ -31,6 +31,7 @@ from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.launch.adapters import AdapterReadError, read_adapter, same_base_model
+from niodoo_supervisor.launch.fit_checker import FitChecker, version_or_none
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.supervise.adapter_api import AdapterApi, AdapterApiError
 from niodoo_supervisor.supervise.incidents import AdapterLoadAsked, AdapterUnloadAsked, Reply
@@ -131,6 +132,9 @@ class LiveAdapters:
         # the config's own check.
         self.max_cpu_loras = config.lora.max_cpu_loras or config.lora.max_loras or 1
         self.yaml: dict[str, Adapter] = {adapter.name: adapter for adapter in config.adapters}
+        self.fit = FitChecker(  # the base's headers are read at the first live load
+            self.model_path, version_or_none(plan.vllm_version), config.lora.target_modules
+        )
         self.serving = {name: adapter.path for name, adapter in self.yaml.items()}
         self.status = status
         self.write_status = write_status  # status.json: the adapters changed
@@ -294,6 +298,10 @@ class LiveAdapters:
                 f"(vLLM: 'LoRA rank {info.rank} is greater than max_lora_rank {self.max_rank}.'); "
                 "raise lora.max_lora_rank (a restart)"
             )
+        fit = self.fit.check(info)
+        if any(problem.error for problem in fit):
+            return "; ".join(problem.message for problem in fit if problem.error)
+        warnings.extend(f"adapter {name!r}: {problem.message}" for problem in fit)
         yaml_base = self.yaml[name].base_model_name if name in self.yaml else None
         base = yaml_base or info.base_model or ""
         verdict = same_base_model(base, self.served_name, self.model_path)
