@@ -349,3 +349,32 @@ def test_a_base_without_safetensors_is_not_compared(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"\0")
     assert read_base_checkpoint(tmp_path) is None
+
+
+def test_on_a_wrapper_model_a_path_the_base_lacks_is_a_warning(
+    demo: DemoModel, base: BaseCheckpoint
+) -> None:
+    # Qwen2-VL-like classes rename checkpoint paths (hf_to_vllm_mapper) for the adapter too.
+    wrapper = BaseCheckpoint(
+        base.path,
+        {**base.config, "architectures": ["Qwen2VLForConditionalGeneration"], "vision_config": {}},
+        base.tensors,
+    )
+    [problem] = _fit(demo.broken["prefixed"], wrapper)
+    assert not problem.error
+    assert "unless vLLM's renaming for Qwen2VLForConditionalGeneration maps them" in problem.message
+
+
+def test_hostile_tensor_names_give_a_short_message_quickly(
+    base: BaseCheckpoint, tmp_path: Path
+) -> None:
+    adapter = tmp_path / "long"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    name = "base_model.model." + "a." * 500_000 + "q_proj"
+    write_safetensors_header(
+        adapter / "adapter_model.safetensors",
+        {f"{name}.lora_A.weight": ("F32", [8, 128]), f"{name}.lora_B.weight": ("F32", [128, 8])},
+    )
+    message = _only_error(_fit(adapter, base))
+    assert len(message) < 1000 and "exist nowhere in the base model (a.a.a." in message

@@ -65,6 +65,8 @@ _EMBEDDING_LORA_ARCHITECTURES = frozenset(
 )
 _EMBEDDING_LEAVES = frozenset({"embed_tokens", "lm_head"})
 _SHOWN = 3  # names shown in a message before "and N more"
+_SHOWN_CHARS = 200  # of each name: tensor names are the adapter file's, any length
+_MAX_PREFIX_PARTS = 8  # leading path parts tried as an extra prefix (`language_model.`)
 _LATE = "vLLM refuses the adapter only when it loads it (for --lora-modules: after the whole model load)"
 _SILENT = "vLLM loads it and would silently serve base-model output"
 
@@ -124,7 +126,7 @@ class _BaseView:
         self.base = base
         text = base.text_config
         self.vocab = text.get("vocab_size")
-        self.quantized = base.quant_method is not None
+        self.wrapper = any(key in base.config for key in ("text_config", "vision_config"))
         self.weights: dict[str, TensorHeader] = {}
         self.packed: set[str] = set()
         for name, header in base.tensors.items():
@@ -148,11 +150,12 @@ class _BaseView:
     def instead(self, module: str) -> str:
         """What the base has where the adapter names `module`."""
         parts = module.split(".")
-        for cut in range(1, len(parts)):
+        for cut in range(1, min(len(parts), _MAX_PREFIX_PARTS + 1)):
             if self.has(".".join(parts[cut:])):
                 return f"the base has {'.'.join(parts[cut:])} (without the `{'.'.join(parts[:cut])}.` prefix)"
         names = sorted({*self.weights, *self.packed})
-        longer = next((name for name in names if name.endswith("." + module)), None)
+        dotted = "." + module
+        longer = next((name for name in names if name.endswith(dotted)), None)
         if longer is not None:
             return f"the base has {longer}"
         leaf = parts[-1]
@@ -225,12 +228,16 @@ def _check_modules(
         )
     if absent_known:
         whole = not capable and not absent_strange and not present_refused
+        effect = _SILENT if whole else "vLLM loads it and silently applies nothing there"
+        # A wrapper model's class renames checkpoint paths (its hf_to_vllm_mapper, applied to
+        # the adapter too): two spellings of one module may both work, so only a warning.
+        if view.wrapper:
+            effect = f"unless vLLM's renaming for {view.base.architecture} maps them, {effect}"
         problems.append(
             FitProblem(
-                True,
+                not view.wrapper,
                 f"{len(absent_known)} of its {len(modules)} modules exist nowhere in the base "
-                f"model ({_few(absent_known)}); {view.instead(absent_known[0])}: "
-                + (_SILENT if whole else "vLLM loads it and silently applies nothing there"),
+                f"model ({_few(absent_known)}); {view.instead(absent_known[0])}: {effect}",
                 "rename the adapter's tensors to the base's module paths, or train it on this base model",
             )
         )
@@ -375,6 +382,6 @@ def _leaf(module: str) -> str:
 
 
 def _few(items: Sequence[str], sep: str = ", ") -> str:
-    shown = sep.join(items[:_SHOWN])
+    shown = sep.join(item[:_SHOWN_CHARS] for item in items[:_SHOWN])
     more = len(items) - _SHOWN
     return f"{shown} and {more} more" if more > 0 else shown
