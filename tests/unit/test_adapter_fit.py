@@ -214,7 +214,7 @@ def test_features_older_vllm_ignores_are_warnings(
     adapter = _copy(demo.adapters["alpha"], tmp_path / "a", init_lora_weights="pissa")
     [problem] = _fit(adapter, base, Version(0, 31, 0))
     assert not problem.error
-    assert "vLLM before 0.32.0 ignores it without a word" in problem.message
+    assert "vLLM 0.32.0 refuses it; an older vLLM may load it without a word" in problem.message
 
 
 @pytest.mark.parametrize(

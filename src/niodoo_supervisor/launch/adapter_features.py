@@ -15,9 +15,11 @@ word is worse: the adapter serves, with outputs that are not the trained ones.
 | layers_to_transform / layers_pattern      | no problem: only those layers' tensors are saved, vLLM applies exactly what the file holds |
 | use_rslora, rank_pattern, alpha_pattern   | applied                                 |
 
-Before 0.32 the refusals of lora_bias, init_lora_weights and the rest of that list are not
-there (vLLM loaded such adapters and served outputs that differ from PEFT's): a warning.
-0.33's peft_helper was not re-read here; VLLM_FACTS records its LoRA handling as unchanged.
+Versions before 0.32 were not read for lora_bias, init_lora_weights and the rest of that
+list: a warning there (such an adapter may load and serve outputs that differ from PEFT's).
+DoRA, modules_to_save and bias are errors on every version (older peft_helper.py copies
+refuse them too; bias only without --enable-lora-bias, a flag removed in 0.12).
+0.33 is taken as 0.32: a newer copy of peft_helper.py has the same list of refusals.
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ def feature_problems(config: Mapping[str, Any], version: Version | None) -> list
             problems.append(
                 FeatureProblem(
                     False,
-                    f"{what}: vLLM before {_REFUSES_ALL_FROM} ignores it without a word and "
-                    "serves outputs that differ from the trained adapter's",
+                    f"{what}: vLLM {_REFUSES_ALL_FROM} refuses it; an older vLLM may load "
+                    "it without a word and serve outputs that differ from the trained adapter's",
                 )
             )
     return problems
