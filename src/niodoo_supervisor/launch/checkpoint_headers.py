@@ -9,7 +9,6 @@ the file's size, the JSON's shape is checked, and each problem is one `Checkpoin
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import struct
@@ -18,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from niodoo_supervisor.files.inputs import InputFileError, access_problem, is_file, read_text_file
+from niodoo_supervisor.files.inputs import (
+    InputFileError,
+    access_problem,
+    is_file,
+    json_object,
+    read_text_file,
+)
 
 __all__ = [
     "BaseCheckpoint",
@@ -137,13 +142,9 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 def _parse_header(path: Path, raw: bytes, data_size: int) -> dict[str, TensorHeader]:
     try:
-        header = json.loads(raw)
-    except RecursionError:
-        raise CheckpointError(f"{path}: the header is not valid JSON: nested too deeply") from None
+        header = json_object(raw, f"{path}: the header")
     except ValueError as exc:
-        raise CheckpointError(f"{path}: the header is not valid JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: the header must be a JSON object")
+        raise CheckpointError(str(exc)) from None
     tensors: dict[str, TensorHeader] = {}
     for name, entry in header.items():
         if name == "__metadata__":
@@ -180,16 +181,11 @@ def _natural(value: object) -> bool:
 
 def _read_json(path: Path, limit: int) -> dict[str, Any]:
     try:
-        data = json.loads(read_text_file(path, limit))
+        return json_object(read_text_file(path, limit), str(path))
     except InputFileError as exc:
         raise CheckpointError(f"{exc}; {exc.fix}" if exc.fix else str(exc)) from None
-    except RecursionError:
-        raise CheckpointError(f"{path} is not valid JSON: nested too deeply") from None
     except ValueError as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return data
+        raise CheckpointError(str(exc)) from None
 
 
 def _shard_names(index_file: Path, index: Mapping[str, Any]) -> list[str]:
