@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import httpx
 
 from niodoo_supervisor.launch.render import REDACTED
+from niodoo_supervisor.supervise.adapter_api import error_reason
 
 __all__ = [
     "MAX_BODY",
@@ -220,7 +221,8 @@ class EffectProbe:
         if data is None:
             return _Failure(f"the answer is larger than {MAX_BODY} bytes", response.status_code)
         if response.status_code != 200:
-            return _Failure(_error_reason(response.status_code, data), response.status_code)
+            reason = _one_line(error_reason(response.status_code, data))
+            return _Failure(reason, response.status_code)
         parsed = parse_top_logprobs(data)
         return _Failure(parsed, 200) if isinstance(parsed, str) else parsed
 
@@ -238,21 +240,6 @@ async def _read_capped(response: httpx.Response) -> bytes | None:
         if len(data) > MAX_BODY:
             return None
     return bytes(data)
-
-
-def _error_reason(status: int, body: bytes) -> str:
-    """vLLM's own message from an error answer, else the start of its body."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        payload = None
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        message = error.get("message") if isinstance(error, dict) else payload.get("message")
-        if isinstance(message, str) and message:
-            return f"HTTP {status}: {_one_line(message)}"
-    text = body.decode("utf-8", "replace").strip()
-    return f"HTTP {status}: {_one_line(text) if text else 'no body'}"
 
 
 def _one_line(text: str) -> str:
