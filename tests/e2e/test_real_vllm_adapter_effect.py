@@ -152,7 +152,9 @@ def test_the_supervisor_reports_a_no_op_adapter_and_strict_refuses_one_live(
         status = run.status()
         effects = status["adapter_effects"]
         assert effects["untrained"]["verdict"] == "no_effect"
-        assert effects["alpha"]["verdict"] == "effect"  # other top tokens (the tiny model: 0.02 nats)
+        assert (
+            effects["alpha"]["verdict"] == "effect"
+        )  # other top tokens (the tiny model: 0.02 nats)
         assert status["events"]["rules"]["adapter_no_effect"]["count"] == 1
         metrics = run.metrics()
         assert metrics['niodoo_supervisor_adapter_no_effect_total{adapter="untrained"}'] == 1
