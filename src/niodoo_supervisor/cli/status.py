@@ -82,8 +82,12 @@ def _supervisor_alive(pid: object, create_time: object) -> bool:
 
 def _adapters(status: dict[str, Any]) -> str:
     live_only = set(status.get("adapters_live_only") or [])
+    effects = status.get("adapter_effects") or {}
+    no_effect = {name for name, e in effects.items() if (e or {}).get("verdict") == "no_effect"}
     names = [
-        f"{name} (live only, not in the YAML)" if name in live_only else name
+        name
+        + (" (live only, not in the YAML)" if name in live_only else "")
+        + (" (NO EFFECT: serves the base model's output)" if name in no_effect else "")
         for name in status.get("adapters") or []
     ]
     return ", ".join(names) or "(none)"

@@ -15,7 +15,7 @@ request fields, whose names clients choose, keep their own label only for the fi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -107,11 +107,12 @@ class SupervisorMetrics:
         )
         self.check_failures = Counter(
             PREFIX + "check_failures",
-            "Checks of vLLM that failed, by the probe that failed (health, models).",
+            "Checks of vLLM that failed, by the probe that failed (health, models, effect: an "
+            "adapter's request of lora.verify's effect probe).",
             ["probe"],
             registry=registry,
         )
-        for probe in ("health", "models"):
+        for probe in ("health", "models", "effect"):
             self.check_failures.labels(probe)
         self.log_events = Counter(
             PREFIX + "log_events",
@@ -137,6 +138,13 @@ class SupervisorMetrics:
             "could not read the list).",
             registry=registry,
         )
+        self.adapter_no_effects = Counter(
+            PREFIX + "adapter_no_effect",
+            "Effect probes (lora.verify) that found an adapter serving the base model's "
+            f"output, by adapter (names lora.adapters lists; others as {OTHER}).",
+            ["adapter"],
+            registry=registry,
+        )
         self._top = ignored_fields_top
         self._field_names: set[str] = set()
         registry.register(_BoardCollector(board, tuple(states), wall, window_wait))
@@ -154,6 +162,9 @@ class SupervisorMetrics:
             self.check_failures.labels(failed_probe).inc()
         self.adapters_expected.set(expected)
         self.adapters_served.set(served)
+
+    def adapter_no_effect(self, adapter: str, configured: Collection[str]) -> None:
+        self.adapter_no_effects.labels(adapter if adapter in configured else OTHER).inc()
 
     def log_event(self, rule: str, severity: str) -> None:
         self.log_events.labels(rule, severity).inc()

@@ -34,6 +34,7 @@ from niodoo_supervisor.launch.adapters import AdapterReadError, read_adapter, sa
 from niodoo_supervisor.launch.fit_checker import FitChecker, version_or_none
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.supervise.adapter_api import AdapterApi, AdapterApiError
+from niodoo_supervisor.supervise.adapter_effects import AdapterEffects
 from niodoo_supervisor.supervise.incidents import AdapterLoadAsked, AdapterUnloadAsked, Reply
 from niodoo_supervisor.supervise.probes import vllm_url
 from niodoo_supervisor.supervise.states import State
@@ -123,6 +124,7 @@ class LiveAdapters:
         stop_asked: asyncio.Event,
         *,
         write_status: Callable[[], None] = lambda: None,
+        effects: AdapterEffects | None = None,
     ) -> None:
         self.enabled = config.lora.runtime_updates
         self.served_name = config.served_name
@@ -140,6 +142,7 @@ class LiveAdapters:
         self.write_status = write_status  # status.json: the adapters changed
         self.api = api
         self.stop_asked = stop_asked
+        self.effects = effects  # lora.verify: each adapter loaded must change the output
         self._publish()
 
     @property
@@ -265,6 +268,7 @@ class LiveAdapters:
             for name, path in change.unload.items():
                 await self._unload(name, path, undo)
             await self._verify(loads, change.unload)
+            await self._prove_effect(loads)
         except _StepFailed as failed:
             log.error(failed.event, adapter=failed.name, path=failed.path, reason=failed.reason)
             await self._roll_back(undo)
@@ -348,6 +352,13 @@ class LiveAdapters:
                 raise _StepFailed(
                     "adapter_unload_failed", name, None, "vLLM still lists it in /v1/models"
                 )
+
+    async def _prove_effect(self, loaded: Mapping[str, str]) -> None:
+        bad = await self.effects.after_load(list(loaded)) if self.effects is not None else None
+        if bad is not None:
+            raise _StepFailed(
+                "adapter_load_failed", bad.adapter, loaded.get(bad.adapter), bad.reason
+            )
 
     async def _roll_back(self, undo: list[tuple[str, str, str]]) -> None:
         for verb, name, path in reversed(undo):

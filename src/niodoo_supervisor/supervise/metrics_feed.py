@@ -60,7 +60,10 @@ def count_check(metrics: SupervisorMetrics, result: CheckResult, adapters: Seque
     """A check's latency, failed probe and adapters served (those /v1/models listed with the
     right parent; none when its list was not read)."""
     latency = result.health.latency + (result.models.latency if result.models else 0.0)
-    failed = None if result.ok else ("health" if not result.health.ok else "models")
+    failed = None
+    if not result.ok:
+        all_listed = result.models is not None and result.models.ok
+        failed = "health" if not result.health.ok else "effect" if all_listed else "models"
     listed = result.models is not None and result.models.status == 200
     served = [name for name in adapters if name not in result.missing] if listed else []
     metrics.checked(latency, failed_probe=failed, expected=len(adapters), served=len(served))
