@@ -299,7 +299,10 @@ class RunWatcher:
                 {State.STARTING},
                 State.READY,
                 f"ready after {now - self.run.started:.1f}s",
-                notify=(*systemd.ready(settings.ready_text), *systemd.WATCHDOG),
+                notify=(
+                    *systemd.ready(self.reporter.serving_text(settings.ready_text)),
+                    *systemd.WATCHDOG,
+                ),
             )
             return None
         if result.health.status is not None:
@@ -348,14 +351,16 @@ class RunWatcher:
             self.failures += 1
         self.reporter.status.consecutive_failures = self.failures
         if result.ok:
+            serving = self.planner.serving_text(self.settings.ready_text)
             if self.state is State.UNHEALTHY:
                 # UNHEALTHY -> READY: checks pass again
                 self.reporter.transition(
                     {State.UNHEALTHY},
                     State.READY,
                     "checks pass again",
-                    notify=systemd.status(self.planner.serving_text(self.settings.ready_text)),
+                    notify=systemd.status(self.reporter.serving_text(serving)),
                 )
+            self.reporter.refresh_serving_text(serving)  # request mistakes counted since
             self.reporter.notify(*systemd.WATCHDOG)
             self.reporter.write_status()
             return None
