@@ -14,6 +14,9 @@ E = "(EngineCore_DP0 pid=7) ERROR 08-01 10:00:00 [core.py:1] "
 SAMPLES: list[tuple[str, str, dict[str, Any]]] = [
     (H + "The following fields were present in the request but ignored: {'lora_name', 'x'}",
      "ignored_request_fields", {"fields": ["lora_name", "x"]}),
+    (H + "Error with model error=ErrorInfo(message='The model `nope` does not exist. Valid "
+     "aliases: tiny.', type='NotFoundError', param='model', code=404)",
+     "unknown_model", {"model": "nope"}),
     (H + "Request contains the removed guided-decoding field(s) ['guided_json'], which are "
      "ignored; output will NOT be constrained. Use `structured_outputs` (or `response_format`) "
      "instead; see docs/features/structured_outputs.md.",

@@ -335,7 +335,7 @@ def sim_config(
     document = {
         "server": {"python": "python3", "port": port, **(server or {})},
         "model": {"path": str(tmp / "model"), "served_name": "tiny"},
-        "lora": {"enabled": True, "max_loras": 2, "max_lora_rank": 16,
+        "lora": {"enabled": True, "max_loras": 2, "max_lora_rank": 16, "verify": "off",
                  "adapters": [{"name": "a", "path": str(tmp / "a")},
                               {"name": "b", "path": str(tmp / "b")}], **(lora or {})},
         "supervisor": settings,

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from niodoo_supervisor.logs.builtin_rules import BUILTIN_RULES, IGNORED_FIELDS_RULE, SERVING_PHASES
+from niodoo_supervisor.logs.builtin_rules import BUILTIN_RULES, SERVING_PHASES
 from niodoo_supervisor.logs.line import assemble, split_line
 from niodoo_supervisor.logs.pump import LogPump
 from niodoo_supervisor.logs.rule_types import Action, Event
 from niodoo_supervisor.logs.rules import RuleSet
 from niodoo_supervisor.logs.sinks import RotatingLogFile
-from niodoo_supervisor.logs.trust import LineKind, line_kind, trusted_starts
+from niodoo_supervisor.logs.trust import ONLY_RULES, LineKind, line_kind, trusted_starts
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-logs"
 RULES = RuleSet()
@@ -98,7 +98,7 @@ def reference_events(text: str) -> list[_Found]:
             for rule, regex in compiled:
                 if rule.name in fired or kind is LineKind.REQUEST:
                     continue
-                if kind is LineKind.IGNORED_FIELDS and rule.name != IGNORED_FIELDS_RULE:
+                if kind in ONLY_RULES and rule.name not in ONLY_RULES[kind]:
                     continue
                 if rule.anywhere:
                     hit = regex.search(line.message) is not None
@@ -110,9 +110,8 @@ def reference_events(text: str) -> list[_Found]:
                 demoted = rule.action is Action.FATAL and serving
                 action = Action.LOG if demoted else rule.action
                 found.append((rule.name, action, record.process, line.message.strip()))
-                serving = (
-                    serving or rule.name == IGNORED_FIELDS_RULE or rule.phase in SERVING_PHASES
-                )
+                answered = any(rule.name in names for names in ONLY_RULES.values())
+                serving = serving or answered or rule.phase in SERVING_PHASES
     return found
 
 

@@ -97,6 +97,18 @@ def test_the_human_view_marks_an_adapter_loaded_live_only(
     assert "+ adapters a, extra (live only, not in the YAML)" in capsys.readouterr().out
 
 
+def test_the_human_view_marks_an_adapter_without_effect(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    effects = {"a": {"verdict": "effect", "at": 1.0}, "u": {"verdict": "no_effect", "at": 1.0}}
+    board = StatusBoard(state="READY", adapters=["a", "u"], adapter_effects=effects)
+    status = {**board.to_dict(), "supervisor_create_time": OWN_START - 60}
+    (config.parent / "state" / STATUS_FILE).write_text(json.dumps(status))
+    main(["status", "-c", str(config)])
+    out = capsys.readouterr().out
+    assert "+ adapters a, u (NO EFFECT: serves the base model's output)" in out
+
+
 def test_the_human_view_shows_a_pending_restart_the_windows_and_a_drain(
     config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

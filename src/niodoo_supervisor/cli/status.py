@@ -13,6 +13,7 @@ from niodoo_supervisor import exitcodes
 from niodoo_supervisor.cli.control_client import ControlClient, DaemonUnreachable
 from niodoo_supervisor.cli.state_location import locate
 from niodoo_supervisor.files.inputs import InputFileError, read_regular_file
+from niodoo_supervisor.logs.request_mistakes import request_mistakes
 from niodoo_supervisor.supervise.process_tree import ProcessRecord, alive
 from niodoo_supervisor.supervise.status_file import STATUS_FILE
 
@@ -82,8 +83,12 @@ def _supervisor_alive(pid: object, create_time: object) -> bool:
 
 def _adapters(status: dict[str, Any]) -> str:
     live_only = set(status.get("adapters_live_only") or [])
+    effects = status.get("adapter_effects") or {}
+    no_effect = {name for name, e in effects.items() if (e or {}).get("verdict") == "no_effect"}
     names = [
-        f"{name} (live only, not in the YAML)" if name in live_only else name
+        name
+        + (" (live only, not in the YAML)" if name in live_only else "")
+        + (" (NO EFFECT: serves the base model's output)" if name in no_effect else "")
         for name in status.get("adapters") or []
     ]
     return ", ".join(names) or "(none)"
@@ -97,6 +102,9 @@ def _human(status: dict[str, Any], running: bool) -> str:
         f"vLLM:      pid {status.get('vllm_pid')} version {status.get('vllm_version')}; starts {status.get('starts')}, restarts {status.get('restarts')}",
         f"serving:   {status.get('served_model')} + adapters {_adapters(status)}",
     ]
+    mistakes = request_mistakes(status.get("events") or {})
+    if mistakes:
+        lines.append(f"requests:  {'; '.join(mistakes)}")
     check = status.get("last_check")
     if check:
         lines.append(
@@ -110,6 +118,8 @@ def _human(status: dict[str, Any], running: bool) -> str:
         )
     for field_name, count in sorted((events.get("ignored_fields") or {}).items()):
         lines.append(f"ignored request field: {field_name} x{count}")
+    for model, count in sorted((events.get("unknown_models") or {}).items()):
+        lines.append(f"unknown model requested: {model} x{count}")
     lines.extend(_reload_lines(status.get("last_reload")))
     crash = status.get("last_crash")
     if crash:

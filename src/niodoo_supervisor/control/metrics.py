@@ -9,13 +9,14 @@ board is read through `BoardView`.
 
 Every label has a bounded set of values: restart reasons are a fixed table (anything else is
 "other"), states are the state table's, rules are the configured rule table, and ignored
-request fields, whose names clients choose, keep their own label only for the first
-`ignored_fields_top` distinct names; the rest count as "(other)", as in the status file.
+request fields and unknown model names, which clients choose, keep their own label only for
+the first `ignored_fields_top` distinct names; the rest count as "(other)", as in the status
+file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -107,11 +108,12 @@ class SupervisorMetrics:
         )
         self.check_failures = Counter(
             PREFIX + "check_failures",
-            "Checks of vLLM that failed, by the probe that failed (health, models).",
+            "Checks of vLLM that failed, by the probe that failed (health, models, effect: an "
+            "adapter's request of lora.verify's effect probe).",
             ["probe"],
             registry=registry,
         )
-        for probe in ("health", "models"):
+        for probe in ("health", "models", "effect"):
             self.check_failures.labels(probe)
         self.log_events = Counter(
             PREFIX + "log_events",
@@ -126,6 +128,13 @@ class SupervisorMetrics:
             ["field"],
             registry=registry,
         )
+        self.unknown_models = Counter(
+            PREFIX + "unknown_model_requests",
+            f"Requests for a model vLLM does not serve (HTTP 404, as vLLM logs them), by "
+            f"name: the first {ignored_fields_top} distinct names, the rest as {OTHER}.",
+            ["model"],
+            registry=registry,
+        )
         self.adapters_expected = Gauge(
             PREFIX + "adapters_expected",
             "Adapters the config names (what the last check asked /v1/models for).",
@@ -137,8 +146,16 @@ class SupervisorMetrics:
             "could not read the list).",
             registry=registry,
         )
+        self.adapter_no_effects = Counter(
+            PREFIX + "adapter_no_effect",
+            "Effect probes (lora.verify) that found an adapter serving the base model's "
+            f"output, by adapter (names lora.adapters lists; others as {OTHER}).",
+            ["adapter"],
+            registry=registry,
+        )
         self._top = ignored_fields_top
         self._field_names: set[str] = set()
+        self._model_names: set[str] = set()
         registry.register(_BoardCollector(board, tuple(states), wall, window_wait))
 
     def restarted(self, reason: str) -> None:
@@ -155,23 +172,30 @@ class SupervisorMetrics:
         self.adapters_expected.set(expected)
         self.adapters_served.set(served)
 
+    def adapter_no_effect(self, adapter: str, configured: Collection[str]) -> None:
+        self.adapter_no_effects.labels(adapter if adapter in configured else OTHER).inc()
+
     def log_event(self, rule: str, severity: str) -> None:
         self.log_events.labels(rule, severity).inc()
 
     def ignored_request_fields(self, names: Sequence[str], more: int = 0) -> None:
         """Field names one request had ignored; `more`: how many the log line held beyond."""
         for name in names:
-            self.ignored_fields.labels(self._field_key(name)).inc()
+            self.ignored_fields.labels(self._label(name, self._field_names)).inc()
         if more > 0:
             self.ignored_fields.labels(OTHER).inc(more)
 
-    def _field_key(self, name: str) -> str:
+    def unknown_model(self, name: str) -> None:
+        """One request for a model vLLM does not serve; `name` is the client's."""
+        self.unknown_models.labels(self._label(name, self._model_names)).inc()
+
+    def _label(self, name: str, seen: set[str]) -> str:
         label = field_label(name)
-        if label in self._field_names:
+        if label in seen:
             return label
-        if label == OTHER or len(self._field_names) >= self._top:
+        if label == OTHER or len(seen) >= self._top:
             return OTHER
-        self._field_names.add(label)
+        seen.add(label)
         return label
 
 

@@ -9,12 +9,14 @@ open descriptor because the path may have been swapped in between.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "AccessProblem",
@@ -23,6 +25,7 @@ __all__ = [
     "is_dir",
     "is_file",
     "is_script",
+    "json_object",
     "protect_home_hint",
     "read_regular_file",
     "read_text_file",
@@ -106,6 +109,19 @@ def read_text_file(path: str | os.PathLike[str], limit: int) -> str:
         raise InputFileError(
             os.fspath(path), f"it is not UTF-8 text (byte {exc.start})", "save it as UTF-8"
         ) from None
+
+
+def json_object(data: str | bytes, where: str) -> dict[str, Any]:
+    """`data` parsed as a JSON object; ValueError says what is wrong, starting with `where`."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{where} is not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must hold a JSON object")
+    return value
 
 
 def _require_regular(name: str, info: os.stat_result, limit: int) -> None:

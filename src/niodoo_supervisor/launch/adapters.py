@@ -7,13 +7,20 @@ minutes for a 7B on a GPU) and then dies on a rank above --max-lora-rank. Readin
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from niodoo_supervisor.config.vllm_options import LORA_RANKS
-from niodoo_supervisor.files.inputs import InputFileError, is_dir, is_file, read_text_file
+from niodoo_supervisor.files.inputs import (
+    InputFileError,
+    is_dir,
+    is_file,
+    json_object,
+    read_text_file,
+)
 
 __all__ = [
     "AdapterInfo",
@@ -38,6 +45,7 @@ class AdapterInfo:
     rank: int  # the largest of `r` and every `rank_pattern` value
     peft_type: str
     base_model: str | None
+    config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def read_adapter(path: Path) -> AdapterInfo:
@@ -45,19 +53,15 @@ def read_adapter(path: Path) -> AdapterInfo:
         raise AdapterReadError(f"{path} is not a directory; give the adapter's folder")
     config_file = path / "adapter_config.json"
     try:
-        raw = json.loads(read_text_file(config_file, MAX_ADAPTER_CONFIG_BYTES))
+        raw = json_object(read_text_file(config_file, MAX_ADAPTER_CONFIG_BYTES), str(config_file))
     except InputFileError as exc:
         if exc.missing:
             raise AdapterReadError(
                 f"{config_file} is missing; is this a PEFT adapter folder?"
             ) from None
         raise AdapterReadError(f"{exc}; {exc.fix}" if exc.fix else str(exc)) from None
-    except RecursionError:
-        raise AdapterReadError(f"{config_file} is not valid JSON: nested too deeply") from None
     except ValueError as exc:
-        raise AdapterReadError(f"{config_file} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise AdapterReadError(f"{config_file} must hold a JSON object")
+        raise AdapterReadError(str(exc)) from None
     peft_type = str(raw.get("peft_type", ""))
     if peft_type.upper() != "LORA":
         raise AdapterReadError(
@@ -81,7 +85,7 @@ def read_adapter(path: Path) -> AdapterInfo:
     if not has_weights:
         raise AdapterReadError(f"{path} has no adapter_model.safetensors (or .bin)")
     base = raw.get("base_model_name_or_path")
-    return AdapterInfo(path, max(valid), peft_type, str(base) if base else None)
+    return AdapterInfo(path, max(valid), peft_type, str(base) if base else None, raw)
 
 
 def smallest_rank_at_least(rank: int, allowed: tuple[int, ...] = LORA_RANKS) -> int | None:

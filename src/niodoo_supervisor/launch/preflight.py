@@ -30,6 +30,7 @@ from niodoo_supervisor.launch.adapters import (
     same_base_model,
     smallest_rank_at_least,
 )
+from niodoo_supervisor.launch.fit_checker import FitChecker
 from niodoo_supervisor.launch.install import (
     VllmInstall,
     VllmProbeError,
@@ -120,6 +121,7 @@ class _Preflight:
         if install is not None:
             self.check_version(install)
         self.check_max_lora_rank(infos, install)
+        self.check_adapter_fit(infos, install)
         if install is not None and self.options.check_flags:
             self.check_flags(install, probe_env)
         if self.options.check_port:
@@ -171,6 +173,31 @@ class _Preflight:
                     f"adapter {name!r} has rank {info.rank}, above lora.max_lora_rank {limit}: vLLM would fail with "
                     f"'LoRA rank {info.rank} is greater than max_lora_rank {limit}.' after loading the whole model",
                     f"set lora.max_lora_rank to {smallest_rank_at_least(info.rank)} (or auto), or drop the adapter",
+                )
+
+    def check_adapter_fit(
+        self, infos: list[tuple[int, AdapterInfo]], install: VllmInstall | None
+    ) -> None:
+        """Each adapter against the base checkpoint's headers (read once): modules, shapes,
+        features the installed vLLM refuses or ignores."""
+        if not infos:
+            return
+        lora = self.config.lora
+        fit = FitChecker(
+            str(self.config.model.path), install.version if install else None, lora.target_modules
+        )
+        if fit.base is None:
+            if fit.base_problem is not None:
+                self.problem("model.path", fit.base_problem, "vLLM cannot load it either")
+            return
+        for index, info in infos:
+            name = self.config.adapters[index].name
+            for found in fit.check(info):
+                self.problem(
+                    f"lora.adapters[{index}]",
+                    f"adapter {name!r}: {found.message}",
+                    found.fix,
+                    warning=not found.error,
                 )
 
     def check_max_lora_rank(

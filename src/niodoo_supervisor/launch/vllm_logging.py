@@ -25,10 +25,20 @@ twice), and ``vllm_process_name`` does not exist (every line would fail to forma
 in 0.10.0, which has no ``fileinfo``. The formatter is vLLM's ``NewLineFormatter`` (it
 repeats the header on continuation lines, which the log parser relies on) and the handler
 is named ``vllm``, which 0.32 checks before printing its banner.
+
+vLLM also hands this file to uvicorn as its ``log_config`` (0.32:
+``server_utils.get_uvicorn_log_config``; from ``--log-config-file``, whose default is the
+same variable, in the older versions), and uvicorn then uses it *instead of* its own
+``LOGGING_CONFIG``. So the config repeats uvicorn's default logging exactly (the start-up
+lines, "Application startup complete." and the access log), with colours off so no ANSI
+codes reach the log. uvicorn still applies ``--uvicorn-log-level`` and
+``--disable-uvicorn-access-log`` after loading it (``Config.configure_logging``), and needs
+the formatter names ``default`` and ``access`` (it sets their ``use_colors`` when asked).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from niodoo_supervisor.config.versions import Version
@@ -59,13 +69,47 @@ def ignored_fields_logger_for(version: Version) -> str:
     return name
 
 
+# uvicorn's own LOGGING_CONFIG (uvicorn/config.py, unchanged from 0.18 to 0.54), colours off.
+_UVICORN_FORMATTERS = {
+    "default": {
+        "()": "uvicorn.logging.DefaultFormatter",
+        "fmt": "%(levelprefix)s %(message)s",
+        "use_colors": False,
+    },
+    "access": {
+        "()": "uvicorn.logging.AccessFormatter",
+        "fmt": '%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s',
+        "use_colors": False,
+    },
+}
+_UVICORN_HANDLERS = {
+    "default": {
+        "formatter": "default",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    },
+    "access": {
+        "formatter": "access",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stdout",
+    },
+}
+_UVICORN_LOGGERS = {
+    "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+    "uvicorn.error": {"level": "INFO"},
+    "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+}
+
+
 def logging_config_for(version: Version) -> dict[str, Any]:
-    """A JSON-serialisable `logging.config.dictConfig` for vLLM `version`."""
+    """A JSON-serialisable `logging.config.dictConfig` for vLLM `version`: vLLM's and
+    uvicorn's default logging, plus the ignored-fields line at DEBUG."""
     prefix = _PREFIX if version >= _PREFIX_IN_FORMAT else ""
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
+            **copy.deepcopy(_UVICORN_FORMATTERS),
             "vllm": {
                 # The "class" form: 0.10's NewLineFormatter takes (fmt, datefmt, style) only.
                 "class": "vllm.logging_utils.NewLineFormatter",
@@ -80,8 +124,10 @@ def logging_config_for(version: Version) -> dict[str, Any]:
                 "level": "DEBUG",
                 "stream": "ext://sys.stdout",
             },
+            **copy.deepcopy(_UVICORN_HANDLERS),
         },
         "loggers": {
+            **copy.deepcopy(_UVICORN_LOGGERS),
             "vllm": {"handlers": ["vllm"], "level": "INFO", "propagate": False},
             # Propagates to the "vllm" handler; only this logger is let through at DEBUG.
             ignored_fields_logger_for(version): {"level": "DEBUG"},

@@ -19,6 +19,7 @@ __all__ = [
     "LORA_GUARD_RULES",
     "PHASES",
     "SERVING_PHASES",
+    "UNKNOWN_MODEL_RULE",
 ]
 
 
@@ -46,6 +47,7 @@ SERVING_PHASES = frozenset(("listening", "routes", "startup_complete"))
 IGNORED_FIELDS_RULE = "ignored_request_fields"
 # The lora_name guard's lines (`trust.LineKind.LORA_GUARD`: they quote a client's names).
 LORA_GUARD_RULES = frozenset(("lora_name_routed", "lora_name_rejected"))
+UNKNOWN_MODEL_RULE = "unknown_model"
 LINE_CUT_RULE = "line_cut"  # the event of a line cut before matching (`rules`)
 
 BUILTIN_RULES: tuple[Rule, ...] = (
@@ -55,6 +57,16 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          S.WARNING, A.LOG,
          "Clients send request fields this vLLM does not know; they are dropped silently.",
          ("The following fields were present",)),
+    # 0.32: vLLM logs the 404 it answers (older versions log only the access line). The name
+    # is the client's, repr-quoted (no newline survives); a backtick in it cannot end it
+    # early (the last "` does not exist." is vLLM's), and on a line cut short the name runs
+    # to the cut. `trust` lets this line feed this rule only.
+    Rule("unknown_model",
+         r"Error with model error=ErrorInfo\(message=['\"]The model `(?:(?P<model>.*)` does not "
+         r"exist\.|(?P<model2>.*))",
+         S.WARNING, A.LOG,
+         "Clients ask for models this vLLM does not serve; each got HTTP 404.",
+         ("Error with model error=ErrorInfo(",)),
     Rule("removed_guided_fields",
          r"Request contains the removed guided-decoding field\(s\) (?P<fields>\[.*?\])",
          S.WARNING, A.LOG, _GUIDED_HINT, ("Request contains the removed guided-decoding",)),

@@ -36,13 +36,15 @@ from niodoo_supervisor.logs.builtin_rules import (
     LINE_CUT_RULE,
     LORA_GUARD_RULES,
     SERVING_PHASES,
+    UNKNOWN_MODEL_RULE,
 )
 from niodoo_supervisor.logs.counters import clip_field_name
 from niodoo_supervisor.logs.line import LogRecord, ParsedLine, split_line
 from niodoo_supervisor.logs.operator_rules import compile_linear, required_literals
+from niodoo_supervisor.logs.request_hints import ServedNames, lora_name_hint, unknown_model_hint
 from niodoo_supervisor.logs.rule_types import Action, Event, Rule, Severity
 from niodoo_supervisor.logs.scan import MAX_LINE, ChunkScanner, HitRecord
-from niodoo_supervisor.logs.trust import LineKind, line_kind, trusted_starts
+from niodoo_supervisor.logs.trust import ONLY_RULES, LineKind, line_kind, trusted_starts
 
 __all__ = ["MAX_TEXT", "EventScanner", "RuleSet", "clip"]
 
@@ -61,10 +63,6 @@ MAX_NAMES = 32  # ignored field names an event lists; it counts the rest
 _MEMO_MESSAGE = 512  # longer messages are matched afresh each time (they are rare)
 _MEMO_ENTRIES = 4096
 
-_LORA_NAME_HINT = (
-    "vLLM has no `lora_name` request field: a client selects an adapter by sending its "
-    'served name as `model` (for example "model": "a"); fix the client.'
-)
 # Groups of the built-in patterns (`builtin_rules`) that hold numbers (an adapter named "7"
 # stays a string).
 # fmt: off
@@ -108,13 +106,20 @@ def _cap(lines: tuple[str, ...], keep: int = KEEP_LINES) -> tuple[str, ...]:
 
 class RuleSet:
     """The built-in rules plus the operator's (`user_rules`), compiled with their anchors;
-    turns records into events. `builtin=False` leaves the built-in table out (tests)."""
+    turns records into events. `builtin=False` leaves the built-in table out (tests);
+    `served` names what the config serves, for the request mistakes' hints."""
 
     def __init__(
-        self, user_rules: Iterable[Rule] = (), *, builtin: bool = True, max_line: int = MAX_LINE
+        self,
+        user_rules: Iterable[Rule] = (),
+        *,
+        builtin: bool = True,
+        max_line: int = MAX_LINE,
+        served: ServedNames | None = None,
     ) -> None:
         self.rules = (*(BUILTIN_RULES if builtin else ()), *user_rules)
         self.max_line = max_line
+        self.served = served
         self._compiled: list[tuple[Rule, Any]] = []
         by_anchor: dict[str, list[int]] = {}
         for k, rule in enumerate(self.rules):
@@ -126,10 +131,10 @@ class RuleSet:
                 by_anchor.setdefault(anchor, []).append(k)
         # Which rules a line may match: those with an anchor in it (checked in C, per line).
         self._by_anchor = tuple((a, tuple(ks)) for a, ks in by_anchor.items())
-        self._ignored_fields = tuple(
-            k for k, rule in enumerate(self.rules) if rule.name == IGNORED_FIELDS_RULE
-        )
-        self._guard = tuple(k for k, rule in enumerate(self.rules) if rule.name in LORA_GUARD_RULES)
+        self._only = {
+            kind: tuple(k for k, rule in enumerate(self.rules) if rule.name in names)
+            for kind, names in ONLY_RULES.items()
+        }
         self.anchors = tuple(sorted(a.encode() for a in by_anchor))
         self._memo: dict[tuple[LineKind, str], tuple[_Match, ...]] = {}
         self._single: dict[str, tuple[Event, ...]] = {}  # events of one-line records
@@ -190,7 +195,7 @@ class RuleSet:
         kind = line_kind(line)
         if kind is LineKind.REQUEST:
             return []
-        candidates = range(len(self.rules)) if kind is LineKind.VLLM else self._only(kind)
+        candidates = range(len(self.rules)) if kind is LineKind.VLLM else self._only[kind]
         starts = trusted_starts(line.message)
         return [self.rules[k].name for k in candidates if self._match(k, line.message, starts)]
 
@@ -209,8 +214,8 @@ class RuleSet:
     def _find(self, kind: LineKind, message: str) -> Iterable[_Match]:
         if kind is LineKind.REQUEST:
             return
-        if kind is not LineKind.VLLM:
-            candidates: Iterable[int] = self._only(kind)
+        if kind in self._only:
+            candidates: Iterable[int] = self._only[kind]
         else:
             candidates = sorted(
                 {k for anchor, ks in self._by_anchor if anchor in message for k in ks}
@@ -219,11 +224,7 @@ class RuleSet:
         for k in candidates:
             m = self._match(k, message, starts)
             if m is not None:
-                yield (k, *_details(self._compiled[k][0], m))
-
-    def _only(self, kind: LineKind) -> tuple[int, ...]:
-        """The rules a line quoting a client may feed."""
-        return self._ignored_fields if kind is LineKind.IGNORED_FIELDS else self._guard
+                yield (k, *_details(self._compiled[k][0], m, self.served))
 
     def _match(self, k: int, message: str, starts: tuple[str, ...]) -> Any:
         rule, regex = self._compiled[k]
@@ -252,7 +253,7 @@ def _value(name: str, text: str) -> Any:
     return text.strip()
 
 
-def _details(rule: Rule, m: Any) -> tuple[dict[str, Any], str]:
+def _details(rule: Rule, m: Any, served: ServedNames | None) -> tuple[dict[str, Any], str]:
     """The event details of a match, and the hint (which may depend on them)."""
     details: dict[str, Any] = {}
     for key, text in m.groupdict().items():
@@ -264,15 +265,19 @@ def _details(rule: Rule, m: Any) -> tuple[dict[str, Any], str]:
             details["fields"], more = _fields(text)
             if more:
                 details["more_fields"] = more
+        elif rule.name == UNKNOWN_MODEL_RULE:
+            details[name] = clip_field_name(text)  # the client's name: as short as a field's
         else:
             details[name] = _value(name, clip(text))
     hint = rule.hint
     fields = details.get("fields", [])
     if rule.name == IGNORED_FIELDS_RULE:
         if "lora_name" in fields:
-            hint = f"{hint} {_LORA_NAME_HINT}"
+            hint = f"{hint} {lora_name_hint(served)}"
         if any(f.startswith("guided_") for f in fields):
             hint = f"{hint} {_GUIDED_HINT}"
+    elif rule.name == UNKNOWN_MODEL_RULE:
+        hint = f"{hint} {unknown_model_hint(served)}"
     if rule.phase is not None:
         details["phase"] = rule.phase
     return details, hint
@@ -329,6 +334,7 @@ class EventScanner:
                 hint=f"{event.hint} {_NOT_ACTED_ON}",
                 details={**event.details, "not_acted_on": "fatal"},
             )
-        if event.rule == IGNORED_FIELDS_RULE or event.details.get("phase") in SERVING_PHASES:
+        answered = event.rule in (IGNORED_FIELDS_RULE, UNKNOWN_MODEL_RULE, *LORA_GUARD_RULES)
+        if answered or event.details.get("phase") in SERVING_PHASES:
             self.serving = True
         return event

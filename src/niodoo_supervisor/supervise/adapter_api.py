@@ -11,11 +11,13 @@ level): `AdapterApiError` carries vLLM's own message, which is what an operator 
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from niodoo_supervisor.supervise.probes import vllm_client
 
-__all__ = ["AdapterApi", "AdapterApiError"]
+__all__ = ["AdapterApi", "AdapterApiError", "error_reason"]
 
 # A load reads the adapter's weights from disk (seconds for a large rank on a slow disk); a stop
 # cuts the wait short (`live_adapters`), so a generous limit costs nothing.
@@ -119,15 +121,19 @@ def _is_missing_route(response: httpx.Response) -> bool:
 
 
 def _reason(response: httpx.Response) -> str:
-    """vLLM's own message from an error answer, else the start of its body."""
+    return error_reason(response.status_code, response.content)
+
+
+def error_reason(status: int, body: bytes) -> str:
+    """vLLM's own message from an error answer (`status`, `body`), else the start of its body."""
     try:
-        payload = response.json()
-    except ValueError:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
         payload = None
     if isinstance(payload, dict):
         error = payload.get("error")
         message = error.get("message") if isinstance(error, dict) else payload.get("message")
         if isinstance(message, str) and message:
-            return f"HTTP {response.status_code}: {message}"
-    text = response.text.strip().splitlines()[0][:300] if response.text.strip() else "no body"
-    return f"HTTP {response.status_code}: {text}"
+            return f"HTTP {status}: {message}"
+    text = body.decode("utf-8", "replace").strip()
+    return f"HTTP {status}: {text.splitlines()[0][:300] if text else 'no body'}"

@@ -31,9 +31,11 @@ from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.launch.adapters import AdapterReadError, read_adapter, same_base_model
+from niodoo_supervisor.launch.fit_checker import FitChecker, version_or_none
 from niodoo_supervisor.launch.lora_guard import write_guard_adapters
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.supervise.adapter_api import AdapterApi, AdapterApiError
+from niodoo_supervisor.supervise.adapter_effects import AdapterEffects
 from niodoo_supervisor.supervise.incidents import AdapterLoadAsked, AdapterUnloadAsked, Reply
 from niodoo_supervisor.supervise.probes import vllm_url
 from niodoo_supervisor.supervise.states import State
@@ -123,6 +125,7 @@ class LiveAdapters:
         stop_asked: asyncio.Event,
         *,
         write_status: Callable[[], None] = lambda: None,
+        effects: AdapterEffects | None = None,
     ) -> None:
         self.enabled = config.lora.runtime_updates
         self.served_name = config.served_name
@@ -132,12 +135,16 @@ class LiveAdapters:
         # the config's own check.
         self.max_cpu_loras = config.lora.max_cpu_loras or config.lora.max_loras or 1
         self.yaml: dict[str, Adapter] = {adapter.name: adapter for adapter in config.adapters}
+        self.fit = FitChecker(  # the base's headers are read at the first live load
+            self.model_path, version_or_none(plan.vllm_version), config.lora.target_modules
+        )
         self.serving = {name: adapter.path for name, adapter in self.yaml.items()}
         self.status = status
         self.write_status = write_status  # status.json: the adapters changed
         self.api = api
         self.stop_asked = stop_asked
         self.lora_guard = plan.lora_guard  # route mode follows the adapters served
+        self.effects = effects  # lora.verify: each adapter loaded must change the output
         self._publish()
 
     @property
@@ -263,6 +270,7 @@ class LiveAdapters:
             for name, path in change.unload.items():
                 await self._unload(name, path, undo)
             await self._verify(loads, change.unload)
+            await self._prove_effect(loads)
         except _StepFailed as failed:
             log.error(failed.event, adapter=failed.name, path=failed.path, reason=failed.reason)
             await self._roll_back(undo)
@@ -296,6 +304,10 @@ class LiveAdapters:
                 f"(vLLM: 'LoRA rank {info.rank} is greater than max_lora_rank {self.max_rank}.'); "
                 "raise lora.max_lora_rank (a restart)"
             )
+        fit = self.fit.check(info)
+        if any(problem.error for problem in fit):
+            return "; ".join(problem.message for problem in fit if problem.error)
+        warnings.extend(f"adapter {name!r}: {problem.message}" for problem in fit)
         yaml_base = self.yaml[name].base_model_name if name in self.yaml else None
         base = yaml_base or info.base_model or ""
         verdict = same_base_model(base, self.served_name, self.model_path)
@@ -342,6 +354,13 @@ class LiveAdapters:
                 raise _StepFailed(
                     "adapter_unload_failed", name, None, "vLLM still lists it in /v1/models"
                 )
+
+    async def _prove_effect(self, loaded: Mapping[str, str]) -> None:
+        bad = await self.effects.after_load(list(loaded)) if self.effects is not None else None
+        if bad is not None:
+            raise _StepFailed(
+                "adapter_load_failed", bad.adapter, loaded.get(bad.adapter), bad.reason
+            )
 
     async def _roll_back(self, undo: list[tuple[str, str, str]]) -> None:
         for verb, name, path in reversed(undo):

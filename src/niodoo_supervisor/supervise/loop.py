@@ -25,6 +25,7 @@ from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.supervise import systemd
+from niodoo_supervisor.supervise.adapter_effects import AdapterEffects
 from niodoo_supervisor.supervise.dispatch import Dispatcher, Reloader
 from niodoo_supervisor.supervise.drain import Drain, LoadReader, ready_for_traffic, vllm_load_reader
 from niodoo_supervisor.supervise.incidents import (
@@ -254,6 +255,14 @@ class Supervisor:
         self.dispatcher.post(LogEvent(event, serial))  # the watcher of run `serial` acts on it
 
     async def _watch(self, run: Run) -> Outcome:
+        api = self.adapter_api_for(self.config, self.plan.api_key)
+        effects = AdapterEffects.for_run(
+            api.client,
+            lambda: self.config,
+            self.reporter,
+            self.dispatcher.stop_asked,
+            self.plan.secrets,
+        )
         watcher = RunWatcher(
             run,
             self.run_serial,
@@ -267,9 +276,10 @@ class Supervisor:
                 self.config,
                 self.plan,
                 self.reporter.status,
-                self.adapter_api_for(self.config, self.plan.api_key),
+                api,
                 self.dispatcher.stop_asked,
                 write_status=self.reporter.write_status,
+                effects=effects,
             ),
             planner=self.planner,
         )

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.config.maintenance_sections import Window
 from niodoo_supervisor.control.metrics import SupervisorMetrics
-from niodoo_supervisor.logs.builtin_rules import IGNORED_FIELDS_RULE
+from niodoo_supervisor.logs.builtin_rules import IGNORED_FIELDS_RULE, UNKNOWN_MODEL_RULE
 from niodoo_supervisor.logs.rule_types import Event, Severity
 from niodoo_supervisor.supervise.incidents import Outcome, OutcomeKind
 from niodoo_supervisor.supervise.probes import CheckResult
@@ -60,16 +60,21 @@ def count_check(metrics: SupervisorMetrics, result: CheckResult, adapters: Seque
     """A check's latency, failed probe and adapters served (those /v1/models listed with the
     right parent; none when its list was not read)."""
     latency = result.health.latency + (result.models.latency if result.models else 0.0)
-    failed = None if result.ok else ("health" if not result.health.ok else "models")
+    failed = None
+    if not result.ok:
+        all_listed = result.models is not None and result.models.ok
+        failed = "health" if not result.health.ok else "effect" if all_listed else "models"
     listed = result.models is not None and result.models.status == 200
     served = [name for name in adapters if name not in result.missing] if listed else []
     metrics.checked(latency, failed_probe=failed, expected=len(adapters), served=len(served))
 
 
 def count_log_event(metrics: SupervisorMetrics, event: Event, severity: Severity) -> None:
-    """A log event by rule and `severity` (as logged), and the fields an ignored-fields line
-    names."""
+    """A log event by rule and `severity` (as logged), the fields an ignored-fields line
+    names and the model an unknown-model line names."""
     metrics.log_event(event.rule, severity.value)
     if event.rule == IGNORED_FIELDS_RULE:
         names = [str(name) for name in event.details.get("fields", [])]
         metrics.ignored_request_fields(names, int(event.details.get("more_fields", 0)))
+    elif event.rule == UNKNOWN_MODEL_RULE:
+        metrics.unknown_model(str(event.details.get("model", "")))

@@ -45,10 +45,12 @@ class CheckResult:
     health: ProbeResult
     models: ProbeResult | None  # not asked when /health failed
     missing: tuple[str, ...] = field(default=())
+    effect: ProbeResult | None = None  # the adapters' effect probe (lora.verify), once listed
 
     @property
     def ok(self) -> bool:
-        return self.health.ok and self.models is not None and self.models.ok
+        listed = self.health.ok and self.models is not None and self.models.ok
+        return listed and (self.effect is None or self.effect.ok)
 
     @property
     def reason(self) -> str:
@@ -56,11 +58,17 @@ class CheckResult:
             return f"/health: {self.health.reason}"
         if self.models is None or not self.models.ok:
             return f"/v1/models: {self.models.reason if self.models else 'not asked'}"
+        if self.effect is not None and not self.effect.ok:
+            return self.effect.reason
         return "ok"
 
     @property
     def timed_out(self) -> bool:
-        return self.health.timed_out or (self.models is not None and self.models.timed_out)
+        return (
+            self.health.timed_out
+            or (self.models is not None and self.models.timed_out)
+            or (self.effect is not None and self.effect.timed_out)
+        )
 
 
 def models_problems(payload: object, served: str, adapters: Sequence[str]) -> tuple[list[str], str]:

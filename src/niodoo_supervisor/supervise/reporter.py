@@ -17,6 +17,7 @@ from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.config.maintenance_sections import Window
 from niodoo_supervisor.control.metrics import SupervisorMetrics
 from niodoo_supervisor.logs.counters import EventCounters
+from niodoo_supervisor.logs.request_mistakes import request_mistakes
 from niodoo_supervisor.supervise import systemd, windows
 from niodoo_supervisor.supervise.metrics_feed import count_check
 from niodoo_supervisor.supervise.probes import CheckResult
@@ -52,6 +53,7 @@ class Reporter:
         self.counters = counters
         self.metrics = metrics
         self.state = State.STOPPED
+        self._mistakes_sent: list[str] = []  # the request mistakes STATUS= last showed
 
     def transition(
         self,
@@ -193,6 +195,19 @@ class Reporter:
         while True:
             await asyncio.sleep(_WATCHDOG_EVERY)
             self.notify(*systemd.WATCHDOG)
+
+    def serving_text(self, text: str) -> str:
+        """STATUS= while vLLM serves: `text` and the request mistakes counted (lora_name,
+        unknown models), which survive restarts of vLLM."""
+        self._mistakes_sent = request_mistakes(self.counters.as_dict())
+        return "; ".join([text, *self._mistakes_sent])
+
+    def refresh_serving_text(self, text: str) -> None:
+        """While READY, resend STATUS= (`text` plus the mistakes) when the mistakes changed."""
+        if self.state is State.READY and request_mistakes(self.counters.as_dict()) != (
+            self._mistakes_sent
+        ):
+            self.notify(*systemd.status(self.serving_text(text)))
 
     def notify(self, *fields: str) -> None:
         self.notifier.send(*fields)

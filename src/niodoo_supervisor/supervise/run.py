@@ -23,6 +23,7 @@ from niodoo_supervisor.files.atomic import atomic_write, describe_os_error, exit
 from niodoo_supervisor.launch.lora_guard import write_guard
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.pump import LogPump
+from niodoo_supervisor.logs.request_hints import ServedNames
 from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.logs.rules import RuleSet
 from niodoo_supervisor.logs.sinks import RotatingLogFile
@@ -140,7 +141,7 @@ class VllmRun:
         try:
             pump = LogPump(
                 child.output_fd,
-                ruleset=RuleSet(config.rules),
+                ruleset=RuleSet(config.rules, served=served_names(config)),
                 on_event=on_event,
                 log_file=log_file,
                 echo=echo,
@@ -263,3 +264,8 @@ def _report_pump_failure(task: asyncio.Task[None]) -> None:
     # say so at once rather than after the start's stall timeout.
     if not task.cancelled() and task.exception() is not None:
         log.error("log_pump_failed", error=repr(task.exception()))
+
+
+def served_names(config: Config) -> ServedNames:
+    """The names the config serves, for the request mistakes' hints."""
+    return ServedNames(config.served_name, tuple(adapter.name for adapter in config.adapters))

@@ -70,6 +70,10 @@ class StatusBoard:
     # The maintenance windows as of the last write: open now, and when the next one opens
     # (ISO and epoch); None when none are configured (a restart may happen any time).
     maintenance: dict[str, Any] | None = None
+    # lora.verify's effect probe, per adapter: verdict (effect, no_effect, failed), the largest
+    # log-probability difference from the base model (nats), when (epoch), and why when not
+    # `effect`. Set at readiness and by each live load.
+    adapter_effects: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

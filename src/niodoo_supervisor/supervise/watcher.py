@@ -29,6 +29,7 @@ from niodoo_supervisor.logs.builtin_rules import SERVING_PHASES
 from niodoo_supervisor.logs.rule_types import Action, Event
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.adapter_api import LOAD_TIMEOUT
+from niodoo_supervisor.supervise.adapter_effects import NO_EFFECT_EVENT
 from niodoo_supervisor.supervise.dispatch import Dispatcher
 from niodoo_supervisor.supervise.exits import describe_exit
 from niodoo_supervisor.supervise.incidents import (
@@ -249,7 +250,7 @@ class RunWatcher:
     async def _check_unless_stopped(self) -> CheckResult | None:
         """One check, abandoned (None) when a stop is asked meanwhile: a hung vLLM must not
         hold up a stop for two probe timeouts."""
-        check = asyncio.ensure_future(self.prober.check())
+        check = asyncio.ensure_future(self._check())
         stop = asyncio.ensure_future(self.dispatcher.stop_asked.wait())
         await asyncio.wait({check, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
@@ -259,6 +260,13 @@ class RunWatcher:
         with contextlib.suppress(asyncio.CancelledError):
             await check
         return None
+
+    async def _check(self) -> CheckResult:
+        result = await self.prober.check()
+        if self.state is State.STARTING and self.adapters.effects is not None:
+            # lora.verify: listed is not enough; each adapter must change the output
+            result = await self.adapters.effects.at_readiness(result, list(self.adapters.serving))
+        return result
 
     def _on_check(self, result: CheckResult, now: float) -> Outcome | None:
         self.last_check = self.clock.monotonic()
@@ -282,6 +290,8 @@ class RunWatcher:
     def _starting_check(self, result: CheckResult, now: float) -> Outcome | None:
         settings = self.settings
         deadline = self.started + settings.startup_timeout
+        if self.adapters.effects is not None and self.adapters.effects.fatal is not None:
+            return Outcome(OutcomeKind.FATAL, self.adapters.effects.fatal, NO_EFFECT_EVENT)
         if result.ok:
             self.ready_since = now
             # STARTING -> READY: /health 200 and /v1/models lists the model and every adapter
@@ -289,7 +299,10 @@ class RunWatcher:
                 {State.STARTING},
                 State.READY,
                 f"ready after {now - self.run.started:.1f}s",
-                notify=(*systemd.ready(settings.ready_text), *systemd.WATCHDOG),
+                notify=(
+                    *systemd.ready(self.reporter.serving_text(settings.ready_text)),
+                    *systemd.WATCHDOG,
+                ),
             )
             return None
         if result.health.status is not None:
@@ -338,14 +351,16 @@ class RunWatcher:
             self.failures += 1
         self.reporter.status.consecutive_failures = self.failures
         if result.ok:
+            serving = self.planner.serving_text(self.settings.ready_text)
             if self.state is State.UNHEALTHY:
                 # UNHEALTHY -> READY: checks pass again
                 self.reporter.transition(
                     {State.UNHEALTHY},
                     State.READY,
                     "checks pass again",
-                    notify=systemd.status(self.planner.serving_text(self.settings.ready_text)),
+                    notify=systemd.status(self.reporter.serving_text(serving)),
                 )
+            self.reporter.refresh_serving_text(serving)  # request mistakes counted since
             self.reporter.notify(*systemd.WATCHDOG)
             self.reporter.write_status()
             return None

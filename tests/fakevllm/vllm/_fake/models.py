@@ -56,6 +56,32 @@ UNLOAD_FIELDS = frozenset({"lora_name", "lora_int_id"})
 _CANNED = "This is a canned reply from the fake vLLM 0.32.0 serving {model}."
 
 
+# The first token's top log-probabilities: the base model's; an adapter moves them, unless its
+# folder holds NO_EFFECT_MARKER (an adapter vLLM loads that changes nothing, as a zero lora_B).
+_BASE_TOP = {"This": -0.25, "The": -1.75, "A": -2.5, "It": -3.0, "We": -3.5, "I": -4.0}
+NO_EFFECT_MARKER = "fake-no-effect"
+
+
+def _logprobs(
+    request: dict[str, Any], adapter: Adapter | None, words: list[str]
+) -> dict[str, Any] | None:
+    asked = request.get("logprobs")
+    if not isinstance(asked, int) or isinstance(asked, bool) or asked < 0:
+        return None
+    shift = 0.0
+    if adapter is not None and not (Path(adapter.path) / NO_EFFECT_MARKER).exists():
+        shift = 0.5
+    top = {token: value - shift * rank for rank, (token, value) in enumerate(_BASE_TOP.items())}
+    shown = dict(list(top.items())[: max(asked, 1)])
+    first = words[0] if words else ""
+    return {
+        "text_offset": [0],
+        "token_logprobs": [top.get(first, -0.25)],
+        "tokens": [first],
+        "top_logprobs": [shown],
+    }
+
+
 class ApiError(Exception):
     """An error response: HTTP status, vLLM error type, message, offending parameter."""
 
@@ -302,7 +328,11 @@ class ServingState:
         else:
             choice = {"index": 0, "text": text}
             ident, obj = f"cmpl-{uuid.uuid4().hex}", "text_completion"
-        choice |= {"logprobs": None, "finish_reason": finish, "stop_reason": None}
+        choice |= {
+            "logprobs": _logprobs(request, adapter, words) if kind == "completion" else None,
+            "finish_reason": finish,
+            "stop_reason": None,
+        }
         return {
             "id": ident,
             "object": obj,
