@@ -183,9 +183,11 @@ class LoraSection(Section):
             "readiness and after each live change): one `max_tokens: 1` request with "
             "log-probabilities as the adapter and as the base model. `warn`: an adapter whose "
             "log-probabilities equal the base model's is reported (`adapter_no_effect`) and "
-            "vLLM still becomes ready; `strict`: it is not ready; `off`: not asked. An "
-            "adapter whose request fails (HTTP 4xx/5xx) fails the check unless `off`. Not a "
-            "vLLM flag; applied without restarting vLLM."
+            "vLLM still becomes ready; `strict`: the start ends FATAL (exit 78: the same "
+            "files do nothing after any restart) and a live load is undone; `off`: not asked. "
+            "An adapter whose request fails (HTTP 4xx/5xx) fails the readiness check (or "
+            "undoes the live load) unless `off`. Not a vLLM flag; applied without restarting "
+            "vLLM, from the next start or adapter change."
         ),
     ] = "warn"
     lora_name_field: Annotated[
