@@ -232,39 +232,104 @@ def test_features_vllm_applies_pass(
     assert _fit(adapter, base, Version(0, 32, 0)) == []
 
 
-def _lm_head_adapter(tmp_path: Path) -> Path:
-    adapter = tmp_path / "head"
+def _embedding_adapter(tmp_path: Path, module: str) -> Path:
+    """A LoRA on `lm_head` (linear: A [r, hidden], B [vocab, r]) or `embed_tokens` (PEFT's
+    lora_embedding_A [r, vocab], lora_embedding_B [hidden, r])."""
+    adapter = tmp_path / module
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(
-        json.dumps({"peft_type": "LORA", "r": 8, "target_modules": ["lm_head"]})
+        json.dumps({"peft_type": "LORA", "r": 8, "target_modules": [module]})
     )
-    write_safetensors_header(
-        adapter / "adapter_model.safetensors",
-        {
-            "base_model.model.lm_head.lora_A.weight": ("F32", [8, SHAPE.hidden_size]),
-            "base_model.model.lm_head.lora_B.weight": ("F32", [SHAPE.vocab_size, 8]),
-        },
-    )
+    h, vocab = SHAPE.hidden_size, SHAPE.vocab_size
+    if module == "lm_head":
+        tensors = {
+            "base_model.model.lm_head.lora_A.weight": ("F32", [8, h]),
+            "base_model.model.lm_head.lora_B.weight": ("F32", [vocab, 8]),
+        }
+    else:
+        tensors = {
+            "base_model.model.model.embed_tokens.lora_embedding_A": ("F32", [8, vocab]),
+            "base_model.model.model.embed_tokens.lora_embedding_B": ("F32", [h, 8]),
+        }
+    write_safetensors_header(adapter / "adapter_model.safetensors", tensors)
     return adapter
+
+
+def _as(base: BaseCheckpoint, architecture: str) -> BaseCheckpoint:
+    return BaseCheckpoint(base.path, {**base.config, "architectures": [architecture]}, base.tensors)
 
 
 def test_an_lm_head_target_is_refused_late_on_a_model_class_without_embedding_loras(
     base: BaseCheckpoint, tmp_path: Path
 ) -> None:
-    message = _only_error(_fit(_lm_head_adapter(tmp_path), base))
+    message = _only_error(_fit(_embedding_adapter(tmp_path, "lm_head"), base))
     assert message.startswith(
         "targets lm_head, which vLLM does not apply a LoRA to for Qwen2ForCausalLM"
     )
     assert "after the whole model load" in message
 
 
-def test_an_lm_head_target_fits_a_model_class_that_declares_embedding_loras(
+# vLLM 0.32's LlamaForCausalLM declares embedding_modules and its subclasses inherit them
+# (Phi3ForCausalLM, InternLM3 and IQuestCoder through the registry); MistralForCausalLM sets {}.
+@pytest.mark.parametrize(
+    "architecture",
+    [
+        "LlamaForCausalLM",
+        "Phi3ForCausalLM",
+        "InternLM3ForCausalLM",
+        "GraniteForCausalLM",
+        "Qwen3ForCausalLM",
+        "MixtralForCausalLM",
+        "Lfm2ForCausalLM",
+    ],
+)
+@pytest.mark.parametrize("module", ["lm_head", "embed_tokens"])
+def test_embedding_targets_fit_the_model_classes_vllm_0_32_gives_embedding_loras(
+    base: BaseCheckpoint, tmp_path: Path, architecture: str, module: str
+) -> None:
+    adapter = _embedding_adapter(tmp_path, module)
+    assert _fit(adapter, _as(base, architecture), Version(0, 32, 0)) == []
+
+
+@pytest.mark.parametrize(
+    "architecture",
+    ["Qwen2ForCausalLM", "MistralForCausalLM", "GemmaForCausalLM", "CohereForCausalLM"],
+)
+def test_an_lm_head_target_is_refused_where_vllm_0_32_has_no_lm_head_lora(
+    base: BaseCheckpoint, tmp_path: Path, architecture: str
+) -> None:
+    message = _only_error(
+        _fit(_embedding_adapter(tmp_path, "lm_head"), _as(base, architecture), Version(0, 32, 0))
+    )
+    assert message.startswith(
+        f"targets lm_head, which vLLM does not apply a LoRA to for {architecture}"
+    )
+
+
+def test_cohere_takes_an_embed_tokens_lora_but_not_an_lm_head_one(
     base: BaseCheckpoint, tmp_path: Path
 ) -> None:
-    mixtral = BaseCheckpoint(
-        base.path, {**base.config, "architectures": ["MixtralForCausalLM"]}, base.tensors
+    adapter = _embedding_adapter(tmp_path, "embed_tokens")
+    assert _fit(adapter, _as(base, "CohereForCausalLM"), Version(0, 32, 0)) == []
+
+
+def test_an_embedding_target_on_a_class_the_table_does_not_know_is_a_warning(
+    base: BaseCheckpoint, tmp_path: Path
+) -> None:
+    problems = _fit(_embedding_adapter(tmp_path, "lm_head"), _as(base, "BrandNewForCausalLM"))
+    assert [problem.error for problem in problems] == [False], problems
+    assert problems[0].message.startswith(
+        "targets lm_head: a LoRA on embeddings is not verified for BrandNewForCausalLM"
     )
-    assert _fit(_lm_head_adapter(tmp_path), mixtral) == []
+
+
+@pytest.mark.parametrize("version", [Version(0, 11, 0), Version(0, 33, 0)])
+def test_an_embedding_target_on_a_vllm_other_than_0_32_is_a_warning(
+    base: BaseCheckpoint, tmp_path: Path, version: Version
+) -> None:
+    problems = _fit(_embedding_adapter(tmp_path, "lm_head"), base, version)
+    assert [problem.error for problem in problems] == [False], problems
+    assert "not verified for Qwen2ForCausalLM" in problems[0].message
 
 
 # --- quantized and sharded bases ----------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from niodoo_supervisor.config.versions import Version
-from niodoo_supervisor.launch.adapter_features import feature_problems
+from niodoo_supervisor.launch.adapter_features import embedding_lora_modules, feature_problems
 from niodoo_supervisor.launch.checkpoint_headers import (
     BaseCheckpoint,
     CheckpointError,
@@ -48,21 +48,6 @@ _SKIPPED_SUFFIXES = (".embed_tokens.base_layer.weight", ".lm_head.base_layer.wei
 # matches the packed name and its parts alike.
 _PACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 _PACKED_PARENT = {part: parent for parent, parts in _PACKED.items() for part in parts}
-# Model classes of vLLM 0.32 that declare `embedding_modules` (LoRA on embed_tokens/lm_head);
-# every other class refuses such an adapter once the model is loaded.
-_EMBEDDING_LORA_ARCHITECTURES = frozenset(
-    {
-        "ExaoneForCausalLM",
-        "GraniteMoeSharedForCausalLM",
-        "HyperCLOVAXForCausalLM",
-        "JambaForCausalLM",
-        "K2HorizonForCausalLM",
-        "MixtralForCausalLM",
-        "NemotronForCausalLM",
-        "NemotronHForCausalLM",
-        "PhiMoEForCausalLM",
-    }
-)
 _EMBEDDING_LEAVES = frozenset({"embed_tokens", "lm_head"})
 _SHOWN = 3  # names shown in a message before "and N more"
 _SHOWN_CHARS = 200  # of each name: tensor names are the adapter file's, any length
@@ -113,7 +98,7 @@ def adapter_fit(
                 "save the adapter as a plain PEFT LoRA",
             )
         )
-    view = _BaseView(base)
+    view = _BaseView(base, vllm_version)
     _check_modules(modules, view, lora_target_modules, problems)
     _check_shapes(modules, view, adapter_config, problems)
     return problems
@@ -122,8 +107,10 @@ def adapter_fit(
 class _BaseView:
     """The base checkpoint's modules, as vLLM's LoRA loader sees them."""
 
-    def __init__(self, base: BaseCheckpoint) -> None:
+    def __init__(self, base: BaseCheckpoint, version: Version | None) -> None:
         self.base = base
+        # None: not verified for this class or version; taken as applied, with a warning.
+        self.embedding_leaves = embedding_lora_modules(base.architecture, version)
         text = base.text_config
         self.vocab = text.get("vocab_size")
         self.wrapper = any(key in base.config for key in ("text_config", "vision_config"))
@@ -134,15 +121,22 @@ class _BaseView:
                 self.weights[name.removesuffix(".weight")] = header
             elif name.endswith(".qweight"):
                 self.packed.add(name.removesuffix(".qweight"))
-        embeddings = base.architecture in _EMBEDDING_LORA_ARCHITECTURES
         self.lora_leaves = {
-            module.rsplit(".", 1)[-1]
+            _leaf(module)
             for module, header in self.weights.items()
-            if len(header.shape) == 2 and (embeddings or not self._is_embedding(module, header))
-        } | {module.rsplit(".", 1)[-1] for module in self.packed}
+            if len(header.shape) == 2 and self._lora_capable(module)
+        } | {_leaf(module) for module in self.packed}
 
-    def _is_embedding(self, module: str, header: TensorHeader) -> bool:
-        return module.rsplit(".", 1)[-1] in _EMBEDDING_LEAVES or header.shape[0] == self.vocab
+    def _lora_capable(self, module: str) -> bool:
+        if not self.is_embedding(module):
+            return True
+        return self.embedding_leaves is None or _leaf(module) in self.embedding_leaves
+
+    def is_embedding(self, module: str) -> bool:
+        header = self.weights.get(module)
+        return _leaf(module) in _EMBEDDING_LEAVES or (
+            header is not None and len(header.shape) == 2 and header.shape[0] == self.vocab
+        )
 
     def has(self, module: str) -> bool:
         return module in self.weights or module in self.packed
@@ -239,6 +233,18 @@ def _check_modules(
                 f"{len(absent_known)} of its {len(modules)} modules exist nowhere in the base "
                 f"model ({_few(absent_known)}); {view.instead(absent_known[0])}: {effect}",
                 "rename the adapter's tensors to the base's module paths, or train it on this base model",
+            )
+        )
+    unverified = [m for m in capable if view.embedding_leaves is None and view.is_embedding(m)]
+    if unverified:
+        problems.append(
+            FitProblem(
+                False,
+                f"targets {_few(unverified)}: a LoRA on embeddings is not verified for "
+                f"{view.base.architecture or 'this model'} on this vLLM (read for vLLM 0.32's "
+                "text models); where its model class declares no `embedding_modules`, "
+                f"{_LATE}",
+                "look for `embedding_modules` in vLLM's model class, or train without them",
             )
         )
     if targets is None or not capable:
