@@ -147,6 +147,36 @@ def test_the_mistakes_read_as_short_phrases_with_the_last_time() -> None:
     assert request_mistakes({}) == [] and request_mistakes({"ignored_fields": "junk"}) == []
 
 
+# The guard's lines as vLLM 0.32 prints them (lora.lora_name_field: route | reject)
+ROUTED = H + "lora_name guard: routed to adapter 'alpha'"
+REFUSED = H + "lora_name guard: rejected (reject_mode) lora_name='alpha'"
+
+
+def test_the_guards_routed_and_refused_requests_read_as_phrases() -> None:
+    counters = EventCounters(clock=lambda: 0.0)
+    for line in (ROUTED, ROUTED, REFUSED, IGNORED):
+        for found in scan(line):
+            counters.add(found)
+    parts = request_mistakes(counters.as_dict())
+    assert [re.sub(r"\d\d:\d\d:\d\d", "T", part) for part in parts] == [
+        "1 request sent lora_name (last T), answered by the base model",
+        "2 requests sent lora_name (last T), routed to the adapter it names",
+        "1 request sent lora_name (last T), refused by the guard (HTTP 400 or 413)",
+    ]
+    rules = {"lora_name_rejected": {"count": "3", "last_time": "x"}, "lora_name_routed": []}
+    assert request_mistakes({"rules": rules}) == []  # junk from an old or broken status file
+
+
+def test_the_status_top_lines_show_the_guards_count() -> None:
+    counters = EventCounters()
+    for found in scan(REFUSED):
+        counters.add(found)
+    status = {"state": "READY", "since": 0, "events": counters.as_dict()}
+    lines = _human(status, running=True).splitlines()
+    assert lines[3].startswith("requests:  1 request sent lora_name (last ")
+    assert lines[3].endswith("refused by the guard (HTTP 400 or 413)")
+
+
 def test_the_status_top_lines_show_the_mistakes_and_the_names() -> None:
     counters = EventCounters()
     for line in (IGNORED, unknown_line("nope")):
