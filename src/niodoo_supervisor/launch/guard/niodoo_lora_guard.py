@@ -164,7 +164,9 @@ class LoraNameGuard:
             try:
                 verdict = self._verdict(messages, size)
             except Exception as exc:  # never vLLM's 500 with a traceback in its log
-                log.error("%sfailed on a request (%s: %s)", LOG_PREFIX, type(exc).__name__, exc)
+                # The exception's text may quote the client's: bounded, on one line.
+                why = f"{type(exc).__name__}: {_shown(str(exc))}"
+                log.error("%sfailed on a request (%s)", LOG_PREFIX, why)
                 verdict = _Refusal(400, "The lora_name guard could not read this request.")
             if isinstance(verdict, _Refusal):
                 await _refuse(send, verdict)
