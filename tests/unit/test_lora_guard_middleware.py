@@ -6,18 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from niodoo_supervisor.launch.guard import niodoo_lora_guard
 from niodoo_supervisor.launch.guard.niodoo_lora_guard import (
+    GUARDED_PATHS,
     MAX_INSPECTED_BYTES,
     SETTINGS_ENV,
     LoraNameGuard,
 )
+from niodoo_supervisor.launch.lora_guard import LoraGuard, write_guard, write_guard_adapters
 
 Message = MutableMapping[str, Any]
 STREAM = (b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n")
@@ -149,6 +151,8 @@ def test_an_escaped_key_is_not_looked_for_and_reaches_vllm(tmp_path: Path) -> No
         ("POST", "/v1/load_lora_adapter"),
         ("POST", "/v1/embeddings"),
         ("POST", "/tokenize"),
+        ("POST", "/v1/messages/count_tokens"),
+        ("POST", "/v1/chat/completions/render"),
     ],
 )
 def test_other_methods_and_routes_are_not_looked_at(tmp_path: Path, method: str, path: str) -> None:
@@ -174,16 +178,38 @@ def test_a_huge_body_without_the_field_passes_in_its_chunks(tmp_path: Path) -> N
     assert [m["body"] for m in downstream.received] == chunks
 
 
-def test_a_huge_body_with_the_field_is_passed_on_unparsed(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("mode", ["reject", "route"])
+def test_a_huge_body_with_the_field_is_refused_unparsed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str
 ) -> None:
-    guard, downstream = _guard(tmp_path, "reject")
+    guard, downstream = _guard(tmp_path, mode)
     filler = b"x" * (MAX_INSPECTED_BYTES + 1)
     chunks = [b'{"lora_name": "alpha", "prompt": "', filler, b'"}']
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        status, _ = _call(guard, downstream, chunks, path="/v1/completions")
-    assert status == 200 and downstream.calls == 1
-    assert "not inspected" in caplog.text
+        status, body = _call(guard, downstream, chunks, path="/v1/completions")
+    assert (status, downstream.calls) == (413, 0)  # not the base model's silent answer
+    error = json.loads(body)["error"]
+    assert error["param"] == "lora_name" and error["code"] == 413
+    assert f"over the {MAX_INSPECTED_BYTES} bytes" in error["message"]
+    assert "send the adapter's name as `model`" in error["message"]
+    size = len(b"".join(chunks))
+    assert caplog.messages == [f"lora_name guard: rejected (too_large) body of {size} bytes"]
+
+
+def test_a_huge_body_with_the_field_is_not_kept_past_the_limit() -> None:
+    chunks = [b'{"lora_name": "alpha", "prompt": "', *([b"x" * 1_048_576] * 40), b'"}']
+    pending = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+
+    async def receive() -> Message:
+        return pending.pop(0)
+
+    read = niodoo_lora_guard._read_body
+    messages, size, found = asyncio.run(read(receive, keep_all=False))
+    assert (size, found, pending) == (len(b"".join(chunks)), True, [])  # all read
+    assert sum(len(m["body"]) for m in messages) <= MAX_INSPECTED_BYTES
 
 
 def test_invalid_json_is_left_for_vllm_to_refuse(tmp_path: Path) -> None:
@@ -307,12 +333,18 @@ def test_route_refuses_an_unknown_adapter_naming_the_served_ones(
     assert len(caplog.messages[1]) < 160 and "\n" not in caplog.messages[1]
 
 
-def test_route_follows_a_rewritten_settings_file(tmp_path: Path) -> None:
-    guard, downstream = _guard(tmp_path, "route")
+def test_route_follows_the_supervisors_rewritten_settings(tmp_path: Path) -> None:
+    """The supervisor's own writer, as after a live adapter change: a same-size rewrite
+    right after the first (same size, perhaps the same mtime tick) is still seen."""
+    written = LoraGuard(tmp_path, "route", "tiny", ("alpha", "delta"))
+    write_guard(written)
+    downstream = Downstream()
+    guard = LoraNameGuard(downstream, str(written.settings_path))
     status, _ = _call(guard, downstream, [_body(lora_name="gamma")])
     assert status == 400
-    path = _settings(tmp_path, "route", ["alpha", "gamma"])
-    os.utime(path, ns=(1, 1))  # a new time even on a coarse clock
+    size = written.settings_path.stat().st_size
+    write_guard_adapters(written, ["alpha", "gamma"])
+    assert written.settings_path.stat().st_size == size
     downstream.client.clear()
     status, _ = _call(guard, downstream, [_body(lora_name="gamma")])
     assert status == 200 and downstream.request["model"] == "gamma"
@@ -334,3 +366,76 @@ def test_unreadable_settings_reject_rather_than_serve_the_base_model(
         f"lora_name guard: settings unusable (cannot read {tmp_path / 'missing.json'}: "
         f"[Errno 2] No such file or directory: '{tmp_path / 'missing.json'}'); mode reject"
     ]
+
+
+# --- hostile bodies and the other generation routes ---------------------------------------------
+
+
+def test_route_keeps_a_lone_surrogate_escape(tmp_path: Path) -> None:
+    """UTF-8 cannot encode U+D800: the rewritten body keeps it escaped, as the client sent."""
+    guard, downstream = _guard(tmp_path, "route")
+    body = b'{"model":"tiny","lora_name":"alpha","prompt":"\\ud800 \xc3\xa9"}'
+    status, _ = _call(guard, downstream, [body], path="/v1/completions")
+    assert status == 200
+    assert downstream.body.isascii()
+    assert downstream.request == {"model": "alpha", "prompt": "\ud800 \u00e9"}
+
+
+@pytest.mark.parametrize("mode", ["reject", "route"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"tiny","lora_name":"alpha","temperature":NaN,"top_p":Infinity}',
+        b'{"model":"tiny","lora_name":"alpha","seed":' + b"9" * 5000 + b"}",  # int digit cap
+        b'{"model":"tiny","lora_name":"alpha","prompt":"\xff\xfe"}',  # no UTF-8
+        b'{"model":"tiny","lora_name":"alpha","x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"model":"tiny","lora_name":' + b"[" * 900 + b"]" * 900 + b"}",
+        b'{"model":"tiny","lora_name":"alpha","prompt":"\\udfff\\ud800"}',
+    ],
+)
+def test_no_body_makes_the_guard_raise(tmp_path: Path, mode: str, body: bytes) -> None:
+    guard, downstream = _guard(tmp_path, mode)
+    status, _ = _call(guard, downstream, [body], path="/v1/completions")
+    assert status in (200, 400)
+    if downstream.calls and downstream.body != body:  # rewritten: it parses
+        assert downstream.request["model"] == "alpha"
+
+
+def test_a_failure_of_the_guard_is_a_400_and_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard, downstream = _guard(tmp_path, "route")
+
+    def broken(request: object) -> bytes:
+        raise RecursionError("x\n" * 40)  # as json.dumps may, quoting the client
+
+    monkeypatch.setattr(guard, "_decide", broken)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        status, body = _call(guard, downstream, [_body(model="tiny", lora_name="alpha")])
+    assert (status, downstream.calls) == (400, 0)
+    assert b"could not read this request" in body
+    [said] = caplog.messages  # one line, the client's text bounded
+    quoted = repr("x\n" * 32 + "...")
+    assert said == f"lora_name guard: failed on a request (RecursionError: {quoted})"
+    assert all(record.exc_info is None for record in caplog.records)  # no traceback
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/chat/completions/batch",
+        "/v1/messages",
+        "/cohere/v2/chat",
+        "/invocations",
+        "/v1/systemone",
+        "/generative_scoring",
+    ],
+)
+def test_the_other_generation_routes_are_guarded(tmp_path: Path, path: str) -> None:
+    assert path in GUARDED_PATHS
+    guard, downstream = _guard(tmp_path, "route")
+    status, _ = _call(guard, downstream, [_body(model="tiny", lora_name="alpha")], path=path)
+    assert status == 200 and downstream.request["model"] == "alpha"
+    rejecting, downstream = _guard(tmp_path, "reject")
+    status, _ = _call(rejecting, downstream, [_body(model="tiny", lora_name="alpha")], path=path)
+    assert (status, downstream.calls) == (400, 0)

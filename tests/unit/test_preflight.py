@@ -694,6 +694,21 @@ def test_api_key_in_extra_args_is_a_warning(tmp_path: Path) -> None:
     assert "visible" in plan.argv and "visible" not in redacted_argv(plan)
 
 
+@pytest.mark.parametrize("mode", ["reject", "route"])
+def test_api_key_in_extra_args_is_an_error_with_the_lora_name_guard(
+    tmp_path: Path, mode: str
+) -> None:
+    # vLLM takes --api-key over VLLM_API_KEY, the only key the guard reads: the guard would
+    # answer requests vLLM refuses, naming the adapters.
+    document = _document(tmp_path)
+    document["server"]["extra_args"] = ["--api-key=visible"]
+    document["lora"] = {"enabled": True, "lora_name_field": mode}
+    problem = _only(_preflight(tmp_path, document), "server.extra_args")
+    assert problem.is_error
+    assert "the lora_name guard cannot see it" in problem.message
+    assert problem.fix == "use server.api_key_file or server.api_key_env"
+
+
 def test_unlistable_flags_are_a_warning(tmp_path: Path) -> None:
     # A vllm package without the API server module: --help fails, extra_args stay unchecked.
     document = _document(tmp_path, site=_fake_vllm(tmp_path, "0.32.0"))

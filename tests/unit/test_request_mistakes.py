@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -134,25 +135,52 @@ def test_unknown_models_are_counted_by_name_within_bounds() -> None:
 # --- the counts in STATUS= and status ------------------------------------------------------
 
 
-def test_the_mistakes_read_as_short_phrases_with_the_last_time() -> None:
+def _counted(*lines: str) -> dict[str, Any]:
+    """The event counters' dict after vLLM logged `lines`."""
     counters = EventCounters(clock=lambda: 0.0)
-    for line in (IGNORED, IGNORED, IGNORED, unknown_line("nope")):
+    for line in lines:
         for found in scan(line):
             counters.add(found)
-    parts = request_mistakes(counters.as_dict())
-    assert [re.sub(r"\d\d:\d\d:\d\d", "T", part) for part in parts] == [
+    return counters.as_dict()
+
+
+def _phrases(*lines: str) -> list[str]:
+    """The mistakes' phrases after `lines`, each time shown as T."""
+    return [re.sub(r"\d\d:\d\d:\d\d", "T", part) for part in request_mistakes(_counted(*lines))]
+
+
+def test_the_mistakes_read_as_short_phrases_with_the_last_time() -> None:
+    assert _phrases(IGNORED, IGNORED, IGNORED, unknown_line("nope")) == [
         "3 requests sent lora_name (last T), answered by the base model",
         "1 request for unknown models (last T)",
     ]
     assert request_mistakes({}) == [] and request_mistakes({"ignored_fields": "junk"}) == []
 
 
+# The guard's lines as vLLM 0.32 prints them (lora.lora_name_field: route | reject)
+ROUTED = H + "lora_name guard: routed to adapter 'alpha'"
+REFUSED = H + "lora_name guard: rejected (reject_mode) lora_name='alpha'"
+
+
+def test_the_guards_routed_and_refused_requests_read_as_phrases() -> None:
+    assert _phrases(ROUTED, ROUTED, REFUSED, IGNORED) == [
+        "1 request sent lora_name (last T), answered by the base model",
+        "2 requests sent lora_name (last T), routed to the adapter it names",
+        "1 request sent lora_name (last T), refused by the guard (HTTP 400 or 413)",
+    ]
+    rules = {"lora_name_rejected": {"count": "3", "last_time": "x"}, "lora_name_routed": []}
+    assert request_mistakes({"rules": rules}) == []  # junk from an old or broken status file
+
+
+def test_the_status_top_lines_show_the_guards_count() -> None:
+    status = {"state": "READY", "since": 0, "events": _counted(REFUSED)}
+    lines = _human(status, running=True).splitlines()
+    assert lines[3].startswith("requests:  1 request sent lora_name (last ")
+    assert lines[3].endswith("refused by the guard (HTTP 400 or 413)")
+
+
 def test_the_status_top_lines_show_the_mistakes_and_the_names() -> None:
-    counters = EventCounters()
-    for line in (IGNORED, unknown_line("nope")):
-        for found in scan(line):
-            counters.add(found)
-    status = {"state": "READY", "since": 0, "events": counters.as_dict()}
+    status = {"state": "READY", "since": 0, "events": _counted(IGNORED, unknown_line("nope"))}
     lines = _human(status, running=True).splitlines()
     assert lines[3].startswith("requests:  1 request sent lora_name (last ")
     assert "unknown model requested: nope x1" in lines

@@ -291,11 +291,15 @@ class _Preflight:
                     warning=True,
                 )
             if flag == "--api-key":
+                # vLLM takes --api-key over VLLM_API_KEY; the lora_name guard reads only the
+                # latter, and would answer (naming the adapters) requests vLLM refuses.
+                guarded = self.config.lora.lora_name_field != "log"
                 self.problem(
                     "server.extra_args",
-                    "--api-key on the command line is visible to every user in `ps`",
+                    "--api-key on the command line is visible to every user in `ps`"
+                    + (", and the lora_name guard cannot see it" if guarded else ""),
                     "use server.api_key_file or server.api_key_env",
-                    warning=True,
+                    warning=not guarded,
                 )
         if not extra:
             return

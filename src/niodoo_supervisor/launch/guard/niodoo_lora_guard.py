@@ -14,7 +14,10 @@ vLLM and nothing is parsed. A key a client wrote with JSON escapes (``"\\u006cor
 not looked for: that is no client mistake anyone makes, and vLLM still reports it as an
 ignored field. The response is never touched, so streamed answers pass as they are.
 
-With the field (and a body under `MAX_INSPECTED_BYTES` that parses to a JSON object):
+With the field in a body over `MAX_INSPECTED_BYTES`: HTTP 413 in both modes (the guard
+cannot tell where the field is without parsing, and passing it on would be the silent
+base-model answer); only that much of a body is kept. With the field in a smaller body
+that parses to a JSON object:
 
 - ``reject``: HTTP 400 in vLLM's error format saying to send the adapter's name as `model`.
 - ``route``: `lora_name` naming a served adapter while `model` is the base model's served
@@ -24,7 +27,9 @@ With the field (and a body under `MAX_INSPECTED_BYTES` that parses to a JSON obj
 
 `"lora_name": null` counts as absent (a client serialising an empty option asks for no
 adapter, and gets none). A request vLLM would refuse for its API key (a key in
-`VLLM_API_KEY`) is passed on for vLLM to answer 401: the guard's answers name the adapters.
+`VLLM_API_KEY`; the supervisor's preflight refuses `--api-key` in vLLM's arguments with the
+guard) is passed on for vLLM to answer 401: the guard's answers name the adapters. Whatever
+the body, no exception leaves the guard: a failure of its own is one log line and a 400.
 
 Settings come from the JSON file `SETTINGS_ENV` names: ``{"mode", "served_model",
 "adapters"}``; it is read again when it changed (the supervisor rewrites it after a live
@@ -42,7 +47,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "GUARDED_PATHS",
@@ -59,9 +64,24 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SETTINGS_ENV = "NIODOO_LORA_GUARD_SETTINGS"
-GUARDED_PATHS = frozenset(("/v1/chat/completions", "/v1/completions", "/v1/responses"))
+# vLLM 0.32's routes that generate with the adapter a JSON object's `model` selects (the
+# field is dropped on all of them; the Anthropic and Cohere ones do not even log it).
+# Pooling (embeddings, score, classify...) and the render/tokenize routes generate nothing.
+GUARDED_PATHS = frozenset(
+    (
+        "/v1/chat/completions",
+        "/v1/chat/completions/batch",  # one object: `messages` is a list of conversations
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/messages",  # Anthropic
+        "/cohere/v2/chat",
+        "/invocations",  # SageMaker: the body of one of the routes above
+        "/v1/systemone",  # structured decisions
+        "/generative_scoring",
+    )
+)
 LOG_PREFIX = "lora_name guard: "
-# A body with the field and larger than this is passed on unparsed (vLLM itself has no limit;
+# A body with the field and larger than this is refused unparsed (vLLM itself has no limit;
 # base64 images make chat bodies large): parsing it twice would double vLLM's own cost.
 MAX_INSPECTED_BYTES = 16 * 1024 * 1024
 MAX_NAME = 64  # characters of a client-chosen name kept in a log line or an answer
@@ -136,51 +156,65 @@ class LoraNameGuard:
         if scope["type"] != "http" or scope.get("method") != "POST" or not _guarded(scope):
             await self.app(scope, receive, send)
             return
-        messages, size, found = await _read_body(receive)
-        if found and size <= MAX_INSPECTED_BYTES:
-            request = _json_object(b"".join(m.get("body", b"") for m in messages))
-            # Not the guard's to answer: no field at the top level (it was in a prompt), or
-            # a request vLLM refuses for its key (the guard's answers name the adapters).
-            if (
-                request is not None
-                and request.get("lora_name") is not None
-                and self._authorized(scope)
-            ):
-                await self._decide(scope, request, receive, send)
+        # A key vLLM refuses: every byte is kept for vLLM to answer 401 (the guard's answers
+        # name the adapters).
+        authorized = self._authorized(scope)
+        messages, size, found = await _read_body(receive, keep_all=not authorized)
+        if found and authorized:
+            try:
+                verdict = self._verdict(messages, size)
+            except Exception as exc:  # never vLLM's 500 with a traceback in its log
+                # The exception's text may quote the client's: bounded, on one line.
+                why = f"{type(exc).__name__}: {_shown(str(exc))}"
+                log.error("%sfailed on a request (%s)", LOG_PREFIX, why)
+                verdict = _Refusal(400, "The lora_name guard could not read this request.")
+            if isinstance(verdict, _Refusal):
+                await _refuse(send, verdict)
                 return
-        elif found:
-            log.warning(
-                "%sbody of %d bytes not inspected (over %d): passed to vLLM unchanged",
-                LOG_PREFIX,
-                size,
-                MAX_INSPECTED_BYTES,
-            )
+            if verdict is not None:
+                messages = [{"type": "http.request", "body": verdict, "more_body": False}]
+                scope = _with_length(scope, len(verdict))
         await self.app(scope, _replay(messages, receive), send)
 
-    async def _decide(
-        self, scope: Scope, request: dict[str, Any], receive: Receive, send: Send
-    ) -> None:
+    def _verdict(self, messages: list[Message], size: int) -> bytes | _Refusal | None:
+        """For a body with the field's bytes: None to pass it on as it is, a rewritten body
+        to serve, or the refusal to answer."""
+        if size > MAX_INSPECTED_BYTES:  # its chunks were dropped: never the base model
+            log.info("%srejected (too_large) body of %d bytes", LOG_PREFIX, size)
+            return _Refusal(
+                413,
+                f"This request carries `lora_name` and its body ({size} bytes) is over the "
+                f"{MAX_INSPECTED_BYTES} bytes the lora_name guard reads, so it is not served "
+                "(vLLM would ignore the field and answer with the base model): send the "
+                "adapter's name as `model`, without `lora_name`.",
+            )
+        # No field at the top level (it was a nested key), or no JSON object: not the
+        # guard's to answer (vLLM refuses what it cannot parse).
+        request = _json_object(b"".join(m.get("body", b"") for m in messages))
+        if request is None or request.get("lora_name") is None:
+            return None
+        return self._decide(request)
+
+    def _decide(self, request: dict[str, Any]) -> bytes | _Refusal:
         settings = self.settings
         settings.refresh()
         lora_name, model = request["lora_name"], request.get("model")
         served = ", ".join(repr(name) for name in settings.adapters) or "none"
         if settings.mode == "reject":
             log.info("%srejected (reject_mode) lora_name=%s", LOG_PREFIX, _shown(lora_name))
-            await _bad_request(
-                send,
+            return _Refusal(
+                400,
                 "This server does not take a `lora_name` field (vLLM would ignore it and "
                 "answer with the base model): send the adapter's name as `model` instead. "
                 f"Served adapters: {served}.",
             )
-            return
         if not isinstance(lora_name, str) or lora_name not in settings.adapters:
             log.info("%srejected (unknown_adapter) lora_name=%s", LOG_PREFIX, _shown(lora_name))
-            await _bad_request(
-                send,
+            return _Refusal(
+                400,
                 f"`lora_name` {_shown(lora_name)} names no served adapter. Served adapters: "
                 f"{served}. Send the adapter's name as `model`.",
             )
-            return
         if model not in (None, "", settings.served_model, lora_name):
             log.info(
                 "%srejected (conflicting_model) lora_name=%s model=%s",
@@ -188,21 +222,18 @@ class LoraNameGuard:
                 _shown(lora_name),
                 _shown(model),
             )
-            await _bad_request(
-                send,
+            return _Refusal(
+                400,
                 f"`lora_name` {_shown(lora_name)} and `model` {_shown(model)} disagree: send "
                 f"only `model`, naming the adapter. Served adapters: {served}.",
             )
-            return
         rewritten = dict(request, model=lora_name)
         del rewritten["lora_name"]
-        body = json.dumps(rewritten, ensure_ascii=False).encode()
+        # ASCII escapes: a lone surrogate ("\ud800") a client sent stays an escape (UTF-8
+        # cannot encode it), and vLLM decodes the escapes to the same text.
+        body = json.dumps(rewritten, ensure_ascii=True).encode("ascii")
         log.info("%srouted to adapter %r", LOG_PREFIX, lora_name)
-        await self.app(
-            _with_length(scope, len(body)),
-            _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
-            send,
-        )
+        return body
 
     def _authorized(self, scope: Scope) -> bool:
         """As vLLM's own key check decides; a refused request is left for it to answer."""
@@ -226,15 +257,17 @@ def _guarded(scope: Scope) -> bool:
     return _path(scope) in GUARDED_PATHS
 
 
-async def _read_body(receive: Receive) -> tuple[list[Message], int, bool]:
-    """Every message of the request body as received, its size, and whether the field's
-    bytes are in it (also across a chunk boundary)."""
+async def _read_body(receive: Receive, *, keep_all: bool) -> tuple[list[Message], int, bool]:
+    """The messages of the request body as received, its size, and whether the field's
+    bytes are in it (also across a chunk boundary). Unless `keep_all`, a body with the field
+    is no longer kept once over `MAX_INSPECTED_BYTES` (it is refused): the rest is read and
+    dropped, so the client can finish sending and read the answer."""
     messages: list[Message] = []
     size, found, tail = 0, False, b""
     while True:
         message = await receive()
-        messages.append(message)
         if message["type"] != "http.request":
+            messages.append(message)
             return messages, size, found  # the client left: vLLM sees that as it would
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
@@ -242,6 +275,10 @@ async def _read_body(receive: Receive) -> tuple[list[Message], int, bool]:
             keep = len(_NEEDLE) - 1  # a field split across chunks is found at the seam
             found = _NEEDLE in tail + chunk[:keep] or _NEEDLE in chunk
             tail = chunk[-keep:] if len(chunk) >= keep else (tail + chunk)[-keep:]
+        if keep_all or not found or size <= MAX_INSPECTED_BYTES:
+            messages.append(message)
+        else:
+            messages.clear()
         if not message.get("more_body", False):
             return messages, size, found
 
@@ -273,13 +310,23 @@ def _with_length(scope: Scope, length: int) -> Scope:
     return {**scope, "headers": headers}
 
 
-async def _bad_request(send: Send, message: str) -> None:
-    error = {"message": message, "type": "BadRequestError", "param": "lora_name", "code": 400}
+class _Refusal(NamedTuple):
+    status: int  # 400, or 413 for a body too large to read
+    message: str
+
+
+async def _refuse(send: Send, refusal: _Refusal) -> None:
+    error = {
+        "message": refusal.message,
+        "type": "BadRequestError",
+        "param": "lora_name",
+        "code": refusal.status,
+    }
     body = json.dumps({"error": error}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 400,
+            "status": refusal.status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
