@@ -123,6 +123,7 @@ class LiveAdapters:
         *,
         write_status: Callable[[], None] = lambda: None,
         effects: AdapterEffects | None = None,
+        on_served: Callable[[Sequence[str]], None] = lambda adapters: None,
     ) -> None:
         self.enabled = config.lora.runtime_updates
         self.served_name = config.served_name
@@ -138,6 +139,7 @@ class LiveAdapters:
         self.stop_asked = stop_asked
         self.lora_guard = plan.lora_guard  # route mode follows the adapters served
         self.effects = effects  # lora.verify: each adapter loaded must change the output
+        self.on_served = on_served  # the log's hints name the adapters served
         self._publish()
 
     @property
@@ -220,7 +222,7 @@ class LiveAdapters:
         if not self.enabled:
             return None  # an adapter change restarts vLLM then (reload_diff)
         live_only = self.live_only  # against the YAML vLLM was serving until now
-        self.yaml = {adapter.name: adapter for adapter in adapters}
+        previous, self.yaml = self.yaml, {adapter.name: adapter for adapter in adapters}
         kept = [name for name in live_only if name not in self.yaml]
         target = {name: adapter.path for name, adapter in self.yaml.items()}
         target.update({name: self.serving[name] for name in kept})
@@ -233,6 +235,8 @@ class LiveAdapters:
             )
         change = adapter_change(self.serving, target)
         result = await self.apply(change) if not change.empty else None
+        if result is not None and not result.ok:
+            self.yaml = previous  # the reload is refused: the running config stays
         prober.expect_adapters(list(self.serving))
         self._publish()
         return result
@@ -266,7 +270,9 @@ class LiveAdapters:
             await self._verify(loads, change.unload)
             await self._prove_effect(loads)
         except _StepFailed as failed:
-            log.error(failed.event, adapter=failed.name, path=failed.path, reason=failed.reason)
+            # A stop abandons the change: no error of vLLM's nor the adapter's.
+            say = log.info if self.stop_asked.is_set() else log.error
+            say(failed.event, adapter=failed.name, path=failed.path, reason=failed.reason)
             await self._roll_back(undo)
             self._publish()  # before the outcome is told: who reads it then finds it written
             verb = "load" if failed.event == "adapter_load_failed" else "unload"
@@ -369,5 +375,8 @@ class LiveAdapters:
     def _publish(self) -> None:
         self.status.adapters = list(self.serving)
         self.status.adapters_live_only = self.live_only
+        if self.effects is not None:
+            self.effects.forget(self.serving)  # no verdict for an adapter no longer served
         self.write_status()
         update_guard(self.lora_guard, self.serving)
+        self.on_served(list(self.serving))
