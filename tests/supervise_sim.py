@@ -195,6 +195,7 @@ class FakeRun:
         self.argv: tuple[str, ...] = ()
         self.in_pipe: list[tuple[str, tuple[Event, ...]]] = []  # written, read only by `drain`
         self.processes_recorded = 0
+        self.adapters_served: list[str] | None = None  # as LiveAdapters last said
 
     # --- what the supervisor calls ------------------------------------------------------------
 
@@ -209,6 +210,9 @@ class FakeRun:
 
     def mark_serving(self) -> None:
         self.serving = True
+
+    def serve_adapters(self, adapters: Sequence[str]) -> None:
+        self.adapters_served = list(adapters)
 
     def record_processes(self) -> None:
         self.processes_recorded += 1

@@ -14,6 +14,7 @@ import pytest
 from niodoo_supervisor.supervise.effect_probe import (
     MAX_BODY,
     MAX_ENTRIES,
+    PROBE_TIMEOUT,
     PROMPT,
     TOLERANCE,
     TOP_LOGPROBS,
@@ -23,6 +24,7 @@ from niodoo_supervisor.supervise.effect_probe import (
     Verdict,
     compare,
     parse_top_logprobs,
+    probe_timeout,
 )
 from niodoo_supervisor.supervise.probes import vllm_client
 
@@ -232,3 +234,39 @@ def test_tokens_are_shown_printable_and_short() -> None:
     shown = top({"\x1b[31m" + "y" * 100: -1.0}).as_dict()
     [token] = shown
     assert token.startswith("?[31m") and token.endswith("…") and len(token) <= 41
+
+
+def test_a_timeout_is_marked_timed_out_in_the_verdict_not_only_in_its_reason() -> None:
+    handler, _ = by_model(
+        {"tiny": lambda r: completion(BASE), "a": _raise(httpx.ReadTimeout("read timed out"))}
+    )
+    [effect] = run_probe(handler, ["a"])
+    assert effect.timed_out and effect.verdict is Verdict.FAILED
+    # A base model that times out fails every adapter as timed out too; an HTTP error does not.
+    slow_base, _ = by_model({"tiny": _raise(httpx.ReadTimeout("read timed out"))})
+    [effect] = run_probe(slow_base, ["a"])
+    assert effect.timed_out
+    [effect] = run_probe(by_model({"tiny": lambda r: httpx.Response(500)})[0], ["a"])
+    assert not effect.timed_out
+
+
+def test_the_request_timeout_is_supervisor_health_timeout_at_least_the_floor() -> None:
+    assert probe_timeout(5.0) == PROBE_TIMEOUT  # /health's seconds: too short for a first token
+    assert probe_timeout(PROBE_TIMEOUT + 30) == PROBE_TIMEOUT + 30
+
+
+def test_a_round_is_timed_on_the_clock_it_is_given() -> None:
+    ticks = iter([100.0, 106.0])  # the round's start and end, on a virtual clock
+
+    async def main() -> EffectProbe:
+        answer = lambda r: completion(BASE)  # noqa: E731
+        handler, _ = by_model({"tiny": answer, "a": answer, "b": answer})
+        client = vllm_client("http://vllm", None, 60.0, httpx.MockTransport(handler))
+        async with client:
+            probe = EffectProbe(client, "tiny", monotonic=lambda: next(ticks))
+            await probe.probe(["a", "b"])
+            return probe
+
+    probe = asyncio.run(main())
+    assert probe.last_duration == 6.0 and probe.last_cost == 2.0  # three requests
+    assert probe.budget(2) == 3 * probe.timeout

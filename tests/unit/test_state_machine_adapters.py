@@ -112,7 +112,9 @@ def test_a_failed_live_load_keeps_the_previous_set_and_vllm_running(tmp_path: Pa
     assert set(vllm.loaded) == {"a", "b"}  # b's removal never started: the change is undone
     failed = sim.event("adapter_load_failed")
     assert failed is not None and "greater than max_lora_rank 8" in failed["reason"]
-    assert sim.probers[-1].expected == ["a", "b"]
+    # Refused: the running prober goes on (the reload's is closed unused), told the set served.
+    assert sim.probers[-1].closed and sim.probers[-2].expected == ["a", "b"]
+    assert [adapter.name for adapter in sim.supervisor.config.adapters] == ["a", "b"]
 
 
 def test_commands_are_answered_while_vllm_runs(tmp_path: Path) -> None:

@@ -10,13 +10,22 @@ adapter concerned is probed (`effect_probe`). `off` asks nothing. Otherwise:
   `strict`: a live load is undone and refused; at readiness the start is FATAL (exit 78, which
   systemd's unit does not restart): the same files give the same no-op after any number of
   restarts, so loading the model again would only waste minutes per try.
+
+Each run reports its own verdicts: a new run starts with none (`adapter_effects` emptied), a
+no-op adapter is reported once per run (a retried readiness check does not repeat it), and an
+adapter unloaded or rolled back loses its verdict (`forget`). A reload setting `lora.verify:
+off` empties them (reload_taker): no verdict would stand for the adapters served from then on.
+The readiness round feeds systemd's watchdog (and extends its timeout) for as long as it may
+take: every request at its timeout (`effect_probe.probe_timeout`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 import structlog
@@ -25,7 +34,7 @@ from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.control.metrics import SupervisorMetrics
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.logs.rule_types import Action, Event, Severity
-from niodoo_supervisor.supervise.effect_probe import Effect, EffectProbe, Verdict
+from niodoo_supervisor.supervise.effect_probe import Effect, EffectProbe, Verdict, probe_timeout
 from niodoo_supervisor.supervise.probes import CheckResult, ProbeResult
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.seams import Clock
@@ -43,10 +52,19 @@ _HINT = (
 )
 
 
+# Around a long wait on purpose: systemd's timeout extended by so many seconds, the watchdog
+# fed meanwhile (`Reporter.watchdog_fed`).
+WatchdogFed = Callable[[float], AbstractAsyncContextManager[None]]
+
+
+def _unfed(extend: float) -> AbstractAsyncContextManager[None]:
+    return contextlib.nullcontext()
+
+
 class AdapterEffects:
-    """The verdicts of one run. `mode` reads `lora.verify` as configured now (a reload
-    changes it without a restart); `configured` the names the YAML lists (the metric's only
-    labels)."""
+    """The verdicts of one run (made when it is launched: the status's verdicts of the run
+    before are emptied). `mode` reads `lora.verify` as configured now (a reload changes it
+    without a restart); `configured` the names the YAML lists (the metric's only labels)."""
 
     def __init__(
         self,
@@ -59,6 +77,7 @@ class AdapterEffects:
         clock: Clock,
         stop_asked: asyncio.Event,
         metrics: SupervisorMetrics | None = None,
+        watchdog_fed: WatchdogFed = _unfed,
     ) -> None:
         self.probe = probe
         self.mode = mode
@@ -68,7 +87,10 @@ class AdapterEffects:
         self.clock = clock
         self.stop_asked = stop_asked
         self.metrics = metrics
+        self.watchdog_fed = watchdog_fed
         self.fatal: str | None = None  # strict: why this start cannot become ready
+        self.reported: set[str] = set()  # adapters this run reported without effect
+        status.adapter_effects = {}  # the run before's verdicts are not this vLLM's
 
     @classmethod
     def for_run(
@@ -82,7 +104,13 @@ class AdapterEffects:
         """Over `client` (the run's `vllm_client`: its URL and API key); `config` gives the
         config as reloaded now."""
         return cls(
-            EffectProbe(client, config().served_name, secrets=secrets),
+            EffectProbe(
+                client,
+                config().served_name,
+                timeout=probe_timeout(config().supervisor.health.timeout),
+                secrets=secrets,
+                monotonic=reporter.clock.monotonic,
+            ),
             lambda: config().lora.verify,
             lambda: [adapter.name for adapter in config().adapters],
             status=reporter.status,
@@ -90,6 +118,7 @@ class AdapterEffects:
             clock=reporter.clock,
             stop_asked=stop_asked,
             metrics=reporter.metrics,
+            watchdog_fed=lambda extend: reporter.watchdog_fed(extend=extend),
         )
 
     async def at_readiness(self, result: CheckResult, adapters: Sequence[str]) -> CheckResult:
@@ -98,26 +127,26 @@ class AdapterEffects:
         mode = self.mode()
         if mode == "off" or not adapters or not result.ok:
             return result
-        effects = await self.probe.probe(adapters)
-        # A retried readiness check (another adapter failed) reports a no-op adapter once.
-        known = {
-            name for name, e in self.status.adapter_effects.items() if e["verdict"] == "no_effect"
-        }
+        # However long the round takes (a slow first request), it is not a hang.
+        async with self.watchdog_fed(self.probe.budget(len(adapters))):
+            effects = await self.probe.probe(adapters)
         self.status.adapter_effects = {}
-        self._record(effects, known=known)
+        # A retried readiness check (another adapter failed) reports a no-op adapter once.
+        self._record(effects, repeat=False)
         failed = [effect for effect in effects if effect.verdict is Verdict.FAILED]
         no_effect = [effect for effect in effects if effect.verdict is Verdict.NO_EFFECT]
+        latency = self.probe.last_duration or 0.0
         if failed:
             reason = "; ".join(f"adapter {e.adapter!r}: {e.reason}" for e in failed)
-            timed_out = any(e.status is None and "no answer" in e.reason for e in failed)
-            return _failed_check(result, f"effect probe: {reason}", timed_out=timed_out)
+            timed_out = any(effect.timed_out for effect in failed)
+            return _failed_check(result, f"effect probe: {reason}", latency, timed_out=timed_out)
         if no_effect and mode == "strict":
             names = ", ".join(repr(effect.adapter) for effect in no_effect)
             self.fatal = (
                 f"adapter(s) {names} have no effect (lora.verify: strict): they serve the base "
                 f"model's output; fix or remove them, or set lora.verify: warn"
             )
-            return _failed_check(result, self.fatal)
+            return _failed_check(result, self.fatal, latency)
         return result
 
     async def after_load(self, names: Sequence[str]) -> Effect | None:
@@ -127,7 +156,8 @@ class AdapterEffects:
             return None
         task = asyncio.ensure_future(self.probe.probe(names))
         stop = asyncio.ensure_future(self.stop_asked.wait())
-        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        async with self.watchdog_fed(self.probe.budget(len(names))):  # a reload job waits
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         if not task.done():
             task.cancel()
@@ -143,7 +173,16 @@ class AdapterEffects:
                 )
         return None
 
-    def _record(self, effects: Sequence[Effect], known: Collection[str] = ()) -> None:
+    def forget(self, serving: Iterable[str]) -> None:
+        """Only the adapters `serving` keep their verdicts (the others were unloaded or
+        rolled back); one loaded again is reported again."""
+        kept = set(serving)
+        self.reported &= kept
+        effects = self.status.adapter_effects
+        self.status.adapter_effects = {name: e for name, e in effects.items() if name in kept}
+
+    def _record(self, effects: Sequence[Effect], *, repeat: bool = True) -> None:
+        """`repeat`: report a no-op adapter this run reported already (a live load of it)."""
         now = self.clock.wall()
         configured = set(self.configured())
         for effect in effects:
@@ -161,7 +200,8 @@ class AdapterEffects:
                 log.info(
                     "adapter_effect", adapter=effect.adapter, largest_delta=effect.largest_delta
                 )
-            elif effect.adapter not in known:
+            elif repeat or effect.adapter not in self.reported:
+                self.reported.add(effect.adapter)
                 log.warning(
                     NO_EFFECT_EVENT, adapter=effect.adapter, hint=_HINT, **effect.evidence()
                 )
@@ -194,7 +234,9 @@ def _evidence_text(effect: Effect) -> str:
     return f"{effect.reason}; base model top {base}, adapter top {seen}"
 
 
-def _failed_check(result: CheckResult, reason: str, *, timed_out: bool = False) -> CheckResult:
-    latency = result.models.latency if result.models else 0.0
+def _failed_check(
+    result: CheckResult, reason: str, latency: float, *, timed_out: bool = False
+) -> CheckResult:
+    """`latency`: the effect round's own time."""
     effect = ProbeResult(False, None, latency, reason, timed_out=timed_out)
     return dataclasses.replace(result, effect=effect)

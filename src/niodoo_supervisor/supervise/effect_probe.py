@@ -32,7 +32,7 @@ import enum
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -53,6 +53,7 @@ __all__ = [
     "Verdict",
     "compare",
     "parse_top_logprobs",
+    "probe_timeout",
 ]
 
 PROMPT = "The quick brown fox jumps over the lazy"
@@ -63,8 +64,15 @@ MAX_BODY = 64 * 1024  # a one-token answer with 5 log-probabilities is about 1 K
 MAX_ENTRIES = TOP_LOGPROBS + 1  # vLLM adds the sampled token when it is not among the top
 MAX_TOKEN_CHARS = 40  # of a token as shown in the evidence
 # One token on a busy GPU can wait behind a batch, and on a CPU shared with other work take
-# tens of seconds; a stop abandons the wait (the callers), so a generous limit costs nothing.
+# tens of seconds (the first request after vLLM's start is the slowest); a stop abandons the
+# wait (the callers) and systemd's watchdog is fed meanwhile, so a generous floor costs
+# nothing. supervisor.health.timeout (seconds, for /health) raises it, never lowers it.
 PROBE_TIMEOUT = 60.0
+
+
+def probe_timeout(health_timeout: float) -> float:
+    """One effect request's limit: supervisor.health.timeout, at least PROBE_TIMEOUT."""
+    return max(health_timeout, PROBE_TIMEOUT)
 
 
 class Verdict(enum.Enum):
@@ -95,6 +103,7 @@ class Effect:
     base: TopLogprobs | None = None
     seen: TopLogprobs | None = None
     status: int | None = None  # the failed request's HTTP status
+    timed_out: bool = False  # failed: no answer within the probe's timeout
 
     def evidence(self) -> dict[str, object]:
         """For the log line and the status: what was compared and how far apart."""
@@ -114,6 +123,7 @@ class Effect:
 class _Failure:
     reason: str
     status: int | None = None
+    timed_out: bool = False
 
 
 def compare(
@@ -175,29 +185,37 @@ class EffectProbe:
         *,
         timeout: float = PROBE_TIMEOUT,
         secrets: Sequence[str] = (),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.served = served
         self.timeout = timeout
         self.secrets = tuple(secret for secret in secrets if secret)
+        self.monotonic = monotonic
+        self.last_duration: float | None = None  # seconds of the last round
         self.last_cost: float | None = None  # seconds of the last round, per request
+
+    def budget(self, adapters: int) -> float:
+        """The longest one round over `adapters` takes (each request at its timeout)."""
+        return self.timeout * (adapters + 1)
 
     async def probe(self, adapters: Sequence[str]) -> list[Effect]:
         """One round: the base model once, then each adapter, one at a time."""
-        started = time.monotonic()
+        started = self.monotonic()
         base = await self._ask(self.served)
         effects: list[Effect] = []
         for name in adapters:
             if isinstance(base, _Failure):
                 why = f"the base model's request failed: {base.reason}"
-                effects.append(Effect(name, Verdict.FAILED, why, status=base.status))
+                effects.append(_failed(name, why, base))
                 continue
             seen = await self._ask(name)
             if isinstance(seen, _Failure):
-                effects.append(Effect(name, Verdict.FAILED, seen.reason, status=seen.status))
+                effects.append(_failed(name, seen.reason, seen))
             else:
                 effects.append(compare(name, base, seen))
-        self.last_cost = (time.monotonic() - started) / (len(adapters) + 1)
+        self.last_duration = self.monotonic() - started
+        self.last_cost = self.last_duration / (len(adapters) + 1)
         return effects
 
     async def _ask(self, model: str) -> TopLogprobs | _Failure:
@@ -215,7 +233,7 @@ class EffectProbe:
             ) as response:
                 data = await _read_capped(response)
         except httpx.TimeoutException:
-            return _Failure(f"no answer within {self.timeout:g}s")
+            return _Failure(f"no answer within {self.timeout:g}s", timed_out=True)
         except httpx.HTTPError as exc:
             return _Failure(self._redact((str(exc) or type(exc).__name__).splitlines()[0]))
         if data is None:
@@ -230,6 +248,12 @@ class EffectProbe:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
         return text
+
+
+def _failed(adapter: str, reason: str, failure: _Failure) -> Effect:
+    return Effect(
+        adapter, Verdict.FAILED, reason, status=failure.status, timed_out=failure.timed_out
+    )
 
 
 async def _read_capped(response: httpx.Response) -> bytes | None:

@@ -30,13 +30,11 @@ import structlog
 from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.control.api import CommandResult
-from niodoo_supervisor.launch.adapters import AdapterReadError, read_adapter, same_base_model
-from niodoo_supervisor.launch.fit_checker import FitChecker, version_or_none
-from niodoo_supervisor.launch.lora_guard import write_guard_adapters
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.supervise.adapter_api import AdapterApi, AdapterApiError
 from niodoo_supervisor.supervise.adapter_effects import AdapterEffects
 from niodoo_supervisor.supervise.incidents import AdapterLoadAsked, AdapterUnloadAsked, Reply
+from niodoo_supervisor.supervise.live_preflight import LivePreflight, update_guard
 from niodoo_supervisor.supervise.probes import vllm_url
 from niodoo_supervisor.supervise.states import State
 from niodoo_supervisor.supervise.status_file import StatusBoard
@@ -55,7 +53,6 @@ log = structlog.get_logger("niodoo_supervisor")
 
 T = TypeVar("T")
 
-VLLM_DEFAULT_MAX_RANK = 16  # --max-lora-rank when the config leaves it out
 _KEY = "lora.runtime_updates"
 _DISABLED = f"{_KEY} is false: set it to true (vLLM restarts once) to change adapters live"
 
@@ -126,18 +123,15 @@ class LiveAdapters:
         *,
         write_status: Callable[[], None] = lambda: None,
         effects: AdapterEffects | None = None,
+        on_served: Callable[[Sequence[str]], None] = lambda adapters: None,
     ) -> None:
         self.enabled = config.lora.runtime_updates
         self.served_name = config.served_name
-        self.model_path = str(config.model.path)
-        self.max_rank = plan.max_lora_rank or VLLM_DEFAULT_MAX_RANK
+        self.preflight = LivePreflight(config, plan)
         # vLLM serves more (its CPU cache evicts the least recently used): a warning, as in
         # the config's own check.
         self.max_cpu_loras = config.lora.max_cpu_loras or config.lora.max_loras or 1
         self.yaml: dict[str, Adapter] = {adapter.name: adapter for adapter in config.adapters}
-        self.fit = FitChecker(  # the base's headers are read at the first live load
-            self.model_path, version_or_none(plan.vllm_version), config.lora.target_modules
-        )
         self.serving = {name: adapter.path for name, adapter in self.yaml.items()}
         self.status = status
         self.write_status = write_status  # status.json: the adapters changed
@@ -145,6 +139,7 @@ class LiveAdapters:
         self.stop_asked = stop_asked
         self.lora_guard = plan.lora_guard  # route mode follows the adapters served
         self.effects = effects  # lora.verify: each adapter loaded must change the output
+        self.on_served = on_served  # the log's hints name the adapters served
         self._publish()
 
     @property
@@ -227,7 +222,7 @@ class LiveAdapters:
         if not self.enabled:
             return None  # an adapter change restarts vLLM then (reload_diff)
         live_only = self.live_only  # against the YAML vLLM was serving until now
-        self.yaml = {adapter.name: adapter for adapter in adapters}
+        previous, self.yaml = self.yaml, {adapter.name: adapter for adapter in adapters}
         kept = [name for name in live_only if name not in self.yaml]
         target = {name: adapter.path for name, adapter in self.yaml.items()}
         target.update({name: self.serving[name] for name in kept})
@@ -240,6 +235,8 @@ class LiveAdapters:
             )
         change = adapter_change(self.serving, target)
         result = await self.apply(change) if not change.empty else None
+        if result is not None and not result.ok:
+            self.yaml = previous  # the reload is refused: the running config stays
         prober.expect_adapters(list(self.serving))
         self._publish()
         return result
@@ -250,7 +247,8 @@ class LiveAdapters:
         loads = {**change.load, **{name: new for name, (_, new) in change.replace.items()}}
         warnings: list[str] = []
         for name, path in loads.items():
-            refused = self._preflight(name, path, warnings)
+            yaml_base = self.yaml[name].base_model_name if name in self.yaml else None
+            refused = self.preflight.check(name, path, yaml_base, warnings)
             if refused is not None:
                 log.error("adapter_load_failed", adapter=name, path=path, reason=refused)
                 return self._failed(f"adapter {name!r} refused before loading: {refused}")
@@ -272,7 +270,9 @@ class LiveAdapters:
             await self._verify(loads, change.unload)
             await self._prove_effect(loads)
         except _StepFailed as failed:
-            log.error(failed.event, adapter=failed.name, path=failed.path, reason=failed.reason)
+            # A stop abandons the change: no error of vLLM's nor the adapter's.
+            say = log.info if self.stop_asked.is_set() else log.error
+            say(failed.event, adapter=failed.name, path=failed.path, reason=failed.reason)
             await self._roll_back(undo)
             self._publish()  # before the outcome is told: who reads it then finds it written
             verb = "load" if failed.event == "adapter_load_failed" else "unload"
@@ -289,35 +289,6 @@ class LiveAdapters:
         return CommandResult(
             True, "; ".join(done) or "nothing to change", self._details(warnings=warnings)
         )
-
-    def _preflight(self, name: str, path: str, warnings: list[str]) -> str | None:
-        """Why vLLM would refuse the adapter (None: it may load); doubts go to `warnings`."""
-        if name == self.served_name:
-            return f"{name!r} is the served model's name"
-        try:
-            info = read_adapter(Path(path))
-        except AdapterReadError as exc:
-            return str(exc)
-        if info.rank > self.max_rank:
-            return (
-                f"rank {info.rank} is above the running vLLM's --max-lora-rank {self.max_rank} "
-                f"(vLLM: 'LoRA rank {info.rank} is greater than max_lora_rank {self.max_rank}.'); "
-                "raise lora.max_lora_rank (a restart)"
-            )
-        fit = self.fit.check(info)
-        if any(problem.error for problem in fit):
-            return "; ".join(problem.message for problem in fit if problem.error)
-        warnings.extend(f"adapter {name!r}: {problem.message}" for problem in fit)
-        yaml_base = self.yaml[name].base_model_name if name in self.yaml else None
-        base = yaml_base or info.base_model or ""
-        verdict = same_base_model(base, self.served_name, self.model_path)
-        if verdict is None:
-            warnings.append(f"adapter {name!r} does not say which base model it was trained on")
-        elif not verdict:
-            warnings.append(
-                f"adapter {name!r} was trained on {base!r}, the served model is {self.model_path!r}"
-            )
-        return None
 
     async def _load(self, name: str, path: str, undo: list[tuple[str, str, str]]) -> None:
         try:
@@ -404,9 +375,8 @@ class LiveAdapters:
     def _publish(self) -> None:
         self.status.adapters = list(self.serving)
         self.status.adapters_live_only = self.live_only
+        if self.effects is not None:
+            self.effects.forget(self.serving)  # no verdict for an adapter no longer served
         self.write_status()
-        if self.lora_guard is not None:
-            try:
-                write_guard_adapters(self.lora_guard, self.serving)
-            except OSError as exc:
-                log.error("lora_guard_not_updated", adapters=list(self.serving), error=str(exc))
+        update_guard(self.lora_guard, self.serving)
+        self.on_served(list(self.serving))

@@ -280,6 +280,7 @@ class Supervisor:
                 self.dispatcher.stop_asked,
                 write_status=self.reporter.write_status,
                 effects=effects,
+                on_served=run.serve_adapters,
             ),
             planner=self.planner,
         )

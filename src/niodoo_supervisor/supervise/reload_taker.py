@@ -10,6 +10,7 @@ the loop, which only starts vLLM with `NextStart` and hands a reload over (`take
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from niodoo_supervisor.config.loader import Config
@@ -80,11 +81,13 @@ class ReloadTaker:
             settle_reload(result, None, self.reporter, vllm_running=vllm_running)
             return None
         config, plan = self.next_start.config, self.next_start.plan  # what it replaces
+        restore = self._restorer(vllm_running)
         running = self.planner.running if vllm_running else None
         if running is None:
             change = diff(config, result.config, plan, result.plan)
         else:
             change = reload_change(running, (config, plan), result.config, result.plan)
+        new_config = result.config
         self.next_start.config, self.next_start.plan = result.config, result.plan
         self.planner.windows = result.config.maintenance.windows
         self.reporter.windows = result.config.maintenance.windows
@@ -99,7 +102,14 @@ class ReloadTaker:
         pending = held.status_text() if held else None
         self.reporter.reload_taken(change, vllm_running=vllm_running, pending=pending)
 
-        def settle(live: CommandResult | None = None) -> None:
+        def settle(live: CommandResult | None = None) -> bool:
+            refused = live is not None and not live.ok
+            if refused:
+                # The old config keeps serving with its adapters: the next start (a crash's
+                # restart) must not bring back the adapters vLLM or lora.verify refused.
+                restore()
+            elif new_config.lora.verify == "off":
+                self.reporter.status.adapter_effects = {}  # no verdict stands for them now
             settle_reload(
                 result,
                 change,
@@ -109,6 +119,7 @@ class ReloadTaker:
                 pending=pending,
                 live=live,
             )
+            return not refused
 
         live = result.config.lora.runtime_updates and self.reporter.state is not State.STARTING
         if vllm_running and restart is None and live:
@@ -118,6 +129,20 @@ class ReloadTaker:
             return change, restart, settle
         settle()
         return change, restart, None
+
+    def _restorer(self, vllm_running: bool) -> Callable[[], None]:
+        """Undoes what taking a reload changes, for one whose live adapter change failed."""
+        config, plan = self.next_start.config, self.next_start.plan
+        pending, version = self.planner.pending, self.reporter.status.vllm_version
+
+        def restore() -> None:
+            self.next_start.config, self.next_start.plan = config, plan
+            self.planner.windows = self.reporter.windows = config.maintenance.windows
+            self.planner.keep_pending(pending)
+            self.policy.settings = config.supervisor.restart
+            self.reporter.status.vllm_version = version
+
+        return restore
 
 
 def _state_dir_kept(result: ReloadResult, running: Config) -> ReloadResult:

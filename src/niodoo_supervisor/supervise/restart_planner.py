@@ -154,6 +154,10 @@ class RestartPlanner:
         # Asked by the operator: still pending, for the (maybe changed) windows.
         return self._hold(ASKED, [], [], asked=True)
 
+    def keep_pending(self, pending: Pending | None) -> None:
+        """A reload undone (its live adapter change failed): what was pending before it."""
+        self._set(pending)
+
     def on_restart_asked(self, asked: RestartAsked, state: State) -> str | None:
         """`restart` while a run is watched: the reason to restart now, or None (held for the
         next window, or nothing to do); the reply is answered here."""

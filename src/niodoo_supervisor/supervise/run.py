@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 import psutil
@@ -86,10 +86,11 @@ def _launch_error(what: str, exc: OSError) -> LaunchError:
 
 
 class VllmRun:
-    def __init__(self, child: VllmProcess, pump: LogPump, config: Config) -> None:
+    def __init__(self, child: VllmProcess, pump: LogPump, config: Config, ruleset: RuleSet) -> None:
         self.child = child
         self.pump = pump
         self.config = config
+        self.ruleset = ruleset  # its hints name the adapters served now (`serve_adapters`)
         self.pump_task = asyncio.get_running_loop().create_task(pump.run())
         self.pump_task.add_done_callback(_report_pump_failure)
         self.exit_task: asyncio.Task[None] | None = None
@@ -109,6 +110,10 @@ class VllmRun:
 
     def mark_serving(self) -> None:
         self.pump.mark_serving()
+
+    def serve_adapters(self, adapters: Sequence[str]) -> None:
+        """The adapters served changed live: the request mistakes' hints name these now."""
+        self.ruleset.served = ServedNames(self.config.served_name, tuple(adapters))
 
     @classmethod
     async def launch(
@@ -139,15 +144,16 @@ class VllmRun:
         except OSError as exc:
             raise _launch_error(f"cannot execute {plan.argv[0]}", exc) from None
         try:
+            ruleset = RuleSet(config.rules, served=served_names(config))
             pump = LogPump(
                 child.output_fd,
-                ruleset=RuleSet(config.rules, served=served_names(config)),
+                ruleset=ruleset,
                 on_event=on_event,
                 log_file=log_file,
                 echo=echo,
                 tail_lines=max(200, config.supervisor.log.crash_report_lines),
             )
-            run = cls(child, pump, config)
+            run = cls(child, pump, config, ruleset)
         except BaseException:
             await child.terminate(  # never leave it running
                 stop_grace(config.supervisor.stop.grace_period, config.drain_timeout)

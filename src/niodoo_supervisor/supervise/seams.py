@@ -67,6 +67,10 @@ class Run(Protocol):
         """vLLM answers HTTP: clients can make it write lines, so its fatal lines may be theirs."""
         ...
 
+    def serve_adapters(self, adapters: Sequence[str]) -> None:
+        """The adapters it serves changed live (the hints of its log events name them)."""
+        ...
+
     def record_processes(self) -> None: ...
 
     async def drain(self, timeout: float) -> None:

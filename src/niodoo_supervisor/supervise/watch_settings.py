@@ -14,8 +14,9 @@ from niodoo_supervisor.supervise.seams import Prober
 
 __all__ = ["LiveSettle", "Reloaded", "WatchSettings"]
 
-# Settles a reload with what its live adapter change did (None: nothing to load or unload).
-LiveSettle = Callable[[CommandResult | None], None]
+# Settles a reload with what its live adapter change did (None: nothing to load or unload);
+# False: refused (the change failed), the previous config stays.
+LiveSettle = Callable[[CommandResult | None], bool]
 
 
 @dataclass(frozen=True)

@@ -168,17 +168,21 @@ class RunWatcher:
             return None  # refused
         if reloaded.restart is not None:
             return Outcome(OutcomeKind.RELOAD, reloaded.restart)
-        if reloaded.prober is not None:  # the supervisor's settings changed
-            self.settings = reloaded.settings
-            old, self.prober = self.prober, reloaded.prober  # no probe is in flight now
-            await old.aclose()
-            self._retime_next_check()
         if reloaded.settle is not None:
             # Even an unchanged YAML brings the served adapters back to it (after a refused
             # live load, or an `adapters unload` of one of its adapters).
             async with self.reporter.watchdog_fed(extend=ADAPTER_CHANGE_EXTEND):
                 live = await self.adapters.reloaded(reloaded.adapters, self.prober)
-            reloaded.settle(live)
+            if not reloaded.settle(live):  # refused: the previous config and settings stay
+                if reloaded.prober is not None:
+                    await reloaded.prober.aclose()
+                return None
+        if reloaded.prober is not None:  # the supervisor's settings changed
+            self.settings = reloaded.settings
+            old, self.prober = self.prober, reloaded.prober  # no probe is in flight now
+            await old.aclose()
+            self.prober.expect_adapters(list(self.adapters.serving))
+            self._retime_next_check()
         return None
 
     def _retime_next_check(self) -> None:
