@@ -139,7 +139,8 @@ def record_ready_lags(polls: Sequence[Poll], readies: Sequence[float]) -> None:
     for number, lag in enumerate(lags, 1):
         shown = "not seen by the poller" if lag is None else f"{lag:.3f}s"
         record_figure(
-            f"ready-lag, start {number} (vLLM ready seen from outside -> READY=1): {shown}"
+            f"ready-lag, start {number} (vLLM lists every adapter, seen from outside -> "
+            f"READY=1, the effect probe's round between): {shown}"
         )
     measured = [lag for lag in lags if lag is not None]
     if measured:

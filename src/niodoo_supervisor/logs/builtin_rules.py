@@ -81,7 +81,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          S.WARNING, A.LOG,
          "A client sent `lora_name`; the guard answered HTTP 400 instead of letting the base "
          "model answer (reject mode, or in route mode an unknown adapter or a `model` naming "
-         "another): the client must send the adapter's name as `model`.",
+         "another; 413 for a body over 16 MiB): the client must send the adapter's name as "
+         "`model`.",
          ("lora_name guard: rejected",)),
     # --- engine death -------------------------------------------------------------------
     Rule("engine_fatal_error", r"EngineCore encountered a fatal error", S.CRITICAL,
