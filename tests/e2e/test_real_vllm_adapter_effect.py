@@ -171,7 +171,10 @@ def test_the_supervisor_reports_a_no_op_adapter_and_strict_refuses_one_live(
         assert refused.returncode == 78, output
         assert "no effect (lora.verify: strict)" in output, output
         assert "zeros" not in (_listed(base_url) or {"zeros"})
-        assert run.status()["adapter_effects"]["zeros"]["verdict"] == "no_effect"
+        # Undone, so no verdict is kept for it; its event keeps the evidence.
+        assert "zeros" not in run.status()["adapter_effects"]
+        zeros = run.event("adapter_no_effect", adapter="zeros")
+        assert zeros is not None and zeros["largest_delta"] == "0.0", zeros
         assert run.states() == ["STARTING", "READY"]
         record_figure(f"a no-op adapter loaded, probed and undone live (strict) in {took:.2f}s")
     finally:
