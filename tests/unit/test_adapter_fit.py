@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from niodoo_supervisor.config.versions import Version
-from niodoo_supervisor.demo.model import SHAPE, DemoModel, generate
+from niodoo_supervisor.demo.model import DemoModel, generate
+from niodoo_supervisor.demo.shape import SHAPE
 from niodoo_supervisor.launch.adapter_fit import FitProblem, adapter_fit
 from niodoo_supervisor.launch.adapters import read_adapter
 from niodoo_supervisor.launch.checkpoint_headers import (

@@ -16,12 +16,12 @@ from tokenizers import Tokenizer
 
 from niodoo_supervisor.demo import model as demo_model
 from niodoo_supervisor.demo.model import (
-    SHAPE,
     STAMP_NAME,
     DemoModel,
     generate,
 )
 from niodoo_supervisor.demo.safetensors import float32_to_bf16_bits
+from niodoo_supervisor.demo.shape import SHAPE
 
 REF = "tiny-base"
 
