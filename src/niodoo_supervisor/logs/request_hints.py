@@ -3,7 +3,7 @@ that sent `lora_name` was answered by the base model, and a client asking for an
 got a 404; both hints say which names to send as `model` instead.
 
 The names come from the operator's config, not from the client; they are still bounded (a
-config may list hundreds of adapters): at most `MAX_SHOWN` names, each cut to a short length.
+config may list hundreds of adapters): at most `MAX_SHOWN` names, each cut to a short length (as a counted name is).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from niodoo_supervisor.logs.counters import clip_field_name
+
 __all__ = ["MAX_SHOWN", "ServedNames", "lora_name_hint", "unknown_model_hint"]
 
 MAX_SHOWN = 5
-_MAX_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,8 @@ class ServedNames:
     adapters: tuple[str, ...] = ()
 
 
-def _name(name: str) -> str:
-    return name if len(name) <= _MAX_NAME else name[:_MAX_NAME] + "…"
-
-
 def _listed(names: Sequence[str]) -> str:
-    shown = ", ".join(_name(name) for name in names[:MAX_SHOWN])
+    shown = ", ".join(clip_field_name(name) for name in names[:MAX_SHOWN])
     more = len(names) - MAX_SHOWN
     return f"{shown} and {more} more" if more > 0 else shown
 
@@ -45,12 +42,12 @@ def lora_name_hint(served: ServedNames | None) -> str:
         return f'{what}. Send the adapter\'s served name as `model` ("model": "<adapter>"); fix the client.'
     if not served.adapters:
         return (
-            f"{what} ({_name(served.base)}), and this config serves no adapters: enable "
+            f"{what} ({clip_field_name(served.base)}), and this config serves no adapters: enable "
             "lora and list the adapter under lora.adapters, or fix the client."
         )
     return (
-        f"{what} ({_name(served.base)}), not an adapter. Send the adapter's served name as "
-        f'`model`, for example "model": "{_name(served.adapters[0])}" (served adapters: '
+        f"{what} ({clip_field_name(served.base)}), not an adapter. Send the adapter's served name as "
+        f'`model`, for example "model": "{clip_field_name(served.adapters[0])}" (served adapters: '
         f"{_listed(served.adapters)}); fix the client."
     )
 
