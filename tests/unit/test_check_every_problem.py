@@ -124,9 +124,13 @@ def test_errors_of_every_stage_are_reported_in_one_run(
     text = "\n".join(out)
     assert ": error: engine.max_num_seqs: must be an integer" in text
     assert ": error: lora.adapters[0].path: " in text
-    assert ": error: lora.adapters[1]: adapter 'big' has rank 16, above lora.max_lora_rank 8" in text
+    assert (
+        ": error: lora.adapters[1]: adapter 'big' has rank 16, above lora.max_lora_rank 8" in text
+    )
     assert f": error: server.port: port {listener} on 127.0.0.1 is already in use by " in text
-    assert out[-1].endswith(": 4 error(s), 1 warning(s): vLLM would not start with this config"), out
+    assert out[-1].endswith(": 4 error(s), 1 warning(s): vLLM would not start with this config"), (
+        out
+    )
 
 
 def test_only_the_checks_reading_a_wrong_key_are_skipped_and_say_so(
@@ -211,5 +215,7 @@ def test_a_record_that_does_not_name_the_listener_never_makes_the_port_fine(
         _record_as_ours(state, os.getpid())  # a record of a process that is not the listener
     code, out = _check(tmp_path, document, capsys)
     assert code == exitcodes.CONFIG
-    assert any(f"error: server.port: port {port} on 127.0.0.1 is already in use" in line for line in out)
+    assert any(
+        f"error: server.port: port {port} on 127.0.0.1 is already in use" in line for line in out
+    )
     assert not any("own vLLM" in line for line in out)

@@ -31,7 +31,7 @@ def ago(epoch: float, now: float) -> str:
 
 
 def at_and_ago(epoch: float, now: float) -> str:
-    """"12:03:04, 5 min ago"; the date too when it is not today. "unknown time" for a value
+    """ "12:03:04, 5 min ago"; the date too when it is not today. "unknown time" for a value
     that is no time (a damaged status file)."""
     if not math.isfinite(epoch) or not 0 < epoch < 1e11:
         return "unknown time"

@@ -182,7 +182,9 @@ def check_config(
         text = read_text_file(path, MAX_CONFIG_BYTES)
     except InputFileError as exc:
         return ConfigCheck(None, [_unreadable(exc, source)], None, frozenset())
-    loading = _Loading(source, Path(path).resolve().parent, os.environ if environ is None else environ)
+    loading = _Loading(
+        source, Path(path).resolve().parent, os.environ if environ is None else environ
+    )
     config, problems = loading.run(text)
     partial = config or loading.partial
     return ConfigCheck(config, problems, partial, frozenset(loading.unchecked))
@@ -269,9 +271,7 @@ class _Loading:
         check_relations(config, self.problem, self.left_out)
         if any(problem.is_error for problem in self.problems):
             self.partial = config
-            self.unchecked = self.left_out | {
-                p.path for p in self.problems[before:] if p.is_error
-            }
+            self.unchecked = self.left_out | {p.path for p in self.problems[before:] if p.is_error}
             return None, self.problems
         return config, self.problems
 
