@@ -195,8 +195,8 @@ def _reload_lines(last: object, now: float) -> list[str]:
         return [f"reload:    {shown(last.get('summary'), 200)} ({when})"]
     problems = text_list(last.get("problems")) or ["no reason given"]
     return [
-        f"reload:    serving the previous config; the new one was refused at {when}: "
-        f"{shown(problems[0], 200)}",
+        f"reload:    serving the previous config; the new one was refused: "
+        f"{shown(problems[0], 200)} ({when})",
         *(f"{_PAD}also: {shown(problem, 200)}" for problem in problems[1:]),
     ]
 
