@@ -219,3 +219,25 @@ def test_a_record_that_does_not_name_the_listener_never_makes_the_port_fine(
         f"error: server.port: port {port} on 127.0.0.1 is already in use" in line for line in out
     )
     assert not any("own vLLM" in line for line in out)
+
+
+def test_a_relation_between_valid_keys_hides_no_check_of_the_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NIODOO_TEST_UNSET_PORT", raising=False)
+    document = _document(tmp_path, 1)
+    document["server"]["port"] = "${NIODOO_TEST_UNSET_PORT}"  # left out before validation
+    document["lora"] = {
+        "enabled": True,
+        "max_loras": 4,
+        "max_cpu_loras": 2,  # below max_loras: a relation
+        "adapters": [{"name": "gone", "path": str(tmp_path / "gone")}],
+    }
+    code, out = _check(tmp_path, document, capsys)
+    assert code == exitcodes.CONFIG
+    text = "\n".join(out)
+    assert ": error: lora.max_cpu_loras: max_cpu_loras (2) must be >= max_loras (4)" in text
+    assert ": error: lora.adapters[0].path: " in text
+    assert ": error: server.port: " in text
+    notes = [line.split(": note: ")[1] for line in out if ": note: " in line]
+    assert notes == ["not checked: the port, because server.port has an error above"]

@@ -267,11 +267,11 @@ class _Loading:
             return None, self.problems
         config._source = self.source
         config._lines = self.lines
-        before = len(self.problems)
         check_relations(config, self.problem, self.left_out)
         if any(problem.is_error for problem in self.problems):
-            self.partial = config
-            self.unchecked = self.left_out | {p.path for p in self.problems[before:] if p.is_error}
+            # Each key is valid on its own (only a relation between some is wrong, or a key
+            # left out): the files, vLLM and the port are as worth checking as before.
+            self.partial, self.unchecked = config, set(self.left_out)
             return None, self.problems
         return config, self.problems
 

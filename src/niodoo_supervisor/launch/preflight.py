@@ -144,7 +144,8 @@ class _Preflight:
             check_model_path(self.config, self.problem)
         adapters_ok = self.needs("the adapters", "lora.adapters", "lora.enabled")
         infos = self.check_adapters(compare_base=model_ok) if adapters_ok else []
-        if adapters_ok and self.needs("the adapters' ranks", "lora.max_lora_rank"):
+        ranks_ok = adapters_ok and self.needs("the adapters' ranks", "lora.max_lora_rank")
+        if ranks_ok:
             self.check_ranks(infos)
         if self.needs("the logging config", "server.logging_config"):
             self.operator_loggers = read_logging_loggers(self.config, self.problem)
@@ -159,7 +160,7 @@ class _Preflight:
                 "not checked: the options and server.extra_args against the installed vLLM, "
                 "because it could not be asked (server.python above)"
             )
-        if adapters_ok and self.needs("lora.max_lora_rank", "lora.max_lora_rank"):
+        if ranks_ok:
             self.check_max_lora_rank(infos, install)
         if adapters_ok and model_ok and self.needs("the adapters' fit", "lora.target_modules"):
             self.check_adapter_fit(infos, install)
