@@ -241,3 +241,26 @@ def test_a_relation_between_valid_keys_hides_no_check_of_the_files(
     assert ": error: server.port: " in text
     notes = [line.split(": note: ")[1] for line in out if ": note: " in line]
     assert notes == ["not checked: the port, because server.port has an error above"]
+
+
+def test_a_listener_this_user_cannot_see_is_still_an_error_saying_so(
+    tmp_path: Path,
+    other_session_listener: tuple[int, int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another user's process, seen without root: the socket is listed without its pid.
+    def hidden(kind: str = "inet") -> list[Any]:
+        raise psutil.AccessDenied()
+
+    pid, port = other_session_listener
+    document = _document(tmp_path, port)
+    _record_as_ours(tmp_path / "state", pid)  # even a valid record cannot vouch for it
+    monkeypatch.setattr("niodoo_supervisor.launch.ports.psutil.net_connections", hidden)
+    code, out = _check(tmp_path, document, capsys)
+    assert code == exitcodes.CONFIG
+    assert any(
+        f"error: server.port: port {port} on 127.0.0.1 is already in use by a process this "
+        "user cannot see (run check as its user or root to name it)" in line
+        for line in out
+    ), out

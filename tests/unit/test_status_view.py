@@ -277,3 +277,9 @@ def test_json_output_is_the_status_as_written(
     shown = json.loads(out)
     assert {key: shown[key] for key in board} == json.loads(json.dumps(board))
     assert shown["source"] == STATUS_FILE and shown["supervisor_running"] is False
+
+
+def test_a_start_under_way_names_its_phase() -> None:
+    status = _board(state="STARTING", since=NOW - 20, phase="loading_weights", reason="")
+    line = human(status, True, NOW)[0]
+    assert line == f"state:     STARTING since {at_and_ago(NOW - 20, NOW)} (phase loading_weights)"

@@ -73,6 +73,9 @@ def _state_line(status: Mapping[str, Any], running: bool, now: float) -> str:
         state = f"not running (last state {state})"
     since = number(status.get("since"))
     when = f" since {at_and_ago(since, now)}" if since is not None else ""
+    phase = status.get("phase")
+    if running and status.get("state") == "STARTING" and isinstance(phase, str) and phase:
+        when += f" (phase {shown(phase, 40)})"  # how far vLLM's start got
     reason = shown(status.get("reason") or "", 200)
     return f"state:     {state}{when}" + (f": {reason}" if reason else "")
 
