@@ -97,7 +97,7 @@ def test_status_works_when_the_config_does_not_validate(
     out = capsys.readouterr().out
     assert "note:      the config does not load (" in out and "NIODOO_TEST_UNSET_PYTHON" in out
     assert "only its state_dir was read" in out
-    assert "state:     READY for" in out
+    assert "state:     READY since " in out
 
 
 def test_status_says_a_refused_reload_left_the_previous_config_serving(

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from harness import REPO
-from niodoo_supervisor.cli.status import _human
+from niodoo_supervisor.cli.status_view import human
 from niodoo_supervisor.config.versions import Version
 from niodoo_supervisor.control.metrics import SupervisorMetrics
 from niodoo_supervisor.launch.vllm_logging import logging_config_for
@@ -174,16 +175,16 @@ def test_the_guards_routed_and_refused_requests_read_as_phrases() -> None:
 
 def test_the_status_top_lines_show_the_guards_count() -> None:
     status = {"state": "READY", "since": 0, "events": _counted(REFUSED)}
-    lines = _human(status, running=True).splitlines()
+    lines = human(status, True, time.time())
     assert lines[3].startswith("requests:  1 request sent lora_name (last ")
     assert lines[3].endswith("refused by the guard (HTTP 400 or 413)")
 
 
 def test_the_status_top_lines_show_the_mistakes_and_the_names() -> None:
     status = {"state": "READY", "since": 0, "events": _counted(IGNORED, unknown_line("nope"))}
-    lines = _human(status, running=True).splitlines()
+    lines = human(status, True, time.time())
     assert lines[3].startswith("requests:  1 request sent lora_name (last ")
-    assert "unknown model requested: nope x1" in lines
+    assert "unknown models requested: nope x1" in lines
 
 
 def _statuses(sim: Sim) -> list[str]:

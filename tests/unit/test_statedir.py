@@ -169,7 +169,7 @@ def test_an_oddly_typed_state_file_is_ignored_with_a_warning_naming_it(
 
 
 def test_a_valid_state_file_reads_back() -> None:
-    assert run_record._parse(json.loads(json.dumps(_VALID))).members[0].exe == "/x"
+    assert run_record.parse(json.loads(json.dumps(_VALID))).members[0].exe == "/x"
 
 
 def test_a_state_file_that_is_a_link_or_a_fifo_is_ignored(tmp_path: Path) -> None:

@@ -128,7 +128,7 @@ def test_the_human_view_shows_a_pending_restart_the_windows_and_a_drain(
     (config.parent / "state" / STATUS_FILE).write_text(json.dumps(status))
     main(["status", "-c", str(config)])
     out = capsys.readouterr().out
-    assert "in 0.0123s (ok)" in out
+    assert "last check: ok at 2023-11-14 " in out and " ago in 0.0123s" in out
     assert (
         "pending:   restart at 2023-11-15T02:00:00+01:00 (sun 02:00-04:00 Europe/Berlin): "
         "config changed: model.max_model_len"

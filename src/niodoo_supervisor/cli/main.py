@@ -15,7 +15,7 @@ from pathlib import Path
 
 from niodoo_supervisor import __version__, exitcodes
 from niodoo_supervisor.cli.state_location import locate
-from niodoo_supervisor.config.loader import Config, load_config
+from niodoo_supervisor.config.loader import Config, check_config, load_config
 from niodoo_supervisor.config.problems import Problem
 from niodoo_supervisor.launch.plan import PlanError, plan_launch
 from niodoo_supervisor.launch.preflight import PreflightOptions, PreflightResult, preflight
@@ -169,19 +169,31 @@ def _install_problem(result: PreflightResult) -> str:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    config, problems = load_config(args.config)
+    from niodoo_supervisor.cli.own_vllm import own_listener
+
+    loaded = check_config(args.config)
+    config, problems, notes = loaded.config, loaded.problems, []
     install = None
-    if config is not None:
-        result = preflight(config, os.environ, PreflightOptions(check_port=not args.no_port))
-        problems = problems + result.problems
-        install = result.install
-        if result.ok:
+    # Preflight runs on the keys that are valid even when others are not: every problem that
+    # does not depend on an earlier one is shown in one run.
+    checked = config or loaded.partial
+    if checked is not None:
+        options = PreflightOptions(
+            check_port=not args.no_port,
+            unchecked=loaded.unchecked,
+            own_listener=own_listener(checked),
+        )
+        result = preflight(checked, os.environ, options)
+        problems, notes, install = problems + result.problems, result.notes, result.install
+        if config is not None and result.ok:
             try:
                 plan_launch(config, install, os.environ)  # what `run` would launch can be made
             except PlanError as exc:
                 problems.append(exc.as_problem(config))
     for problem in problems:
         print(problem.format())
+    for note in notes:
+        print(f"{args.config}: note: {note}")
     errors = sum(problem.is_error for problem in problems)
     warnings = len(problems) - errors
     if errors:

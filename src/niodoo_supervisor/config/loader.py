@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -39,6 +40,8 @@ __all__ = [
     "KEYS",
     "MAX_CONFIG_BYTES",
     "Config",
+    "ConfigCheck",
+    "check_config",
     "load_config",
     "parse_config",
 ]
@@ -139,6 +142,22 @@ class Config(Section):
 
 KEYS = KeyTable.of(Config)
 ALL_FIELDS = KEYS.fields
+# What a required key that is wrong is replaced by in `ConfigCheck.partial`: never read, since
+# the key is named in `unchecked` and every check that reads it is skipped.
+_STAND_INS = {"model.path": "(wrong)", "server.python": "/(wrong)"}
+
+
+@dataclass(frozen=True)
+class ConfigCheck:
+    """`check`'s view of a config: the config (None when any error), every problem, and for
+    the checks that need the machine, `partial`: the keys that are valid on their own, the wrong
+    ones (named in `unchecked`) at their defaults or stand-ins. None when nothing could be read
+    as a config at all (unreadable file, bad YAML)."""
+
+    config: Config | None
+    problems: list[Problem]
+    partial: Config | None
+    unchecked: frozenset[str]
 
 
 def load_config(
@@ -149,17 +168,36 @@ def load_config(
     try:
         text = read_text_file(path, MAX_CONFIG_BYTES)
     except InputFileError as exc:
-        return None, [
-            Problem(
-                Severity.ERROR,
-                "(file)",
-                f"cannot read the config: {exc.reason}",
-                exc.fix or "give the path of a readable UTF-8 YAML file with -c",
-                source=source,
-            )
-        ]
+        return None, [_unreadable(exc, source)]
     base_dir = Path(path).resolve().parent
     return parse_config(text, source=source, base_dir=base_dir, environ=environ)
+
+
+def check_config(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> ConfigCheck:
+    """`load_config`, keeping what the checks of the machine can still look at after errors."""
+    source = str(path)
+    try:
+        text = read_text_file(path, MAX_CONFIG_BYTES)
+    except InputFileError as exc:
+        return ConfigCheck(None, [_unreadable(exc, source)], None, frozenset())
+    loading = _Loading(
+        source, Path(path).resolve().parent, os.environ if environ is None else environ
+    )
+    config, problems = loading.run(text)
+    partial = config or loading.partial
+    return ConfigCheck(config, problems, partial, frozenset(loading.unchecked))
+
+
+def _unreadable(exc: InputFileError, source: str) -> Problem:
+    return Problem(
+        Severity.ERROR,
+        "(file)",
+        f"cannot read the config: {exc.reason}",
+        exc.fix or "give the path of a readable UTF-8 YAML file with -c",
+        source=source,
+    )
 
 
 def parse_config(
@@ -184,6 +222,9 @@ class _Loading:
         self.lines: Mapping[str, int] = {}
         self.problems: list[Problem] = []
         self.left_out: set[str] = set()  # keys reported before validation
+        # After errors: the config of the keys valid on their own, and the keys left out of it.
+        self.partial: Config | None = None
+        self.unchecked: set[str] = set()
 
     def problem(self, path: str, message: str, fix: str = "", *, warning: bool = False) -> None:
         severity = Severity.WARNING if warning else Severity.ERROR
@@ -228,17 +269,32 @@ class _Loading:
         config._lines = self.lines
         check_relations(config, self.problem, self.left_out)
         if any(problem.is_error for problem in self.problems):
+            # Each key is valid on its own (only a relation between some is wrong, or a key
+            # left out): the files, vLLM and the port are as worth checking as before.
+            self.partial, self.unchecked = config, set(self.left_out)
             return None, self.problems
         return config, self.problems
 
     def check_relations_of_the_rest(self, data: dict[Any, Any], wrong: set[str]) -> None:
         """The checks between keys still run on the valid keys, so that every problem is
-        reported at once; without a required key there is nothing to relate."""
+        reported at once. A wrong required key is replaced by a stand-in that nothing reads."""
+        kept = _without(data, wrong)
+        stood_in = set()
+        for key, stand_in in _STAND_INS.items():
+            section_name, name = key.split(".")
+            section = kept.setdefault(section_name, {})
+            if isinstance(section, dict) and name not in section:
+                section[name] = stand_in
+                stood_in.add(key)
         try:
-            rest = Config.model_validate(_without(data, wrong), context={"base_dir": self.base_dir})
+            rest = Config.model_validate(kept, context={"base_dir": self.base_dir})
         except ValidationError:
             return
-        check_relations(rest, self.problem, wrong)
+        rest._source = self.source
+        rest._lines = self.lines
+        check_relations(rest, self.problem, wrong | stood_in)
+        self.partial = rest
+        self.unchecked = wrong | stood_in
 
     def leave_out(self, path: str, message: str, fix: str = "") -> None:
         self.left_out.add(path)

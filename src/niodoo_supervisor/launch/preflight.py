@@ -9,7 +9,7 @@ taken port. Errors refuse the start; warnings are logged.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,20 +58,31 @@ __all__ = ["PreflightOptions", "PreflightResult", "preflight"]
 NEWEST_KNOWN = Version(0, 33, 0)
 
 
+# Who holds a taken port, when it is this state folder's own vLLM: given the listener's pid,
+# a description ("this supervisor's own vLLM (pid 5, running since ...)"), else None.
+OwnListener = Callable[[int], "str | None"]
+
+
 @dataclass(frozen=True)
 class PreflightOptions:
     check_port: bool = True
     check_flags: bool = True  # asks vLLM's --help once per install (cached): seconds when cold
     check_api_key: bool = True  # False for `render`, which never reads the secret
+    # Keys already reported wrong (`loader.ConfigCheck.unchecked`): the checks reading them are
+    # skipped, each saying so in one note; the others still run (`check` shows every problem).
+    unchecked: Collection[str] = ()
+    own_listener: OwnListener | None = None  # `check`: our own vLLM on the port is no problem
 
 
 @dataclass
 class PreflightResult:
     """Every problem found, and the installed vLLM when it could be asked (what
-    `plan.plan_launch` renders for)."""
+    `plan.plan_launch` renders for). `notes`: what was not checked and why, and a port held
+    by our own vLLM."""
 
     problems: list[Problem] = field(default_factory=list)
     install: VllmInstall | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -108,29 +119,64 @@ class _Preflight:
             )
         )
 
+    def needs(self, what: str, *keys: str) -> bool:
+        """Whether the check of `what`, which reads `keys`, can run: none of them was reported
+        wrong already. When one was, a note says so."""
+        bad = next(
+            (
+                wrong
+                for key in keys
+                for wrong in self.options.unchecked
+                if _within(key, wrong) or _within(wrong, key)
+            ),
+            None,
+        )
+        if bad is not None:
+            self.result.notes.append(f"not checked: {what}, because {bad} has an error above")
+        return bad is None
+
     def run(self) -> PreflightResult:
-        if self.options.check_api_key:
+        api_keys = ("server.api_key_env", "server.api_key_file")
+        if self.options.check_api_key and self.needs("the API key", *api_keys):
             read_api_key(self.config, self.environ, self.problem)  # read to check; the plan too
-        check_model_path(self.config, self.problem)
-        infos = self.check_adapters()
-        self.check_ranks(infos)
-        self.operator_loggers = read_logging_loggers(self.config, self.problem)
+        model_ok = self.needs("the model's folder", "model.path")
+        if model_ok:
+            check_model_path(self.config, self.problem)
+        adapters_ok = self.needs("the adapters", "lora.adapters", "lora.enabled")
+        infos = self.check_adapters(compare_base=model_ok) if adapters_ok else []
+        ranks_ok = adapters_ok and self.needs("the adapters' ranks", "lora.max_lora_rank")
+        if ranks_ok:
+            self.check_ranks(infos)
+        if self.needs("the logging config", "server.logging_config"):
+            self.operator_loggers = read_logging_loggers(self.config, self.problem)
         probe_env = vllm_environment(self.environ, self.config.server.env)
-        install = self.inspect_install(probe_env)
+        asked = self.needs("the installed vLLM", "server.python", "server.env")
+        install = self.inspect_install(probe_env) if asked else None
         self.result.install = install
         if install is not None:
             self.check_version(install)
-        self.check_max_lora_rank(infos, install)
-        self.check_adapter_fit(infos, install)
-        if install is not None and self.options.check_flags:
+        elif asked:
+            self.result.notes.append(
+                "not checked: the options and server.extra_args against the installed vLLM, "
+                "because it could not be asked (server.python above)"
+            )
+        if ranks_ok:
+            self.check_max_lora_rank(infos, install)
+        if adapters_ok and model_ok and self.needs("the adapters' fit", "lora.target_modules"):
+            self.check_adapter_fit(infos, install)
+        if (
+            install is not None
+            and self.options.check_flags
+            and self.needs("server.extra_args", "server.extra_args")
+        ):
             self.check_flags(install, probe_env)
-        if self.options.check_port:
+        if self.options.check_port and self.needs("the port", "server.host", "server.port"):
             self.check_port()
         return self.result
 
     # --- files ------------------------------------------------------------------------------
 
-    def check_adapters(self) -> list[tuple[int, AdapterInfo]]:
+    def check_adapters(self, *, compare_base: bool) -> list[tuple[int, AdapterInfo]]:
         infos: list[tuple[int, AdapterInfo]] = []
         for index, adapter in enumerate(self.config.adapters):
             if not reachable(f"lora.adapters[{index}].path", adapter.path, self.problem):
@@ -141,6 +187,8 @@ class _Preflight:
                 self.problem(f"lora.adapters[{index}].path", str(exc))
                 continue
             infos.append((index, info))
+            if not compare_base:
+                continue
             base = adapter.base_model_name or info.base_model
             verdict = same_base_model(
                 base or "", self.config.served_name, str(self.config.model.path)
@@ -338,9 +386,23 @@ class _Preflight:
         if holder is None:
             return
         pid, name = holder
-        who = f"{name} (pid {pid})" if pid is not None else "another process"
+        own = self.options.own_listener
+        ours = own(pid) if own is not None and pid is not None else None
+        if ours is not None:
+            self.result.notes.append(f"port {port} is served by {ours}")
+            return
+        who = (
+            f"{name} (pid {pid})"
+            if pid is not None
+            else "a process this user cannot see (run check as its user or root to name it)"
+        )
         self.problem(
             "server.port",
             f"port {port} on {host} is already in use by {who}",
             "stop it or choose another server.port",
         )
+
+
+def _within(key: str, outer: str) -> bool:
+    """`key` is `outer` or inside it: lora.adapters[1].path is within lora.adapters."""
+    return key == outer or key.startswith((outer + ".", outer + "["))

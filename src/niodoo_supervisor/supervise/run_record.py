@@ -32,7 +32,15 @@ from niodoo_supervisor.supervise.process_tree import (
     session_members,
 )
 
-__all__ = ["RunRecord", "clear", "from_this_boot", "leftover_processes", "read", "write"]
+__all__ = [
+    "RunRecord",
+    "clear",
+    "from_this_boot",
+    "leftover_processes",
+    "parse",
+    "read",
+    "write",
+]
 
 log = structlog.get_logger("niodoo_supervisor")
 
@@ -61,7 +69,7 @@ def read(state_dir: Path) -> RunRecord | None:
     names the file; the caller's next write replaces it)."""
     path = state_dir / FILE_NAME
     try:
-        return _parse(json.loads(read_regular_file(path, _MAX_BYTES, follow_links=False)))
+        return parse(json.loads(read_regular_file(path, _MAX_BYTES, follow_links=False)))
     except InputFileError as exc:
         if exc.missing:
             return None
@@ -120,7 +128,8 @@ def leftover_processes(record: RunRecord, executable: str | None = None) -> list
 # --- parsing: every field checked for its type; anything else is not a record ------------------
 
 
-def _parse(raw: object) -> RunRecord:
+def parse(raw: object) -> RunRecord:
+    """A record from its JSON value; ValueError naming the first field that is wrong."""
     top = _mapping(raw, "the record")
     members = top.get("members", [])
     if not isinstance(members, list):
