@@ -17,12 +17,11 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # One .venv; a stamp file per extra installed in it. The demo needs only the runtime and the
 # `demo` extra, so `make demo` skips the dev tools (mypy, ruff, hypothesis...); `make test`
 # after it adds them, and `make demo` after `make test` installs nothing (dev includes demo).
-# pip 21.3 and later install a pyproject.toml project editable (PEP 660): only an older pip
-# is upgraded (the upgrade alone costs about 10 s).
+# pip is upgraded first: a current pip installs the demo's dependencies in less CPU time than
+# Python 3.11's bundled 23.2 saves by skipping the upgrade (measured here).
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c 'import pip, sys; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (21, 3))' \
-		|| $(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) --upgrade pip
 
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) -e '.[demo]'
