@@ -66,8 +66,8 @@ screenshots: venv-demo venv-docs vllm-env demo-model
 	$(BIN)/python scripts/screenshots.py
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 typecheck: venv
 	$(BIN)/mypy
