@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["DEFAULT_BG", "DEFAULT_FG", "PALETTE_16", "Run", "Style", "parse", "strip"]
+__all__ = ["DEFAULT_BG", "DEFAULT_FG", "PALETTE_16", "Run", "Style", "last_screen", "parse", "wrap"]
 
 RGB = tuple[int, int, int]
 
@@ -168,6 +168,37 @@ def _merged(runs: list[Run]) -> list[Run]:
     return merged
 
 
-def strip(text: str) -> str:
-    """The text without its escape sequences."""
-    return _ESCAPE.sub("", text)
+def wrap(line: list[Run], columns: int) -> list[list[Run]]:
+    """One line as the rows a terminal `columns` wide shows (one cell per character); blanks at
+    its end without a background are dropped, as a terminal does not show them."""
+    runs = list(line)
+    while runs and runs[-1].style.bg is None and not runs[-1].style.reverse:
+        text = runs[-1].text.rstrip(" ")
+        if text:
+            runs[-1] = Run(text, runs[-1].style)
+            break
+        runs.pop()
+    rows: list[list[Run]] = [[]]
+    free = columns
+    for run in runs:
+        text = run.text
+        while text:
+            if free == 0:
+                rows.append([])
+                free = columns
+            rows[-1].append(Run(text[:free], run.style))
+            text = text[free:]
+            free -= len(rows[-1][-1].text)
+    return rows
+
+
+def last_screen(
+    lines: list[list[Run]], columns: int, rows: int
+) -> tuple[list[list[Run]], list[str]]:
+    """The last `rows` rows the lines fill on a terminal `columns` wide, and the plain text of
+    the lines those rows show (whole, unwrapped)."""
+    placed = [(index, row) for index, line in enumerate(lines) for row in wrap(line, columns)]
+    shown = placed[-rows:]
+    first_line = shown[0][0] if shown else len(lines)
+    texts = ["".join(run.text for run in line).rstrip() for line in lines[first_line:]]
+    return [row for _, row in shown], texts

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from ansi_sgr import DEFAULT_BG, parse, strip
+from ansi_sgr import DEFAULT_BG, Run, last_screen, parse
 from PIL import Image, ImageDraw, ImageFont
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,8 +99,8 @@ def font_file(weight: str) -> Path | None:
 # --- rendering -----------------------------------------------------------------------------
 
 
-def render_png(ansi_text: str, columns: int, rows: int, out: Path) -> None:
-    """The captured screen as a PNG: a cell grid of columns x rows, the runs drawn in their
+def render_png(screen: list[list[Run]], columns: int, rows: int, out: Path) -> None:
+    """The screen's rows as a PNG: a cell grid of columns x rows, the runs drawn in their
     colours, bold in the bold face."""
     regular, bold = (font_file(w) for w in ("regular", "bold"))
     assert regular is not None  # ensure_installed checked
@@ -115,7 +115,7 @@ def render_png(ansi_text: str, columns: int, rows: int, out: Path) -> None:
         "RGB", (columns * cell_w + 2 * PADDING, rows * cell_h + 2 * PADDING), DEFAULT_BG
     )
     draw = ImageDraw.Draw(image)
-    for row, runs in enumerate(parse(ansi_text)[:rows]):
+    for row, runs in enumerate(screen[:rows]):
         column = 0
         y = PADDING + row * cell_h
         for run in runs:
@@ -166,7 +166,8 @@ class Tmux:
         self.run("send-keys", "-t", SESSION, *keys)
 
     def capture(self) -> str:
-        return self.run("capture-pane", "-p", "-e", "-t", SESSION)
+        """The screen and as many lines above it, wrapped lines joined (-J), colours kept (-e)."""
+        return self.run("capture-pane", "-p", "-e", "-J", "-S", f"-{self.rows}", "-t", SESSION)
 
     def idle(self) -> bool:
         """The pane's shell runs nothing: it shows its prompt."""
@@ -259,12 +260,18 @@ def send_lora_name_request(port: int) -> None:
 # --- the run -------------------------------------------------------------------------------
 
 
+def without_machine_paths(text: str) -> str:
+    """The checkout's path and the home folder as a reader's own would read (~/niodoo-supervisor,
+    ~), so the pictures carry no paths of the machine that took them."""
+    return text.replace(str(REPO), "~/niodoo-supervisor").replace(str(Path.home()), "~")
+
+
 def save(tmux: Tmux, out_dir: Path, moment: str) -> None:
-    screen = tmux.capture()
-    text = "\n".join(line.rstrip() for line in strip(screen).splitlines()).rstrip("\n")
-    (out_dir / f"console-{moment}.txt").write_text(text + "\n")
+    lines = parse(without_machine_paths(tmux.capture().removesuffix("\n")))
+    screen, texts = last_screen(lines, tmux.columns, tmux.rows)
+    (out_dir / f"console-{moment}.txt").write_text("\n".join(texts).strip("\n") + "\n")
     render_png(screen, tmux.columns, tmux.rows, out_dir / f"console-{moment}.png")
-    print(f"screenshots: {moment}: {out_dir / f'console-{moment}.png'}", file=sys.stderr)
+    print(f"screenshots: {moment}: docs/console-{moment}.png", file=sys.stderr)
 
 
 def take(out_dir: Path, columns: int, rows: int) -> None:

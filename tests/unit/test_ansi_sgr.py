@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from ansi_sgr import DEFAULT_BG, DEFAULT_FG, PALETTE_16, Run, Style, palette_256, parse, strip
+from ansi_sgr import (
+    DEFAULT_BG,
+    DEFAULT_FG,
+    PALETTE_16,
+    Run,
+    Style,
+    last_screen,
+    palette_256,
+    parse,
+    wrap,
+)
 
 RED, GREEN, BRIGHT_BLUE = PALETTE_16[1], PALETTE_16[2], PALETTE_16[12]
 
@@ -58,7 +68,6 @@ def test_style_carries_over_line_ends() -> None:
 
 def test_malformed_and_other_escapes_are_dropped_not_printed() -> None:
     text = "\x1b[38;5mA\x1b[38;5;999mB\x1b[2KC\x1b]0;title\x07D\x1b(BE\x1b[?25lF"
-    assert strip(text) == "ABCDEF"
     runs = parse(text)[0]
     assert "".join(run.text for run in runs) == "ABCDEF"
     assert all(run.style == Style() for run in runs)
@@ -68,3 +77,28 @@ def test_reverse_swaps_the_colours_to_draw() -> None:
     assert Style(fg=RED, reverse=True).colours() == (DEFAULT_BG, RED)
     assert Style(reverse=True).colours() == (DEFAULT_BG, DEFAULT_FG)
     assert Style(bg=GREEN).colours() == (DEFAULT_FG, GREEN)
+
+
+def test_wrap_cuts_rows_at_the_width_across_runs_and_drops_trailing_blanks() -> None:
+    red = Style(fg=RED)
+    line = [Run("abcd", Style()), Run("efg   ", red), Run("  ", Style())]
+    assert wrap(line, 3) == [
+        [Run("abc", Style())],
+        [Run("d", Style()), Run("ef", red)],
+        [Run("g", red)],
+    ]
+    assert wrap([], 3) == [[]]  # an empty line is one empty row
+    assert wrap([Run("   ", Style(bg=GREEN))], 2) == [
+        [Run("  ", Style(bg=GREEN))],
+        [Run(" ", Style(bg=GREEN))],  # a background shows: kept
+    ]
+
+
+def test_last_screen_is_the_bottom_rows_and_the_whole_lines_they_show() -> None:
+    lines = parse("first\nsecond line\n\x1b[31mthird\x1b[0m")
+    screen, texts = last_screen(lines, columns=4, rows=4)
+    # 4 wide: "firs" "t" | "seco" "nd l" "ine" | "thir" "d"; the last 4 rows shown
+    assert ["".join(run.text for run in row) for row in screen] == ["nd l", "ine", "thir", "d"]
+    assert screen[2] == [Run("thir", Style(fg=RED))]
+    assert texts == ["second line", "third"]  # the partly shown line whole, unwrapped
+    assert last_screen(parse("a"), columns=4, rows=3) == ([[Run("a", Style())]], ["a"])
