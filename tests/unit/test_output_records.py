@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,3 +162,25 @@ def test_a_vllm_event_is_logged_at_its_rules_severity_and_info_in_a_requested_st
         ("ignored_request_fields", "warning"),  # a client's mistake is trouble in any stop
         ("weights_loaded", "info"),
     ]
+
+
+@pytest.mark.parametrize(("no_color", "coloured"), [(None, True), ("", True), ("1", False)])
+def test_colour_only_on_a_terminal_and_never_with_no_color(
+    records: tuple[Path, int], no_color: str | None, coloured: bool
+) -> None:
+    controller, terminal = pty.openpty()
+    try:
+        environ = {} if no_color is None else {"NO_COLOR": no_color}
+        writer = OutputWriter(terminal, terminal, environ={})
+        configure_logging("auto", writer=writer, environ=environ)
+        fields = {k: v for k, v in vllm_event().items() if k not in ("level", "event")}
+        structlog.get_logger("test").warning("vllm_event", **fields)
+        shown = os.read(controller, 4096)
+        _, file_fd = records
+        configure_logging("console", writer=OutputWriter(file_fd, file_fd, environ={}))
+        structlog.get_logger("test").warning("vllm_event", **fields)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert (b"\x1b[33mwarning" in shown) is coloured  # https://no-color.org: any non-empty value
+    assert "\x1b" not in records[0].read_text()  # a file is never coloured
