@@ -13,6 +13,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from niodoo_supervisor.config.loader import parse_config
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.logs.rule_types import Action, Event, Severity
 from niodoo_supervisor.output import records as records_module
@@ -184,3 +185,32 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(
         os.close(terminal)
     assert (b"\x1b[33mwarning" in shown) is coloured  # https://no-color.org: any non-empty value
     assert "\x1b" not in records[0].read_text()  # a file is never coloured
+
+
+@pytest.mark.parametrize(
+    ("yaml_value", "echo"),
+    [("true", "true"), ("false", "false"), ("yes", "true"), ("auto", "auto"), (None, "auto")],
+)
+def test_log_echo_takes_auto_and_the_booleans_it_took_before(
+    yaml_value: str | None, echo: str
+) -> None:
+    text = "server: {python: /v/bin/python}\nmodel: {path: /models/m}\n"
+    if yaml_value is not None:
+        text += f"supervisor: {{log: {{echo: {yaml_value}, format: json}}}}\n"
+    config, problems = parse_config(text, source="c.yaml", environ={})
+    assert config is not None, [p.format() for p in problems]
+    assert config.supervisor.log.echo == echo
+    assert config.supervisor.log.format == ("auto" if yaml_value is None else "json")
+
+
+def test_log_format_and_echo_refuse_other_values_naming_the_choices() -> None:
+    text = "server: {python: /v/bin/python}\nmodel: {path: /models/m}\n"
+    text += "supervisor: {log: {echo: maybe, format: xml}}\n"
+    config, problems = parse_config(text, source="c.yaml", environ={})
+    assert config is None
+    assert sorted(p.format() for p in problems) == [
+        "c.yaml:3: error: supervisor.log.echo: 'maybe' is not accepted; use one of auto, true, "
+        "false",
+        "c.yaml:3: error: supervisor.log.format: 'xml' is not accepted; use one of auto, "
+        "console, logfmt, json",
+    ]
