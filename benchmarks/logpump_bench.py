@@ -12,7 +12,10 @@ write() as vLLM does under PYTHONUNBUFFERED=1 (the realistic one). Captured by:
       supervisord and the supervisor are),
   (d) LogPump with no rules (what the rules cost),
   (e) LogPump with every rule on the worst mix: every second line a `lora_name` event
-      (LINES / 10 lines).
+      (LINES / 10 lines),
+  (f) LogPump with every rule, the rotating file and the echo (vLLM's lines cut whole and
+      written by the output writer, as to the journal) to a second file; timed until the
+      echo's file is complete.
 
 Every variant is timed alike: from the child's first write (the child notes the time;
 CLOCK_MONOTONIC is one clock for every process) until the output file holds every byte (a
@@ -176,22 +179,28 @@ def run_direct(work: Work, writes: str, mix: str = "mix") -> float:
 
 
 # The supervisor's side, in its own process as supervisord is: argv: log file, "all" or
-# "none" (rules), then the child's argv. Prints the number of events and of dropped bytes.
+# "none" (rules), the echo's file or "-" (no echo), then the child's argv. Prints the number
+# of events and of dropped bytes.
 PUMP = textwrap.dedent(
     r"""
     import asyncio, os, subprocess, sys
     from niodoo_supervisor.logs.pump import LogPump
     from niodoo_supervisor.logs.rules import RuleSet
     from niodoo_supervisor.logs.sinks import RotatingLogFile
+    from niodoo_supervisor.output.writer import OutputWriter
 
     async def main():
         log_file = RotatingLogFile(sys.argv[1], 1 << 30, 1)
         ruleset = RuleSet(builtin=sys.argv[2] == "all")
+        echo = None
+        if sys.argv[3] != "-":
+            out = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            echo = OutputWriter(out, 2, environ={})
         events = []
         r, w = os.pipe()
-        child = subprocess.Popen(sys.argv[3:], stdout=w, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(sys.argv[4:], stdout=w, stderr=subprocess.STDOUT)
         os.close(w)
-        pump = LogPump(r, ruleset=ruleset, on_event=events.append, log_file=log_file, echo=None)
+        pump = LogPump(r, ruleset=ruleset, on_event=events.append, log_file=log_file, echo=echo)
         await pump.run()
         child.wait()
         log_file.close()
@@ -202,19 +211,26 @@ PUMP = textwrap.dedent(
 )
 
 
-def run_pump(work: Work, rules: str, writes: str, mix: str = "mix") -> tuple[float, int]:
+def run_pump(
+    work: Work, rules: str, writes: str, mix: str = "mix", echo: bool = False
+) -> tuple[float, int]:
     folder = work.root / "pump"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     work.stamp.unlink(missing_ok=True)
-    watch = FileWatch(folder / "vllm.log", work.expected(mix)[0])
-    argv = [sys.executable, "-c", PUMP, str(folder / "vllm.log"), rules, *work.argv(mix, writes)]
+    watched = folder / ("echo.log" if echo else "vllm.log")
+    watch = FileWatch(watched, work.expected(mix)[0])
+    echo_to = str(folder / "echo.log") if echo else "-"
+    argv = [sys.executable, "-c", PUMP, str(folder / "vllm.log"), rules, echo_to,
+            *work.argv(mix, writes)]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
     seconds = watch.seconds(work)
     events, dropped = int(out[0]), int(out[1])
     if dropped:
         raise SystemExit(f"the pump's file sink dropped {dropped:,} bytes")
     work.check("pump", folder / "vllm.log", mix)
+    if echo:
+        work.check("pump echo", folder / "echo.log", mix)
     return seconds, events
 
 
@@ -322,6 +338,8 @@ def capture(work: Work, writes: str, supervisord: Supervisord | None, why: str) 
             lines, lambda: run_pump(work, "none", writes)[0]),
         "(e) LogPump, all rules, every 2nd line an event": (
             lora_lines, lambda: run_pump(work, "all", writes, "lora")[0]),
+        "(f) LogPump, all rules, rotating file + echo": (
+            lines, lambda: run_pump(work, "all", writes, echo=True)[0]),
     }  # fmt: skip
     if supervisord is not None:
         variants["(b) supervisord -> its log file"] = (lines, lambda: supervisord.run(writes))

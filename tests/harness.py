@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -110,8 +111,9 @@ class SupervisorRun:
         return self.stdout_path.read_text(errors="replace")
 
     def events(self) -> list[dict[str, str]]:
-        """The supervisor's structured events (logfmt on stderr) as dicts."""
-        return [_parse_logfmt(line) for line in self.stderr().splitlines() if line.strip()]
+        """The supervisor's structured events (logfmt on stderr, each line led by its journal
+        priority `<N>` when run as under the journal) as dicts; the priority is `priority`."""
+        return [parse_record(line) for line in self.stderr().splitlines() if line.strip()]
 
     def event(self, name: str, **match: str) -> dict[str, str] | None:
         for record in self.events():
@@ -173,12 +175,20 @@ def start_supervisor(
     *,
     extra_env: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
+    journal: bool = True,
 ) -> SupervisorRun:
+    """With `journal`, the supervisor's stderr file is named in JOURNAL_STREAM as systemd names
+    the journal's stream: records come as logfmt with every field and a `<N>` priority, as a
+    service writes them (`supervisor.log.format: auto`), and vLLM's lines are echoed."""
     env = dict(os.environ)
     env["NOTIFY_SOCKET"] = str(notify.path)
-    env.update(extra_env or {})
+    env.pop("JOURNAL_STREAM", None)
     stdout_path, stderr_path = tmp / "supervisor.out", tmp / "supervisor.err"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        if journal:
+            stat = os.fstat(err.fileno())
+            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+        env.update(extra_env or {})
         process = subprocess.Popen(
             [sys.executable, "-m", "niodoo_supervisor", "run", "-c", str(config), *extra_args],
             stdout=out,
@@ -227,6 +237,14 @@ def _launches(run: SupervisorRun) -> list[dict[str, str]]:
 
 def launched_pids(run: SupervisorRun) -> list[int]:
     return [int(record["vllm_pid"]) for record in _launches(run)]
+
+
+def parse_record(line: str) -> dict[str, str]:
+    """One logfmt record, its journal priority prefix (`<4>`) given as `priority`."""
+    match = re.match(r"<([0-7])>", line)
+    if match is None:
+        return _parse_logfmt(line)
+    return {"priority": match[1], **_parse_logfmt(line[match.end() :])}
 
 
 def _parse_logfmt(line: str) -> dict[str, str]:

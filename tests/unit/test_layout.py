@@ -15,12 +15,13 @@ TOP_LEVEL_MODULES = {"exitcodes"}
 # of it (`logs.rule_types`).
 ALLOWED: dict[str, set[str]] = {
     "files": {"exitcodes"},
-    "logs": {"files"},
+    "logs": {"files", "output"},
     "config": {"files", "logs.rule_types", "logs.operator_rules", "exitcodes"},
     "launch": {"config", "files", "exitcodes"},
-    "supervise": {"config", "launch", "logs", "files", "control", "exitcodes"},
+    "supervise": {"config", "launch", "logs", "files", "control", "output", "exitcodes"},
     "control": {"config", "files", "exitcodes"},
     "demo": set(),
+    "output": set(),
 }
 
 

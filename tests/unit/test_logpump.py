@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import io
 import os
 import re
 import subprocess
@@ -192,16 +191,29 @@ def test_rotating_file_edge_cases(tmp_path: Path) -> None:
     assert (tmp_path / "v.log.1").read_bytes() == b"ab\ncd\n"
 
 
-class GatedEcho(io.BytesIO):
+class EchoBuffer:
+    """The echo's target (the output writer's part) keeping what it is given, call by call."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+
+    def echo(self, lines: bytes) -> None:
+        self.calls.append(lines)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.calls)
+
+
+class GatedEcho(EchoBuffer):
     """A journal that hangs until `gate` is set."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gate = threading.Event()
 
-    def write(self, data: Any, /) -> int:
+    def echo(self, lines: bytes) -> None:
         self.gate.wait()
-        return super().write(data)
+        super().echo(lines)
 
 
 async def test_blocked_sink_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
@@ -324,12 +336,15 @@ async def test_tail_before_any_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("size", [1, 3])
-async def test_echo_gets_everything_when_fast(tmp_path: Path, size: int) -> None:
+async def test_echo_gets_every_line_whole_when_fast(tmp_path: Path, size: int) -> None:
     data = fixtures()[: 5000 * size]
-    echo = io.BytesIO()
+    assert not data.endswith(b"\n")  # the stream ends inside a line
+    echo = EchoBuffer()
     with child_writing(tmp_path, data) as (fd, _):
         await LogPump(fd, ruleset=RULES, on_event=lambda e: None, log_file=None, echo=echo).run()
-    assert echo.getvalue() == data
+    # Each hand-over is whole lines; the last line, cut by the stream's end, ends the echo.
+    assert all(call.endswith(b"\n") for call in echo.calls)
+    assert echo.getvalue() == data + b"\n"
 
 
 async def test_long_lines_are_cut_for_the_rules_and_the_tail_but_not_the_file(

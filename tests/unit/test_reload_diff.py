@@ -84,6 +84,7 @@ def test_an_unchanged_config_changes_nothing(tmp_path: Path) -> None:
         ("maintenance.windows", KeyClass.SUPERVISOR),  # no restart to change when restarts go
         ("supervisor.log.path", KeyClass.DAEMON),
         ("supervisor.log.echo", KeyClass.DAEMON),
+        ("supervisor.log.format", KeyClass.DAEMON),
     ],
 )
 def test_each_key_has_its_class(key: str, kind: KeyClass) -> None:

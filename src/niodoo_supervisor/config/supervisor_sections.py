@@ -8,15 +8,15 @@ Every number has a maximum: durations become timers and systemd's microsecond co
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainValidator, WithJsonSchema
+from pydantic import BeforeValidator, Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from niodoo_supervisor.config.control_sections import ControlSection
 from niodoo_supervisor.config.fields import Kind
 from niodoo_supervisor.config.metrics_sections import MetricsSection
-from niodoo_supervisor.config.value_types import Bool, Int, LocalPath, Number, Section
+from niodoo_supervisor.config.value_types import Int, LocalPath, Number, Section
 from niodoo_supervisor.logs.rule_types import Rule
 
 __all__ = [
@@ -130,6 +130,14 @@ class StopSection(Section):
     ] = 30.0
 
 
+def _auto_or_yes_no(value: Any) -> Any:
+    # YAML's true/false (the key was a boolean before `auto`) become the words of the choice;
+    # anything else is judged as a choice of words.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
 class LogSection(Section):
     """supervisor.log: the vLLM log file and crash reports."""
 
@@ -144,13 +152,27 @@ class LogSection(Section):
     backup_count: Annotated[
         Int, Field(ge=0, le=1_000, description="Rotated vLLM log files kept (vllm.log.1 ...).")
     ] = 5
+    format: Annotated[
+        Literal["auto", "console", "logfmt", "json"],
+        Field(
+            description="How the supervisor's own records are written to its stderr. "
+            "`console`: a short line for a person (time, level, event, the few fields that "
+            "matter; colour on a terminal unless NO_COLOR is set); `logfmt` or `json`: every "
+            "field, for the journal and log shippers; `auto`: logfmt when stderr is the "
+            "journal (systemd's JOURNAL_STREAM), else console. Under the journal each line "
+            "carries its syslog priority (`journalctl -p warning` lists the trouble). Read "
+            "once when the supervisor starts."
+        ),
+    ] = "auto"
     echo: Annotated[
-        Bool,
+        Literal["auto", "true", "false"],
+        BeforeValidator(_auto_or_yes_no),
         Field(
             description="Copy every vLLM line to the supervisor's stdout (the journal under "
-            "systemd)."
+            "systemd, at priority info). `auto`: with the logfmt or json format, not with "
+            "console (the vLLM log file has them all). Read once when the supervisor starts."
         ),
-    ] = True
+    ] = "auto"
     crash_report_lines: Annotated[
         Int,
         Field(ge=0, le=10_000, description="vLLM lines kept and logged with a crash report."),

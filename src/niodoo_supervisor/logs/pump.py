@@ -4,6 +4,9 @@ vLLM's stdout and stderr are one pipe. The pump reads it in large chunks on the 
 loop (`loop.add_reader` + `os.read`), scans each chunk with the rules (`EventScanner`:
 C-speed anchor search, no per-line Python) and hands the chunk to its sinks.
 
+vLLM's lines are echoed (the journal) through the one output writer, whole lines only: a
+chunk's unfinished last line waits for its end (`output.echo_lines`).
+
 Sinks (`sinks`) never block the loop or the child: each has its own writer thread
 behind a bounded queue; a full queue drops the chunk for that sink (counted, and marked
 in the output once the sink catches up), and a write error (ENOSPC) is counted and
@@ -21,13 +24,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import structlog
 
 from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.logs.rules import RuleSet, clip
 from niodoo_supervisor.logs.sinks import RotatingLogFile, SinkStats, _Sink
+from niodoo_supervisor.output.echo_lines import EchoLines
+from niodoo_supervisor.output.writer import EchoTarget
 
 __all__ = ["LogPump", "PumpStats"]
 
@@ -70,7 +75,7 @@ class LogPump:
         ruleset: RuleSet,
         on_event: Callable[[Event], None],
         log_file: RotatingLogFile | None,
-        echo: BinaryIO | None,
+        echo: EchoTarget | None,
         tail_lines: int = 200,
         read_size: int = 1 << 16,
         max_pending: int = 16 << 20,
@@ -153,13 +158,17 @@ class LogPump:
         if self._log_file is not None:
             self._sinks.append(_Sink("file", self._log_file.write, self._max_pending))
         if self._echo is not None:
-            echo = self._echo
+            echo, lines = self._echo, EchoLines()
 
             def write_echo(data: bytes) -> None:
-                echo.write(data)
-                echo.flush()
+                whole = lines.feed(data)  # whole lines only: never glued to a record
+                if whole:
+                    echo.echo(whole)
 
-            self._sinks.append(_Sink("echo", write_echo, self._max_pending))
+            def finish_echo() -> None:
+                echo.echo(lines.end())  # the stream's last line, even without its newline
+
+            self._sinks.append(_Sink("echo", write_echo, self._max_pending, finish_echo))
 
     async def _close_sinks(self) -> None:
         for sink in self._sinks:

@@ -105,11 +105,19 @@ class RotatingLogFile:
 
 
 class _Sink:
-    """One sink's writer thread and bounded queue. `submit` never blocks."""
+    """One sink's writer thread and bounded queue. `submit` never blocks. `finish` runs on the
+    thread once everything is written at `close` (the echo's unfinished last line)."""
 
-    def __init__(self, name: str, write: Callable[[bytes], None], max_pending: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        write: Callable[[bytes], None],
+        max_pending: int,
+        finish: Callable[[], None] | None = None,
+    ) -> None:
         self.name = name
         self._write = write
+        self._finish = finish
         self._max_pending = max_pending
         self._queue: deque[bytes | int] = deque()  # data, or an int: a gap of so many bytes
         self._pending = 0
@@ -186,7 +194,7 @@ class _Sink:
                 while not self._queue and not self._closing:
                     self._cond.wait()
                 if not self._queue:
-                    return
+                    break
                 items = list(self._queue)
                 self._queue.clear()
             for item in _batches(items):
@@ -198,6 +206,12 @@ class _Sink:
                 self._emit(item)
                 with self._cond:
                     self._pending -= len(item)
+        if self._finish is not None:
+            try:
+                self._finish()
+            except OSError as exc:
+                self.write_errors += 1
+                self.last_error = describe_os_error(exc)
 
     def _line_start(self) -> bytes:
         return b"" if self._last_byte == b"\n" else b"\n"

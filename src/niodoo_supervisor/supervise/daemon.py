@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,6 +28,7 @@ from niodoo_supervisor.files.statedir import StateDirError, StateLock, prepare
 from niodoo_supervisor.launch.plan import LaunchPlan, PlanError, plan_launch
 from niodoo_supervisor.launch.preflight import PreflightOptions, preflight
 from niodoo_supervisor.launch.render import redacted_argv
+from niodoo_supervisor.output.records import configure_logging
 from niodoo_supervisor.supervise import run_record
 from niodoo_supervisor.supervise.control_target import supervise_with_control
 from niodoo_supervisor.supervise.early_signals import StartupSignals
@@ -38,33 +37,19 @@ from niodoo_supervisor.supervise.loop import Supervisor
 from niodoo_supervisor.supervise.process_tree import alive, terminate_processes
 from niodoo_supervisor.supervise.systemd import SystemdNotifier
 
-__all__ = ["configure_logging", "run_daemon"]
+__all__ = ["run_daemon"]
 
 log = structlog.get_logger("niodoo_supervisor")
-
-
-def configure_logging() -> None:
-    """The supervisor's own events: logfmt on stderr (the journal); vLLM's lines go to stdout."""
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=False),
-            structlog.processors.LogfmtRenderer(
-                key_order=["timestamp", "level", "event"], bool_as_flag=False
-            ),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def run_daemon(config_path: Path, *, check_flags: bool = True) -> int:
     signals = StartupSignals()
     signals.install()
-    configure_logging()
+    configure_logging()  # `auto` until the config says otherwise
     environ = dict(os.environ)
     config, problems = load_config(config_path, environ)
+    if config is not None:
+        configure_logging(config.supervisor.log.format)
     for problem in problems:
         _log_problem(problem.format(), problem.is_error)
     if config is None:
@@ -116,7 +101,12 @@ def _run_locked(
         environ=environ,
         reloader=lambda: _reload(config_path, environ),
     )
-    log.info("starting", config=str(config_path), argv=" ".join(redacted_argv(plan)))
+    log.info(
+        "starting",
+        config=str(config_path),
+        vllm_log=str(config.log_path),
+        argv=" ".join(redacted_argv(plan)),
+    )
     try:
         return asyncio.run(_supervised(supervisor, config, signals.pending))
     finally:

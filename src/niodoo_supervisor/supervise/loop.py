@@ -11,10 +11,8 @@ import contextlib
 import functools
 import random
 import signal
-import sys
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
-from typing import BinaryIO
 
 from prometheus_client import CollectorRegistry
 
@@ -24,6 +22,8 @@ from niodoo_supervisor.control.readiness_http import ReadinessServer
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.logs.rule_types import Event
+from niodoo_supervisor.output.records import echo_target
+from niodoo_supervisor.output.writer import EchoTarget
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.adapter_effects import AdapterEffects
 from niodoo_supervisor.supervise.dispatch import Dispatcher, Reloader
@@ -81,7 +81,7 @@ class Supervisor:
         environ: dict[str, str],
         reloader: Reloader | None = None,
         prober_factory: ProberFactory | None = None,
-        echo: BinaryIO | None = None,
+        echo: EchoTarget | None = None,
         rng: random.Random | None = None,
         clock: Clock | None = None,
         launcher: Launcher | None = None,
@@ -90,7 +90,7 @@ class Supervisor:
         self.next_start = NextStart(config, plan)  # `reloads` replaces it with a reload's
         self.clock = clock or SystemClock()
         if launcher is None:
-            echo_to = sys.stdout.buffer if config.supervisor.log.echo else None
+            echo_to = echo_target(config.supervisor.log.echo, config.supervisor.log.format)
             launcher = VllmLauncher(config, environ, echo if echo is not None else echo_to)
         self.launcher = launcher
         self.prober_factory = prober_factory or prober_for

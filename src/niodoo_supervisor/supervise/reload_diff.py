@@ -5,7 +5,7 @@ change with what it takes to apply.
   log rules of its pump): vLLM is stopped and started with the new config.
 - `supervisor`: how the supervisor watches, restarts and stops vLLM: applied at once, vLLM
   keeps serving.
-- `daemon`: read once when the supervisor itself starts (the vLLM log file and its echo):
+- `daemon`: read once when the supervisor itself starts (the vLLM log file, its echo, the format of the records):
   restarting vLLM would not apply them; `systemctl restart` does.
 - `live`: applied to the running vLLM: items of `lora.adapters` added, removed or moved to
   another path when `lora.runtime_updates` is true before and after (`live_adapters` loads and
@@ -53,12 +53,13 @@ SUPERVISOR_KEYS = (
     "drain.announce",
     "lora.verify",  # the effect probe runs in the supervisor
 )
-# Keys read once at the supervisor's own start (the launcher's log file and echo).
+# Keys read once at the supervisor's own start (vLLM's log file and echo, the records' format).
 DAEMON_KEYS = (
     "supervisor.log.path",
     "supervisor.log.max_bytes",
     "supervisor.log.backup_count",
     "supervisor.log.echo",
+    "supervisor.log.format",
     "supervisor.control.",
     "supervisor.metrics.",
     "drain.readiness_listen",

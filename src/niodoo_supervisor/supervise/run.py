@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
 
 import psutil
 import structlog
@@ -27,6 +26,7 @@ from niodoo_supervisor.logs.request_hints import ServedNames
 from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.logs.rules import RuleSet
 from niodoo_supervisor.logs.sinks import RotatingLogFile
+from niodoo_supervisor.output.writer import EchoTarget
 from niodoo_supervisor.supervise import run_record
 from niodoo_supervisor.supervise.process_tree import VllmProcess, spawn, terminate_takes_at_most
 
@@ -123,7 +123,7 @@ class VllmRun:
         environ: dict[str, str],
         *,
         log_file: RotatingLogFile,
-        echo: BinaryIO | None,
+        echo: EchoTarget | None,
         on_event: Callable[[Event], None],
         on_exit: Callable[[int, int], None],
     ) -> VllmRun:
@@ -227,7 +227,7 @@ class VllmRun:
 class VllmLauncher:
     """Launches vLLM runs that share one rotating log file and one echo of vLLM's output."""
 
-    def __init__(self, config: Config, environ: dict[str, str], echo: BinaryIO | None) -> None:
+    def __init__(self, config: Config, environ: dict[str, str], echo: EchoTarget | None) -> None:
         self.environ = environ
         self.echo = echo
         self.log_file = RotatingLogFile(

@@ -1,15 +1,17 @@
 """vLLM's log events as the supervisor records them: every one counted (the status shows the
 counts), each logged as a `vllm_event` record within a rate limit per rule.
 
-While the supervisor stops vLLM on purpose (a SIGTERM to the supervisor, a restart it
-decided), vLLM's shutdown lines are expected: even a clean SIGTERM makes vLLM log
-`EngineDeadError`. Those are logged as info with `stop_requested=true` and the rule's own
-severity as `rule_severity`, so a requested stop does not read as a crash.
+A record's level is its rule's severity (and so its journal priority): `journalctl -p
+warning` lists the trouble. While the supervisor stops vLLM on purpose (a SIGTERM to the
+supervisor, a restart it decided), vLLM's shutdown lines are expected: even a clean SIGTERM
+makes vLLM log `EngineDeadError`. Those are logged as info with `stop_requested=true` and the
+rule's own severity as `rule_severity`, so a requested stop does not read as a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import structlog
@@ -24,6 +26,12 @@ __all__ = ["VllmEventLog"]
 
 # Shown as info during a requested stop: what a crash would show as an error or worse.
 _STOP_LOWERS = frozenset({Severity.ERROR, Severity.CRITICAL})
+_LEVELS = {
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.ERROR: logging.ERROR,
+    Severity.CRITICAL: logging.CRITICAL,
+}
 
 log = structlog.get_logger("niodoo_supervisor")
 
@@ -61,8 +69,9 @@ class VllmEventLog:
         if self.metrics is not None:
             count_log_event(self.metrics, event, severity)
         admitted, suppressed = self.limiter.admit(event.rule, now)
-        if suppressed:
-            log.warning(
+        if suppressed:  # at the rule's level: held-back phase lines are no trouble
+            log.log(
+                _LEVELS[severity],
                 "vllm_events_suppressed",
                 rule=event.rule,
                 suppressed=suppressed,
@@ -70,7 +79,8 @@ class VllmEventLog:
             )
         if not admitted:
             return
-        log.info(
+        log.log(
+            _LEVELS[severity],
             "vllm_event",
             rule=event.rule,
             severity=severity.value,

@@ -38,6 +38,10 @@ Switches (seconds are floats; "after ready" counts from ``Application startup co
     Each chunk of a streamed completion waits S seconds (default 0: all at once), so a
     request can be in flight during a stop. A chunk due after the engine died is not sent:
     the stream is cut, as vLLM cuts it.
+``chatty_lines=N``
+    From the start, a thread writes N extra lines to stderr, each in two write() calls with
+    a millisecond between the halves (a chunk ends mid-line about half the time), while the
+    start goes on: for tests that the supervisor's own lines never glue to vLLM's.
 ``drain_teardown_seconds=S``
     After a drain (below) the HTTP server keeps answering for S s more, as vLLM's does while
     its engine and workers tear down (seconds on the CPU build): /metrics shows the
@@ -79,6 +83,7 @@ class Faults:
     adapters_late: float | None = None
     stream_chunk_seconds: float = 0.0
     drain_teardown_seconds: float = 0.0
+    chatty_lines: float = 0.0
 
 
 _BOOL_SWITCHES = frozenset({"exit_at_start", "ignore_sigterm", "stubborn_children"})

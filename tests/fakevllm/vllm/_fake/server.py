@@ -22,6 +22,7 @@ import queue
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,10 @@ class ApiServer:
 
     def _run(self) -> int:
         args = self.args
+        if self.faults.chatty_lines:
+            threading.Thread(
+                target=_chatter, args=(int(self.faults.chatty_lines),), daemon=True
+            ).start()
         if logo_formatter(texts.BANNER):
             emit(texts.BANNER, _INFO, texts.LOGO, __version__, args.model)
         else:
@@ -432,3 +437,12 @@ class ApiServer:
         tmp = Path(f"{target}.tmp{os.getpid()}")
         tmp.write_text(json.dumps(state), encoding="utf-8")
         tmp.replace(target)  # atomic: a test polling the file never reads half of it
+
+
+def _chatter(lines: int) -> None:
+    """``chatty_lines``: lines in halves, straight to fd 2 (no buffer joins the halves)."""
+    prefix = f"(APIServer pid={os.getpid()}) INFO 12-02 02:19:14 [chatty.py:1] chatty line"
+    for number in range(lines):
+        os.write(2, f"{prefix} {number:06d} first half, ".encode())
+        time.sleep(0.001)
+        os.write(2, b"second half\n")

@@ -1,0 +1,18 @@
+"""The fields the console shows for an event, in order: only what a person needs at a glance.
+
+The journal's renderings (logfmt, JSON) keep every field. An event with no row here shows
+all its fields on the console. A field holding a mapping (a vLLM event's `details`) shows its
+items as fields of their own.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CONSOLE_FIELDS"]
+
+CONSOLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "starting": ("config", "vllm_log"),
+    "state_changed": ("old", "new", "reason"),
+    # The whole vLLM line stays in the vLLM log file and the journal.
+    "vllm_event": ("rule", "details", "hint", "stop_requested"),
+    "crash_report": ("reason", "rule"),
+}
