@@ -16,6 +16,7 @@ def test_the_records_to_ready_are_the_phases_with_numbers_then_ready(supervise: 
     # 2 s of weight loading: the fake's tqdm bar writes 11 lines (0/10 .. 10/10).
     run = supervise("load_seconds=2")
     ready = wait_for(lambda: run.event("ready"), 30, "the ready record")
+    assert ready is not None
     records = run.events()
     upto = records[: records.index(ready) + 1]
     assert [r["event"] for r in upto if r["event"] not in ("progress", "adapter_effect")] == [
