@@ -13,7 +13,7 @@ limiter.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,13 +194,14 @@ def serving_sentence(model: str, adapters: Sequence[str], where: str) -> str:
     return f"serving {_clip(model)} with {served} on {where}"
 
 
-def log_ready(model: str, adapters: Sequence[str], where: str, elapsed_s: float) -> None:
+def log_ready(model: str, adapters: Iterable[str], where: str, elapsed_s: float) -> None:
     """The `ready` record: what is served, where, and how long the start took."""
+    names = list(adapters)
     log.info(
         "ready",
         model=model,
-        adapters=list(adapters),
+        adapters=names,
         address=where,
         elapsed_s=round(elapsed_s, 1),
-        summary=f"{serving_sentence(model, adapters, where)} after {elapsed_s:.1f} s",
+        summary=f"{serving_sentence(model, names, where)} after {elapsed_s:.1f} s",
     )

@@ -209,8 +209,7 @@ class RunWatcher:
         elif event.action is Action.PHASE and self.state is State.STARTING:
             phase = str(event.details.get("phase", event.rule))
             self.reporter.status.phase = phase
-            text = self.progress.status_due(self.clock.monotonic())
-            if text is not None:
+            if (text := self.progress.status_due(self.clock.monotonic())) is not None:
                 self.reporter.notify(*systemd.status(text))
             if phase in SERVING_PHASES and self.server_up_at is None:
                 self.server_up_at = self.clock.monotonic()
@@ -302,19 +301,18 @@ class RunWatcher:
         if self.adapters.effects is not None and self.adapters.effects.fatal is not None:
             return Outcome(OutcomeKind.FATAL, self.adapters.effects.fatal, NO_EFFECT_EVENT)
         if result.ok:
-            self.ready_since = now
+            self.ready_since, took = now, now - self.run.started
             # STARTING -> READY: /health 200 and /v1/models lists the model and every adapter
             self.reporter.transition(
                 {State.STARTING},
                 State.READY,
-                f"ready after {now - self.run.started:.1f}s",
+                f"ready after {took:.1f}s",
                 notify=(
                     *systemd.ready(self.reporter.serving_text(settings.ready_text)),
                     *systemd.WATCHDOG,
                 ),
             )
-            served = list(self.adapters.serving)
-            log_ready(settings.model, served, settings.address, now - self.run.started)
+            log_ready(settings.model, self.adapters.serving, settings.address, took)
             return None
         if result.health.status is not None:
             self.answered = True
