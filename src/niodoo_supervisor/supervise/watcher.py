@@ -301,7 +301,8 @@ class RunWatcher:
         if self.adapters.effects is not None and self.adapters.effects.fatal is not None:
             return Outcome(OutcomeKind.FATAL, self.adapters.effects.fatal, NO_EFFECT_EVENT)
         if result.ok:
-            self.ready_since, took = now, now - self.run.started
+            self.ready_since = now
+            took = self.clock.monotonic() - self.run.started  # the probes' time included
             # STARTING -> READY: /health 200 and /v1/models lists the model and every adapter
             self.reporter.transition(
                 {State.STARTING},
