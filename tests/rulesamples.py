@@ -93,10 +93,23 @@ SAMPLES: list[tuple[str, str, dict[str, Any]]] = [
     ("(Worker_TP0 pid=9) INFO 11-24 00:00:00 [gpu_model_runner.py:1] Starting to load model "
      "Qwen/Qwen2.5-7B-Instruct-AWQ...", "weights_loading",
      {"model": "Qwen/Qwen2.5-7B-Instruct-AWQ", "phase": "loading_weights"}),
+    # tqdm's bar, unprefixed (0.31+) or behind the process prefix (0.10.2-0.30)
+    ("\rLoading safetensors checkpoint shards:  50% Completed | 2/4 [00:03<00:03,  1.52s/it]",
+     "weight_shards", {"done": 2, "total": 4, "phase": "loading_weights"}),
+    ("(Worker_TP0 pid=9) \rLoading pt checkpoint shards: 100% Completed | 3/3 [00:09<00:00, "
+     "3.01s/it]", "weight_shards", {"done": 3, "total": 3, "phase": "loading_weights"}),
     ("(Worker_TP0 pid=9) INFO 11-24 00:00:00 [default_loader.py:1] Loading weights took 12.35 "
      "seconds", "weights_loaded", {"seconds": 12.35, "phase": "weights_loaded"}),
+    ("(Worker_TP0 pid=9) INFO 11-24 00:00:00 [monitor.py:1] torch.compile took 10.52 s in total",
+     "torch_compiled", {"seconds": 10.52, "phase": "compiled"}),
+    ("(Worker_TP0 pid=9) INFO 11-24 00:00:00 [monitor.py:1] [backbone] torch.compile and "
+     "initial profiling/warmup run together took 31.07 s in total", "torch_compiled",
+     {"seconds": 31.07, "phase": "compiled"}),
     (E + "GPU KV cache size: 123,456 tokens", "kv_cache_sized",
      {"device": "GPU", "tokens": 123456, "phase": "kv_cache"}),
+    ("(Worker_TP0 pid=9) INFO 11-24 00:00:00 [gpu_model_runner.py:1] Graph capturing finished "
+     "in 5 secs, took 0.45 GiB", "graphs_captured",
+     {"seconds": 5, "gib": 0.45, "phase": "graphs_captured"}),
     (E + "init engine (profile, create kv cache, warmup model) took 41.20 seconds",
      "engine_ready", {"seconds": 41.2, "phase": "engine_ready"}),
     ("INFO 07-24 22:45:01 [api_server.py:1] Starting vLLM API server 0 on http://0.0.0.0:8000",

@@ -173,8 +173,9 @@ def event(rule: str, action: Action, message: str = "", **details: Any) -> Event
     return Event(rule, Severity.INFO, action, "", text, "APIServer", 7, None, (text,), details)
 
 
-def phase(name: str) -> Event:
-    return event(name, Action.PHASE, f"phase {name}", phase=name)
+def phase(name: str, message: str = "", **details: Any) -> Event:
+    """A phase event of the rule `name` (details as the rule's pattern would give them)."""
+    return event(name, Action.PHASE, message or f"phase {name}", phase=name, **details)
 
 
 class FakeRun:
@@ -458,7 +459,8 @@ class Sim:
     def serve(self, run: FakeRun, missing: tuple[str, ...] = ()) -> None:
         """vLLM's HTTP server is up: the log says so and /health answers."""
         self.server = Server(health=200, missing=missing)
-        run.say("Starting vLLM server on http://127.0.0.1:8000", phase("listening"))
+        line = "Starting vLLM server on http://127.0.0.1:8000"
+        run.say(line, phase("listening", line, address="http://127.0.0.1:8000"))
 
     def signal(self, signum: int) -> Callable[[], None]:
         return lambda: self.supervisor.dispatcher.signal(signum)

@@ -9,6 +9,7 @@ after vLLM answers as ready (seen by a poller of our own) the supervisor sends R
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,6 +143,31 @@ def test_ready_lists_model_and_adapters_and_ready_1_comes_only_after(served: Ser
     # ...and polls before it did fail: READY=1 was not sent before vLLM was up.
     assert any(not poll.ok for poll in served.poller.polls() if poll.started < ready.at)
     assert any("starting vLLM:" in status for status in run.notify.statuses())
+    _progress_then_ready(run)
+
+
+def _progress_then_ready(run: SupervisorRun) -> None:
+    """The start's records: a `progress` record per phase with vLLM's own numbers (not its
+    line), then a `ready` record naming what is served."""
+    ready = wait_for(lambda: run.event("ready"), 10, "the ready record")
+    assert ready is not None
+    records = run.events()
+    upto = records[: records.index(ready) + 1]
+    progress = {r["phase"]: r["summary"] for r in upto if r["event"] == "progress"}
+    assert {"starting", "engine_init", "loading_weights", "weights_loaded", "kv_cache"} <= set(
+        progress
+    ), progress
+    assert re.fullmatch(r"KV cache [\d,]+ tokens", progress["kv_cache"])
+    assert re.fullmatch(r"weights loaded in [\d.]+ s", progress["weights_loaded"])
+    assert not [r for r in upto if r["event"] == "vllm_event"]  # no phase repeats vLLM's line
+    assert ready["model"] == "tiny" and re.fullmatch(
+        rf"serving tiny with adapters alpha, beta on {ready['address']} after [\d.]+ s",
+        ready["summary"],
+    )
+    record_figure(
+        f"supervisor records launch -> ready: {len(upto)} "
+        f"({sum(r['event'] == 'progress' for r in upto)} progress)"
+    )
 
 
 def test_chat_completion_through_each_adapter(served: Served) -> None:

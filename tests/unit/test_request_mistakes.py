@@ -204,7 +204,7 @@ def test_the_counts_reach_status_and_survive_a_restart_of_vllm(tmp_path: Path) -
     sim.at(80, sim.signal(signal.SIGTERM))
     assert sim.play() == 0
     assert len(sim.runs) == 2
-    ready = "STATUS=ready: serving tiny with 2 adapter(s) on port 8000"
+    ready = "STATUS=ready: serving tiny with adapters a, b on 127.0.0.1:8000"
     texts = [re.sub(r"\d\d:\d\d:\d\d", "T", text) for text in _statuses(sim)]
     once = "1 request sent lora_name (last T), answered by the base model"
     twice = "2 requests sent lora_name (last T), answered by the base model"

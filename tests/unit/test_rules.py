@@ -87,10 +87,14 @@ def test_start_phases_in_order_and_adapters_loaded() -> None:
     events = scan(fixture("02-enginecore-killed.log"))
     phases = [e.details["phase"] for e in events if e.action is Action.PHASE]
     assert phases == [
-        "starting", "engine_init", "loading_weights", "weights_loaded", "kv_cache",
-        "engine_ready", "adapter_loaded", "adapter_loaded", "listening", "routes",
-        "startup_complete",
+        "starting", "engine_init", "loading_weights", "loading_weights", "loading_weights",
+        "weights_loaded", "kv_cache", "engine_ready", "adapter_loaded", "adapter_loaded",
+        "listening", "routes", "startup_complete",
     ]  # fmt: skip
+    # tqdm's bar: one line per update, each starting with its "\r"
+    shards = by_rule(events, "weight_shards")
+    assert [(e.details["done"], e.details["total"]) for e in shards] == [(0, 1), (1, 1)]
+    assert shards[1].message.startswith("Loading safetensors checkpoint shards: 100% Completed")
     assert [p for p in PHASES if p in phases] == list(dict.fromkeys(phases))
     loaded = by_rule(events, "lora_loaded")
     assert [(e.details["adapter"], e.details["path"]) for e in loaded] == [

@@ -47,8 +47,8 @@ def test_systemd_is_told_each_step_of_a_start_a_blip_and_a_restart(tmp_path: Pat
     statuses = _statuses(sim)
     assert statuses[:3] == [
         "STATUS=starting vLLM (pid 4000)",
-        "STATUS=starting vLLM: listening",
-        "STATUS=ready: serving tiny with 2 adapter(s) on port 8000",
+        "STATUS=starting vLLM: HTTP server starting on http://127.0.0.1:8000 (5 s)",
+        "STATUS=ready: serving tiny with adapters a, b on 127.0.0.1:8000",
     ]
     assert "STATUS=unhealthy (1/3): /health: HTTP 503" in statuses
     assert "STATUS=restarting vLLM in 2s: vLLM exited with code 1" in statuses

@@ -39,8 +39,9 @@ _PATH_HINT = (
 
 # fmt: off
 # Phases in the order a healthy start logs them (for STATUS= and tests).
-PHASES = ("starting", "engine_init", "loading_weights", "weights_loaded", "kv_cache",
-          "engine_ready", "adapter_loaded", "listening", "routes", "startup_complete")
+PHASES = ("starting", "engine_init", "loading_weights", "weights_loaded", "compiled",
+          "kv_cache", "graphs_captured", "engine_ready", "adapter_loaded", "listening", "routes",
+          "startup_complete")
 # vLLM logs one of these before its HTTP server takes the first request (the static
 # adapters are loaded before): from then on a client can make vLLM write text.
 SERVING_PHASES = frozenset(("listening", "routes", "startup_complete"))
@@ -206,10 +207,26 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          S.INFO, A.PHASE, "", ("LLM engine (v",), "engine_init"),
     Rule("weights_loading", r"Starting to load model (?P<model>.+?)(?:\.\.\.)?$", S.INFO,
          A.PHASE, "", ("Starting to load model",), "loading_weights"),
+    # tqdm's bar of the weight loaders (its format ends with "\n", so every update is a line
+    # of its own, starting with the "\r" tqdm writes first): one per shard file loaded.
+    Rule("weight_shards",
+         r"\r?(?:Multi-thread l|L)oading (?:\w+ )?(?:checkpoint )?shards(?: \(eager\))?: +"
+         r"\d{1,3}% Completed \| (?P<done>\d{1,9})/(?P<total>\d{1,9}) ",
+         S.INFO, A.PHASE, "", ("% Completed | ",), "loading_weights"),
     Rule("weights_loaded", r"Loading weights took (?P<seconds>[\d.]+) seconds", S.INFO,
          A.PHASE, "", ("Loading weights took",), "weights_loaded"),
+    # GPU builds: torch.compile runs in the memory profiling, before the KV cache is sized
+    # (optionally tagged "[backbone] ").
+    Rule("torch_compiled",
+         r"(?:\[[\w.-]{1,64}\] )?torch\.compile (?:and initial profiling/warmup run together )?"
+         r"took (?P<seconds>[\d.]+) s in total",
+         S.INFO, A.PHASE, "", ("torch.compile ",), "compiled"),
     Rule("kv_cache_sized", r"(?P<device>\w+ )?KV cache size: (?P<tokens>[\d,]+) tokens",
          S.INFO, A.PHASE, "", ("KV cache size: ",), "kv_cache"),
+    # GPU builds: CUDA graphs are captured after the KV cache is allocated.
+    Rule("graphs_captured",
+         r"Graph capturing finished in (?P<seconds>[\d.]+) secs, took (?P<gib>-?[\d.]+) GiB",
+         S.INFO, A.PHASE, "", ("Graph capturing finished",), "graphs_captured"),
     Rule("engine_ready", r"init engine \(profile, create kv cache, warmup model\) took "
          r"(?P<seconds>[\d.]+)", S.INFO, A.PHASE, "", ("engine (profile",),
          "engine_ready"),

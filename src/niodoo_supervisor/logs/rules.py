@@ -68,7 +68,7 @@ _MEMO_ENTRIES = 4096
 # fmt: off
 _NUMBERS = frozenset(("rank", "max_lora_rank", "max_cpu_loras", "max_loras", "errno",
                       "exit_code", "tokens", "max_model_len", "estimated_max_model_len",
-                      "seconds", "gib", "free", "total"))
+                      "seconds", "gib", "free", "total", "done"))
 # fmt: on
 # One name of a Python set/list repr ({'lora_name', "it's"}). The closing quote is optional,
 # so a name cut off with its line is still a name, and no match ever fails late: the search

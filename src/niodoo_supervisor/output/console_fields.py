@@ -15,4 +15,8 @@ CONSOLE_FIELDS: dict[str, tuple[str, ...]] = {
     # The whole vLLM line stays in the vLLM log file and the journal.
     "vllm_event": ("rule", "details", "hint", "stop_requested"),
     "crash_report": ("reason", "rule"),
+    # a start-up phase: the summary says what vLLM did, elapsed_s when (since launch)
+    "progress": ("elapsed_s",),
+    # the summary names the model, the adapters, the address and the time to ready
+    "ready": (),
 }

@@ -243,6 +243,7 @@ class Supervisor:
         except LaunchError as exc:
             return exc
         self.current = run
+        self.vllm_events.progress.launched(run.started)
         # The drain (and port) this vLLM was launched with are those its stop must wait for
         # (and read), whatever a reload has set for the next start since.
         self.launched_with = self.config
@@ -283,6 +284,7 @@ class Supervisor:
                 on_served=run.serve_adapters,
             ),
             planner=self.planner,
+            progress=self.vllm_events.progress,
         )
         try:
             return await watcher.watch()

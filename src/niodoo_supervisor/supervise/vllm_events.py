@@ -1,5 +1,6 @@
 """vLLM's log events as the supervisor records them: every one counted (the status shows the
-counts), each logged as a `vllm_event` record within a rate limit per rule.
+counts), each logged as a `vllm_event` record within a rate limit per rule; start-up phases
+as `progress` records instead (`progress`: the phase, seconds since launch, a summary).
 
 A record's level is its rule's severity (and so its journal priority): `journalctl -p
 warning` lists the trouble. While the supervisor stops vLLM on purpose (a SIGTERM to the
@@ -18,9 +19,10 @@ import structlog
 
 from niodoo_supervisor.control.metrics import SupervisorMetrics
 from niodoo_supervisor.logs.counters import EventCounters
-from niodoo_supervisor.logs.rule_types import Event, Severity
+from niodoo_supervisor.logs.rule_types import Action, Event, Severity
 from niodoo_supervisor.supervise.event_limit import EventLogLimiter
 from niodoo_supervisor.supervise.metrics_feed import count_log_event
+from niodoo_supervisor.supervise.progress import StartProgress, log_progress
 
 __all__ = ["VllmEventLog"]
 
@@ -48,6 +50,7 @@ class VllmEventLog:
         self.metrics = metrics
         self.limiter = limiter or EventLogLimiter()
         self.stopping_on_purpose = False  # set by the loop around each stop it makes
+        self.progress = StartProgress()  # the current start's (the loop begins one per launch)
 
     @contextlib.contextmanager
     def stopping(self) -> Iterator[None]:
@@ -68,6 +71,12 @@ class VllmEventLog:
             severity = Severity.INFO
         if self.metrics is not None:
             count_log_event(self.metrics, event, severity)
+        step = None
+        if event.action is Action.PHASE:
+            # A start-up phase: a `progress` record citing its numbers, not vLLM's line.
+            step = self.progress.step(event, now)
+            if step is None:
+                return  # news for STATUS= only (a shard line between two quarters of the bar)
         admitted, suppressed = self.limiter.admit(event.rule, now)
         if suppressed:  # at the rule's level: held-back phase lines are no trouble
             log.log(
@@ -78,6 +87,9 @@ class VllmEventLog:
                 reason="rate limit; the status counts them all",
             )
         if not admitted:
+            return
+        if step is not None:
+            log_progress(step, event)
             return
         log.log(
             _LEVELS[severity],

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.control.api import CommandResult
+from niodoo_supervisor.supervise.progress import address, serving_sentence
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff
 from niodoo_supervisor.supervise.seams import Prober
 
@@ -27,17 +28,22 @@ class WatchSettings:
     interval: float
     failure_threshold: int
     ready_text: str  # systemd's STATUS= while ready
+    model: str  # the served name, for the `ready` record
+    address: str  # where vLLM listens (host:port)
 
     @classmethod
     def from_config(cls, config: Config) -> WatchSettings:
+        where = address(config.host, config.port)
+        adapters = [adapter.name for adapter in config.adapters]
         return cls(
             startup_timeout=config.supervisor.startup_timeout,
             stall_timeout=config.supervisor.startup_stall_timeout,
             startup_interval=config.supervisor.health.startup_interval,
             interval=config.supervisor.health.interval,
             failure_threshold=config.supervisor.health.failure_threshold,
-            ready_text=f"ready: serving {config.served_name} with {len(config.adapters)} "
-            f"adapter(s) on port {config.port}",
+            ready_text=f"ready: {serving_sentence(config.served_name, adapters, where)}",
+            model=config.served_name,
+            address=where,
         )
 
 

@@ -47,6 +47,7 @@ from niodoo_supervisor.supervise.incidents import (
 )
 from niodoo_supervisor.supervise.live_adapters import LiveAdapters
 from niodoo_supervisor.supervise.probes import CheckResult
+from niodoo_supervisor.supervise.progress import StartProgress, log_ready
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.restart_planner import RestartPlanner
 from niodoo_supervisor.supervise.seams import Clock, Prober, Run
@@ -79,6 +80,7 @@ class RunWatcher:
         apply_reload: Callable[[ReloadResult], Reloaded | None],
         adapters: LiveAdapters,
         planner: RestartPlanner,
+        progress: StartProgress,
     ) -> None:
         self.run = run
         self.serial = serial  # which run's log events are this one's
@@ -90,6 +92,7 @@ class RunWatcher:
         self.apply_reload = apply_reload
         self.adapters = adapters  # this run's own: closed when the watch ends
         self.planner = planner  # a restart held for a window wakes the watch at its opening
+        self.progress = progress  # how far the start is: STATUS= while starting
         self.ready_since: float | None = None
         # When vLLM's log said its HTTP server starts, or /health first answered (monotonic).
         self.server_up_at: float | None = None
@@ -206,7 +209,8 @@ class RunWatcher:
         elif event.action is Action.PHASE and self.state is State.STARTING:
             phase = str(event.details.get("phase", event.rule))
             self.reporter.status.phase = phase
-            self.reporter.notify(*systemd.status(f"starting vLLM: {phase}"))
+            if (text := self.progress.status_due(self.clock.monotonic())) is not None:
+                self.reporter.notify(*systemd.status(text))
             if phase in SERVING_PHASES and self.server_up_at is None:
                 self.server_up_at = self.clock.monotonic()
                 self.next_check = self.server_up_at  # probe at once
@@ -298,16 +302,18 @@ class RunWatcher:
             return Outcome(OutcomeKind.FATAL, self.adapters.effects.fatal, NO_EFFECT_EVENT)
         if result.ok:
             self.ready_since = now
+            took = self.clock.monotonic() - self.run.started  # the probes' time included
             # STARTING -> READY: /health 200 and /v1/models lists the model and every adapter
             self.reporter.transition(
                 {State.STARTING},
                 State.READY,
-                f"ready after {now - self.run.started:.1f}s",
+                f"ready after {took:.1f}s",
                 notify=(
                     *systemd.ready(self.reporter.serving_text(settings.ready_text)),
                     *systemd.WATCHDOG,
                 ),
             )
+            log_ready(settings.model, self.adapters.serving, settings.address, took)
             return None
         if result.health.status is not None:
             self.answered = True
@@ -338,10 +344,12 @@ class RunWatcher:
                 f"(startup_stall_timeout {settings.stall_timeout:g}s)",
                 cause="hung",
             )
-        # Still making progress: keep systemd's start timeout ahead of us.
+        # Still making progress: keep systemd's start timeout ahead of us (and STATUS= counting).
+        text = self.progress.status_due(now)
         self.reporter.notify(
             *systemd.extend_timeout(settings.stall_timeout + settings.startup_interval * 2),
             *systemd.WATCHDOG,
+            *(systemd.status(text) if text is not None else ()),
         )
         self.reporter.write_status()
         return None
