@@ -5,6 +5,7 @@ with exit 78 after one start."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fault_supervisor import Launcher, assert_nothing_left, status_command, write_adapter
@@ -28,6 +29,13 @@ def test_warn_reports_the_no_op_adapter_and_serves(supervise: Launcher, tmp_path
     event = run.event("adapter_no_effect", adapter="b")
     assert event is not None and event["largest_delta"] == "0.0"
     assert run.status()["adapter_effects"]["a"]["verdict"] == "effect"
+    effect = run.event("adapter_effect", adapter="a")
+    assert effect is not None
+    # The console's sentence: the change in three significant digits, not seventeen.
+    assert re.fullmatch(
+        r"adapter a changes the output \(largest log-probability change [\d.e+-]{1,9} nats\)",
+        effect["summary"],
+    ), effect
     shown = status_command(run)
     assert "b (NO EFFECT: serves the base model's output)" in shown.stdout, shown.stdout
 

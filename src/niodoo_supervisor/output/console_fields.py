@@ -19,4 +19,6 @@ CONSOLE_FIELDS: dict[str, tuple[str, ...]] = {
     "progress": ("elapsed_s",),
     # the summary names the model, the adapters, the address and the time to ready
     "ready": (),
+    # the summary names the adapter and how far it moves the base model's log-probabilities
+    "adapter_effect": (),
 }

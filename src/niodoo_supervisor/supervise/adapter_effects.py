@@ -198,7 +198,11 @@ class AdapterEffects:
                 )
             elif effect.verdict is Verdict.EFFECT:
                 log.info(
-                    "adapter_effect", adapter=effect.adapter, largest_delta=effect.largest_delta
+                    "adapter_effect",
+                    adapter=effect.adapter,
+                    largest_delta=effect.largest_delta,
+                    summary=f"adapter {effect.adapter} changes the output (largest "
+                    f"log-probability change {effect.largest_delta:.3g} nats)",
                 )
             elif repeat or effect.adapter not in self.reported:
                 self.reported.add(effect.adapter)
