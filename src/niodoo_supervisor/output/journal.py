@@ -43,10 +43,19 @@ def journal_lines(data: bytes, prefix: bytes, limit: int = LINE_LIMIT) -> bytes:
     written as `\\x00`. journald ends an entry at a newline, a NUL or LineMax (48 KiB by
     default) and reads a `<N>` at the start of each entry: without this a client's text could
     choose its own priority (`text\\x00<0>forged`)."""
-    lines = data[:-1].replace(b"\x00", b"\\x00").split(b"\n")
-    if max(map(len, lines)) > limit:
-        lines = [piece for line in lines for piece in _cut(line, limit)]
+    if b"\x00" in data:
+        data = data.replace(b"\x00", b"\\x00")
+    if not _may_have_long_line(data, limit):  # the usual case: one replace, no walk
+        return prefix + data[:-1].replace(b"\n", b"\n" + prefix) + b"\n"
+    lines = [piece for line in data[:-1].split(b"\n") for piece in _cut(line, limit)]
     return prefix + (b"\n" + prefix).join(lines) + b"\n"
+
+
+def _may_have_long_line(data: bytes, limit: int) -> bool:
+    # A line longer than `limit` holds a whole block of limit/2 bytes without a newline; each
+    # block's search stops at its first newline.
+    block = limit // 2
+    return any(data.find(b"\n", at, at + block) < 0 for at in range(0, len(data) - block, block))
 
 
 def _cut(line: bytes, limit: int) -> list[bytes]:
