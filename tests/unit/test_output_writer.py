@@ -18,7 +18,7 @@ import pytest
 
 from harness import wait_for
 from niodoo_supervisor.output.echo_lines import EchoLines
-from niodoo_supervisor.output.journal import LINE_LIMIT, is_journal
+from niodoo_supervisor.output.journal import LINE_LIMIT, is_journal, journal_lines
 from niodoo_supervisor.output.writer import OutputWriter
 
 TERMINAL_CONTROLS = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
@@ -116,6 +116,15 @@ def test_under_the_journal_a_nul_or_a_long_line_cannot_choose_a_priority() -> No
     assert all(entry[3:].decode() for entry in entries[3:6])  # whole UTF-8 characters
     assert b"".join(entry[3:] for entry in entries[3:6]) == "é".encode() * 40_000
     assert entries[-1].endswith(b"x\\x00<0>z")
+
+
+def test_a_long_line_anywhere_in_a_batch_is_cut_into_prefixed_pieces() -> None:
+    for before in range(0, 80, 3):  # the long line at every offset from the batch's blocks
+        for length in (63, 64, 65, 129, 200):
+            data = b"s\n" * before + b"L" * length + b"\n" + b"t\n" * 5
+            entries = journald_entries(journal_lines(data, b"<6>", limit=64))
+            assert all(entry.startswith(b"<6>") and len(entry) <= 67 for entry in entries)
+            assert b"".join(entry[3:] for entry in entries) == data.replace(b"\n", b"")
 
 
 def test_on_a_terminal_escape_sequences_in_vllm_lines_are_shown_not_obeyed(
