@@ -53,13 +53,13 @@ def test_the_console_shows_the_few_fields_that_matter() -> None:
 
 def test_a_summary_is_shown_bare_and_an_event_without_a_row_shows_every_field() -> None:
     line = render_console(
-        {"timestamp": "2026-12-02T02:19:11.62", "level": "info", "event": "adapter_effect",
+        {"timestamp": "2026-12-02T02:19:11.62", "level": "info", "event": "rowless_event",
          "summary": "adapter a changes the output", "adapter": "a", "largest_delta": 0.2},
         colour=False,
     )  # fmt: skip
     assert (
         line
-        == "02:19:11 info     adapter_effect adapter a changes the output adapter=a largest_delta=0.2"
+        == "02:19:11 info     rowless_event adapter a changes the output adapter=a largest_delta=0.2"
     )
 
 
@@ -120,14 +120,15 @@ def test_logfmt_and_json_keep_every_field_one_line_each(records: tuple[Path, int
     writer = OutputWriter(fd, fd, environ={"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"})
     assert configure_logging("auto", writer=writer, environ={}) == "logfmt"
     fields = {k: v for k, v in vllm_event().items() if k not in ("timestamp", "level", "event")}
-    log.warning("vllm_event", **fields, client="a\x1b[31m\rb\nc")
+    log.warning("vllm_event", **fields, client="a\x1b[31m\rb\nc\td")
     assert configure_logging("json", writer=writer, environ={}) == "json"
     log.warning("vllm_event", **fields)
     logfmt, as_json = path.read_text().splitlines()
     assert logfmt.startswith("<4>timestamp=") and " level=warning event=vllm_event " in logfmt
     assert f'line="{LORA_LINE}"' in logfmt and "vllm_pid=29512" in logfmt
-    # ESC and CR would make journald keep the message as a blob; newlines stay logfmt's.
-    assert "client=a\\x1b[31m\\rb\\nc" in logfmt
+    # ESC and CR would make journald keep the message as a blob; newlines stay logfmt's;
+    # a tab, which logfmt leaves raw, is escaped too.
+    assert logfmt.endswith(" client=a\\x1b[31m\\rb\\nc\\td")
     assert as_json.startswith("<4>{")
     record = json.loads(as_json[3:])
     assert list(record)[:3] == ["timestamp", "level", "event"]

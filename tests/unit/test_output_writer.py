@@ -7,8 +7,10 @@ import contextlib
 import fcntl
 import os
 import pty
+import re
 import termios
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +18,10 @@ import pytest
 
 from harness import wait_for
 from niodoo_supervisor.output.echo_lines import EchoLines
-from niodoo_supervisor.output.journal import is_journal
+from niodoo_supervisor.output.journal import LINE_LIMIT, is_journal, journal_lines
 from niodoo_supervisor.output.writer import OutputWriter
+
+TERMINAL_CONTROLS = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
 
 
 @contextlib.contextmanager
@@ -80,6 +84,49 @@ def test_under_the_journal_records_carry_their_priority_and_vllm_lines_info(
     ]
 
 
+def journald_entries(data: bytes, line_max: int = 48 * 1024) -> list[bytes]:
+    """How journald cuts a stream into entries (journald-stream.c): at a newline, at a NUL,
+    and at LineMax bytes without either."""
+    entries = []
+    for line in data.split(b"\n")[:-1]:
+        for piece in line.split(b"\x00"):
+            entries += [piece[at : at + line_max] for at in range(0, len(piece), line_max)]
+    return entries
+
+
+def test_under_the_journal_a_nul_or_a_long_line_cannot_choose_a_priority() -> None:
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)  # room for it all, no reader needed
+    try:
+        writer = OutputWriter(write_end, write_end, environ=journal_of(write_end))
+        assert writer.out.journal and writer.err.journal
+        writer.echo(b"<6>client text\x00<0>forged\n" + b"a" * 60_000 + b"<0>past LineMax\n")
+        writer.echo("é".encode() * 40_000 + b"\n")  # cut between characters, not inside one
+        writer.record("event=crash_report last_lines=" + "x" * 60_000 + "\x00<0>z", "error")
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as reader:
+            data = reader.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(write_end)
+    entries = journald_entries(data)
+    assert all(len(entry) <= LINE_LIMIT + 3 for entry in entries)
+    assert [entry[:3] for entry in entries] == [b"<6>"] * 6 + [b"<3>"] * 2
+    assert entries[0] == b"<6><6>client text\\x00<0>forged"
+    assert all(entry[3:].decode() for entry in entries[3:6])  # whole UTF-8 characters
+    assert b"".join(entry[3:] for entry in entries[3:6]) == "é".encode() * 40_000
+    assert entries[-1].endswith(b"x\\x00<0>z")
+
+
+def test_a_long_line_anywhere_in_a_batch_is_cut_into_prefixed_pieces() -> None:
+    for before in range(0, 80, 3):  # the long line at every offset from the batch's blocks
+        for length in (63, 64, 65, 129, 200):
+            data = b"s\n" * before + b"L" * length + b"\n" + b"t\n" * 5
+            entries = journald_entries(journal_lines(data, b"<6>", limit=64))
+            assert all(entry.startswith(b"<6>") and len(entry) <= 67 for entry in entries)
+            assert b"".join(entry[3:] for entry in entries) == data.replace(b"\n", b"")
+
+
 def test_on_a_terminal_escape_sequences_in_vllm_lines_are_shown_not_obeyed(
     tmp_path: Path,
 ) -> None:
@@ -87,12 +134,14 @@ def test_on_a_terminal_escape_sequences_in_vllm_lines_are_shown_not_obeyed(
     try:
         writer = OutputWriter(terminal, terminal, environ={})
         assert writer.out.tty
-        writer.echo(b"\x1b]0;owned\x07\x1b[2Jtext\n")
+        writer.echo(b"\x1b]0;owned\x07\x1b[2Jtext\rover\x08\x00\xc2\x9b2J\tend \xc3\xa9\n")
         got = os.read(controller, 1024)
     finally:
         os.close(controller)
         os.close(terminal)
-    assert b"\x1b" not in got and b"\\x1b]0;owned" in got
+    body = got.replace(b"\r\n", b"\n")  # the terminal's own line end (onlcr)
+    assert not TERMINAL_CONTROLS.search(body)  # C0 (but newline, tab), DEL, C1 as UTF-8
+    assert body == (b"\\x1b]0;owned\\x07\\x1b[2Jtext\\x0dover\\x08\\x00\\x9b2J\tend \xc3\xa9\n")
 
 
 def test_a_closed_stream_or_a_reader_gone_is_counted_not_raised_for_records() -> None:
@@ -154,6 +203,54 @@ def test_a_record_does_not_wait_for_an_echo_stuck_on_a_full_stdout(tmp_path: Pat
             stuck.join(0.01)
     os.close(read_end)
     os.close(write_end)
+
+
+def test_records_never_land_inside_echoed_lines_on_one_slowly_read_pipe() -> None:
+    """stdout and stderr are one pipe read slowly: megabytes of echoed lines take the reader
+    seconds, yet a record waits only for the echo's current piece, never the whole batch."""
+    read_end, write_end = os.pipe()
+    writer = OutputWriter(write_end, write_end, environ={}, lock_wait=1.0)
+    echoed = b"".join(b"vllm %06d %s\n" % (n, b"p" * 80) for n in range(40_000))  # 3.8 MB
+    got = bytearray()
+
+    def slow_reader() -> None:
+        while chunk := os.read(read_end, 16 * 1024):
+            got.extend(chunk)
+            time.sleep(0.01)  # about 1.6 MB/s: the batch takes the reader over 2 s
+
+    reader = threading.Thread(target=slow_reader, daemon=True)
+    reader.start()
+    echo = threading.Thread(target=writer.echo, args=(echoed,), daemon=True)
+    echo.start()
+    records = 0
+    while echo.is_alive() or records < 3:
+        writer.record(f"event=r{records}", "info")
+        records += 1
+        echo.join(0.05)
+    os.close(write_end)
+    reader.join(30)
+    os.close(read_end)
+    lines = bytes(got).split(b"\n")
+    assert lines.pop() == b""
+    assert [line for line in lines if line.startswith(b"event=")] == [
+        b"event=r%d" % n for n in range(records)
+    ]
+    assert b"".join(line + b"\n" for line in lines if not line.startswith(b"event=")) == echoed
+    assert writer.unlocked_records == 0
+
+
+def test_a_record_written_past_a_stuck_echo_starts_a_fresh_line_on_a_shared_file(
+    tmp_path: Path,
+) -> None:
+    with opened(tmp_path / "both") as fd:
+        writer = OutputWriter(fd, os.dup(fd), environ={}, lock_wait=0.01)
+        writer._take_for_echo()  # the echo took the lock and is stuck inside its piece
+        os.write(fd, b"vllm half a li")
+        writer.record("event=past_the_echo", "info")
+        writer._give_back()
+        os.close(writer.err.fd)
+    assert (tmp_path / "both").read_text() == "vllm half a li\nevent=past_the_echo\n"
+    assert writer.unlocked_records == 1
 
 
 def _pipe_full(fd: int) -> bool:

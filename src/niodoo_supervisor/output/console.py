@@ -30,7 +30,7 @@ _ESCAPES = {
     code: _NAMED.get(chr(code), f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
     for code in _CONTROLS
 }
-_ESCAPES_BUT_LINES = {code: text for code, text in _ESCAPES.items() if chr(code) not in "\n\t"}
+_ESCAPES_BUT_NEWLINE = {code: text for code, text in _ESCAPES.items() if code != ord("\n")}
 
 _RESET = "\x1b[0m"
 _DIM = "\x1b[2m"
@@ -46,8 +46,8 @@ _LEVEL_COLOURS = {
 
 def escaped(text: str, *, keep_lines: bool = False) -> str:
     """`text` with every control character written as an escape (`\\n`, `\\x1b`); with
-    `keep_lines`, newlines and tabs stay (logfmt escapes those itself)."""
-    return text.translate(_ESCAPES_BUT_LINES if keep_lines else _ESCAPES)
+    `keep_lines`, newlines stay (logfmt escapes those itself, and only those and quotes)."""
+    return text.translate(_ESCAPES_BUT_NEWLINE if keep_lines else _ESCAPES)
 
 
 def clipped(text: str, limit: int = VALUE_LIMIT) -> str:

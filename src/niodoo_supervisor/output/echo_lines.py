@@ -18,7 +18,7 @@ class EchoLines:
 
     def __init__(self, limit: int = PARTIAL_LIMIT) -> None:
         self._limit = limit
-        self._partial = b""
+        self._partial = bytearray()  # grown in place: tiny chunks do not copy it each time
 
     def feed(self, chunk: bytes) -> bytes:
         """The whole lines `chunk` completes (empty if none); keeps its unfinished end."""
@@ -26,13 +26,14 @@ class EchoLines:
         if cut == 0:
             self._partial += chunk
             return self._overlong()
-        whole = self._partial + chunk[:cut] if self._partial else chunk[:cut]
-        self._partial = chunk[cut:]
+        whole = bytes(self._partial) + chunk[:cut] if self._partial else chunk[:cut]
+        self._partial[:] = chunk[cut:]
         return whole + self._overlong()
 
     def end(self) -> bytes:
         """The stream ended: its unfinished line, newline added (empty if none)."""
-        rest, self._partial = self._partial, b""
+        rest = bytes(self._partial)
+        self._partial.clear()
         return rest + b"\n" if rest else b""
 
     def _overlong(self) -> bytes:

@@ -86,8 +86,9 @@ class RecordRenderer:
         if self.rendering == "json":
             first = {key: event_dict.pop(key) for key in _FIRST if key in event_dict}
             return str(self._json(logger, method_name, {**first, **event_dict}))
-        # logfmt escapes newlines and quotes; other control characters (ESC, CR) from a
-        # client's text would make journald keep the message as a binary blob.
+        # logfmt escapes newlines and quotes only; other control characters (tab, ESC, CR)
+        # from a client's text are escaped first (journald keeps a message with ESC or CR
+        # as a binary blob).
         return str(self._logfmt(logger, method_name, _controls_escaped(event_dict)))
 
 
@@ -153,7 +154,7 @@ def configure_logging(
 
 
 def _controls_escaped(event_dict: EventDict) -> dict[str, Any]:
-    # Newlines and tabs are logfmt's to escape (a crash report's lines read back as lines).
+    # Newlines are logfmt's to escape (a crash report's lines read back as lines).
     return {
         key: escaped(value, keep_lines=True)
         if isinstance(value, str) and not value.isprintable()
