@@ -19,6 +19,7 @@ import yaml
 
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.cli.main import main
+from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.supervise import run_record
 from niodoo_supervisor.supervise.process_tree import ProcessRecord
 
@@ -145,11 +146,63 @@ def test_only_the_checks_reading_a_wrong_key_are_skipped_and_say_so(
     assert ": error: server.python: " in text
     assert ": error: model.path: " in text
     assert f": error: server.port: port {listener} " in text
-    notes = [line for line in out if ": note: " in line]
+    notes = [line.split(": note: ")[1] for line in out if ": note: " in line]
     assert notes == [
-        f"{tmp_path / 'niodoo.yaml'}: note: not checked: the installed vLLM, because "
-        "server.python has an error above"
+        "not checked: the installed vLLM, because server.python has an error above",
+        "not checked: whether the port's listener is our own vLLM, because server.python has "
+        "an error above",
     ]
+
+
+def test_a_wrong_model_path_says_the_adapters_fit_was_not_checked(
+    tmp_path: Path, listener: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = _document(tmp_path, listener)
+    document["model"]["path"] = ["not", "a", "path"]
+    document["lora"] = {
+        "enabled": True,
+        "adapters": [{"name": "fine", "path": _adapter(tmp_path / "adapters" / "fine", 8)}],
+    }
+    code, out = _check(tmp_path, document, capsys)
+    assert code == exitcodes.CONFIG
+    notes = [line.split(": note: ")[1] for line in out if ": note: " in line]
+    fit = [note for note in notes if note.startswith("not checked: the adapters' fit")]
+    assert fit == [
+        "not checked: the adapters' fit with the model (their base model, modules and shapes), "
+        "because model.path has an error above"
+    ]
+
+
+@pytest.mark.parametrize("wrong", ["supervisor.state_dir", "server.python"])
+def test_a_wrong_key_naming_our_vllm_never_makes_the_port_fine(
+    tmp_path: Path,
+    other_session_listener: tuple[int, int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    wrong: str,
+) -> None:
+    pid, port = other_session_listener
+    document = _document(tmp_path, port)
+    _record_as_ours(tmp_path / "state", pid)
+    section, key = wrong.split(".")
+    document[section][key] = ["not", "a", "path"]
+    if wrong == "supervisor.state_dir":
+        # The wrong key stands at its default in the partial config: here the folder of
+        # another supervisor, whose record names the listener.
+        monkeypatch.setattr(Config, "state_dir", property(lambda _: tmp_path / "state"))
+    code, out = _check(tmp_path, document, capsys)
+    assert code == exitcodes.CONFIG
+    assert any(
+        f"error: server.port: port {port} on 127.0.0.1 is already in use" in line for line in out
+    ), out
+    assert not any("own vLLM (pid" in line for line in out)
+    assert any(
+        line.endswith(
+            f"note: not checked: whether the port's listener is our own vLLM, because {wrong} "
+            "has an error above"
+        )
+        for line in out
+    ), out
 
 
 def test_a_wrong_port_skips_only_the_port_check(

@@ -145,6 +145,11 @@ def test_model_path_is_resolved_only_when_it_looks_local() -> None:
     assert config is not None and config.model.path == "Qwen/Qwen2.5-7B"
 
 
+def test_a_home_of_an_unknown_user_is_one_problem_not_a_traceback() -> None:
+    lines = _lines(BASE.replace("/models/m", "~no-such-user-here/m"))
+    assert len(lines) == 1 and "model.path: '~no-such-user-here' names no user of this" in lines[0]
+
+
 def test_env_expansion_with_defaults_types_and_escapes() -> None:
     text = BASE.replace(
         "python: /v/bin/python", "python: ${PY}\n  port: ${PORT:-9000}\n  env: {PASS: a$$b}"

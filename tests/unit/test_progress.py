@@ -15,6 +15,7 @@ from niodoo_supervisor.logs.rule_types import Action, Event, Severity
 from niodoo_supervisor.logs.rules import RuleSet
 from niodoo_supervisor.supervise.event_limit import EventLogLimiter
 from niodoo_supervisor.supervise.progress import (
+    MAX_BARS,
     StartProgress,
     address,
     serving_sentence,
@@ -22,7 +23,7 @@ from niodoo_supervisor.supervise.progress import (
 )
 from niodoo_supervisor.supervise.vllm_events import VllmEventLog
 from rulesamples import SAMPLES
-from supervise_sim import Sim, boots
+from supervise_sim import FakeRun, Sim, boots, phase
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-logs"
 
@@ -114,6 +115,69 @@ def test_a_shard_bar_gives_a_record_only_at_each_quarter() -> None:
     assert [small.step(_shards(done, 1), 1.0) for done in (0, 1)] == [None, None]
     # A second bar (another loader) counts its quarters again.
     assert [done for done in range(5) if progress.step(_shards(done, 4), 2.0)] == [1, 2, 3]
+
+
+def test_interleaved_shard_bars_of_several_workers_give_a_record_per_quarter_each() -> None:
+    # Two workers load their shards at once, one a shard behind: the count goes down on every
+    # other line, which is no new bar.
+    for pids in ((11, 12), (None, None)):  # 0.31+ writes tqdm's bar without the pid prefix
+        progress = StartProgress()
+        lines = [
+            replace(_shards(done, 100), pid=pid)
+            for k in range(1, 101)
+            for pid, done in zip(pids, (k, k - 1), strict=True)
+        ]
+        logged = [event for event in lines if progress.step(event, 1.0)]
+        assert 3 <= len(logged) <= 6, [(event.pid, event.details["done"]) for event in logged]
+
+
+def test_the_bars_followed_at_once_are_bounded() -> None:
+    progress = StartProgress()
+    line = _shards(1, 4)
+    for pid in range(10_000):  # forged lines, each naming another worker
+        progress.step(replace(line, pid=pid), 1.0)
+    assert len(progress._bars) == MAX_BARS
+
+
+def test_a_phase_after_ready_is_an_ordinary_event_not_a_step_of_the_start() -> None:
+    events = VllmEventLog(EventCounters())
+    events.progress.launched(0.0)
+    loaded = _one(next(line for line, rule, _ in SAMPLES if rule == "lora_loaded"))
+    with capture_logs() as logs:
+        events.record(loaded, 30.0)
+        events.progress.finished()  # READY
+        events.record(replace(loaded, details={**loaded.details, "adapter": "late"}), 3600.2)
+    assert [r["event"] for r in logs] == ["progress", "vllm_event"]
+    runtime = logs[1]
+    assert (runtime["log_level"], runtime["rule"], runtime["details"]["adapter"]) == (
+        "info",
+        "lora_loaded",
+        "late",
+    )
+    assert "elapsed_s" not in runtime
+    assert events.progress.latest == "adapter a loaded"  # the start's last news stands
+    events.progress.launched(4000.0)  # the next start has steps again
+    with capture_logs() as logs:
+        events.record(loaded, 4001.0)
+    assert [(r["event"], r["elapsed_s"]) for r in logs] == [("progress", 1.0)]
+
+
+def test_an_adapter_loaded_after_ready_gives_no_progress_record(tmp_path: Path) -> None:
+    def load_late(run: FakeRun) -> None:
+        line = "Loaded new LoRA adapter: name 'late', path '/srv/late'"
+        sim.after(3595, lambda: run.say(line, phase("lora_loaded", line, adapter="late")))
+
+    sim = Sim(tmp_path, scripts=[boots(5.0, then=load_late)])
+    sim.at(3700, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    names = [r["event"] for r in sim.logs]
+    assert "progress" not in names[names.index("ready") :]
+    [late] = [r for r in sim.logs if r.get("rule") == "lora_loaded"]
+    assert (late["event"], late["log_level"], late["details"]["adapter"]) == (
+        "vllm_event",
+        "info",
+        "late",
+    )
 
 
 def test_status_text_counts_seconds_and_is_rate_bounded() -> None:

@@ -79,5 +79,5 @@ def _path(value: Any, base: Path) -> Path | None:
         return None
     try:
         return Path(resolve(expand(value, os.environ), base))
-    except ExpansionError:
+    except (ExpansionError, ValueError):
         return None

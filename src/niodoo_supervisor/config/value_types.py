@@ -107,13 +107,20 @@ def _base_dir(info: ValidationInfo) -> Path:
 
 
 def resolve(text: str, base_dir: Path) -> str:
+    """`text` as an absolute path; ValueError when its `~user` is no user of this machine."""
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # pathlib's word for a `~name` it cannot find
+        raise ValueError(f"{text.split('/', 1)[0]!r} names no user of this machine") from None
     # normpath, not resolve(): `..` is folded, symlinks stay as the operator wrote them.
-    path = Path(text).expanduser()
     return os.path.normpath(path if path.is_absolute() else base_dir / path)
 
 
 def _resolved(value: str, info: ValidationInfo) -> str:
-    return resolve(value, _base_dir(info))
+    try:
+        return resolve(value, _base_dir(info))
+    except ValueError as exc:
+        raise rejected(str(exc), "write the path out in full, or ~ for your own home") from None
 
 
 def _resolved_when_local(value: str, info: ValidationInfo) -> str:

@@ -9,7 +9,7 @@ taken port. Errors refuse the start; warnings are logged.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,17 +50,12 @@ from niodoo_supervisor.launch.plan import (
     resolve_max_lora_rank,
     vllm_environment,
 )
-from niodoo_supervisor.launch.ports import port_holder
+from niodoo_supervisor.launch.ports import OwnListener, check_port
 from niodoo_supervisor.launch.vllm_logging import ignored_fields_logger_for
 
 __all__ = ["PreflightOptions", "PreflightResult", "preflight"]
 
 NEWEST_KNOWN = Version(0, 33, 0)
-
-
-# Who holds a taken port, when it is this state folder's own vLLM: given the listener's pid,
-# a description ("this supervisor's own vLLM (pid 5, running since ...)"), else None.
-OwnListener = Callable[[int], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -139,11 +134,18 @@ class _Preflight:
         api_keys = ("server.api_key_env", "server.api_key_file")
         if self.options.check_api_key and self.needs("the API key", *api_keys):
             read_api_key(self.config, self.environ, self.problem)  # read to check; the plan too
-        model_ok = self.needs("the model's folder", "model.path")
-        if model_ok:
+        if self.needs("the model's folder", "model.path"):
             check_model_path(self.config, self.problem)
         adapters_ok = self.needs("the adapters", "lora.adapters", "lora.enabled")
-        infos = self.check_adapters(compare_base=model_ok) if adapters_ok else []
+        against_model = (
+            adapters_ok
+            and bool(self.config.adapters)
+            and self.needs(
+                "the adapters' fit with the model (their base model, modules and shapes)",
+                "model.path",
+            )
+        )
+        infos = self.check_adapters(compare_base=against_model) if adapters_ok else []
         ranks_ok = adapters_ok and self.needs("the adapters' ranks", "lora.max_lora_rank")
         if ranks_ok:
             self.check_ranks(infos)
@@ -162,7 +164,7 @@ class _Preflight:
             )
         if ranks_ok:
             self.check_max_lora_rank(infos, install)
-        if adapters_ok and model_ok and self.needs("the adapters' fit", "lora.target_modules"):
+        if against_model and self.needs("the adapters' fit", "lora.target_modules"):
             self.check_adapter_fit(infos, install)
         if (
             install is not None
@@ -171,7 +173,9 @@ class _Preflight:
         ):
             self.check_flags(install, probe_env)
         if self.options.check_port and self.needs("the port", "server.host", "server.port"):
-            self.check_port()
+            ours = check_port(self.config, self.problem, self.own_listener())
+            if ours is not None:
+                self.result.notes.append(ours)
         return self.result
 
     # --- files ------------------------------------------------------------------------------
@@ -372,35 +376,21 @@ class _Preflight:
 
     # --- the host ---------------------------------------------------------------------------
 
-    def check_port(self) -> None:
-        host, port = self.config.host, self.config.port
-        try:
-            holder = port_holder(host, port)
-        except OSError as exc:
-            self.problem(
-                "server.host",
-                f"vLLM could not listen on {host}:{port}: {exc.strerror}",
-                "use an address of this machine, or 0.0.0.0",
-            )
-            return
-        if holder is None:
-            return
-        pid, name = holder
+    def own_listener(self) -> OwnListener | None:
+        """`options.own_listener`, asked only when the keys naming our own vLLM are valid: a
+        wrong one stands at its default in a partial config, which could name another
+        supervisor's state folder (and vLLM)."""
         own = self.options.own_listener
-        ours = own(pid) if own is not None and pid is not None else None
-        if ours is not None:
-            self.result.notes.append(f"port {port} is served by {ours}")
-            return
-        who = (
-            f"{name} (pid {pid})"
-            if pid is not None
-            else "a process this user cannot see (run check as its user or root to name it)"
-        )
-        self.problem(
-            "server.port",
-            f"port {port} on {host} is already in use by {who}",
-            "stop it or choose another server.port",
-        )
+        if own is None:
+            return None
+
+        def recognise(pid: int) -> str | None:
+            keys = ("supervisor.state_dir", "server.python")
+            if not self.needs("whether the port's listener is our own vLLM", *keys):
+                return None
+            return own(pid)
+
+        return recognise
 
 
 def _within(key: str, outer: str) -> bool:

@@ -3,11 +3,14 @@ phase, the seconds since launch and a short summary such as "KV cache 2,097,152 
 never vLLM's whole line), the STATUS= text while it starts, and the `ready` record that names
 the model, the adapters and the address.
 
+Only while the start lasts: from READY on (`finished`), a phase line (an adapter loaded at
+runtime) is an ordinary `vllm_event`, neither a step of the start nor STATUS= news.
+
 Bounded whatever vLLM writes (and whatever line a client forges): tqdm's weight-shard bar
 writes a line per shard, so a bar gives a record only when it passes 25, 50 and 75 % (its start
-and its end are the `loading_weights` and `weights_loaded` records); STATUS= changes at most
-once per `STATUS_EVERY` seconds; `vllm_events` still puts each record through its per-rule
-limiter.
+and its end are the `loading_weights` and `weights_loaded` records), each worker's bar
+counted on its own; STATUS= changes at most once per `STATUS_EVERY` seconds; `vllm_events`
+still puts each record through its per-rule limiter.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import structlog
 from niodoo_supervisor.logs.rule_types import Event
 
 __all__ = [
+    "MAX_BARS",
     "STATUS_EVERY",
     "StartProgress",
     "Step",
@@ -41,6 +45,7 @@ EXCERPT = 60  # characters of vLLM's message a phase without a known summary cit
 NAME = 64  # characters of an adapter's name or a model's path a summary keeps
 MAX_NAMED = 8  # adapters a ready line names; it counts the rest
 SHARDS_RULE = "weight_shards"
+MAX_BARS = 64  # weight-shard bars followed at once (one per worker; forged pids are evicted)
 # Phases that tell STATUS= where the start is but say nothing worth a record of their own
 # ("Available routes are:" comes right after "Starting vLLM server on ...").
 _STATUS_ONLY = frozenset(("routes",))
@@ -111,6 +116,14 @@ def summarize(event: Event) -> str:
     return f"{_phase(event)}: {_clip(first, EXCERPT)}"
 
 
+@dataclass
+class _Bar:
+    """A weight-shard bar's count, and the quarters it passed."""
+
+    done: int = -1
+    quarters: int = 0
+
+
 class StartProgress:
     """One start's progress (`launched` begins the next): which phase events are worth a
     record, and the STATUS= text, at most one per `status_every` seconds."""
@@ -122,33 +135,44 @@ class StartProgress:
     def launched(self, at: float) -> None:
         """A new vLLM was launched at `at` (monotonic)."""
         self.started = at
+        self.starting = True  # until `finished`: phase events are steps of this start
         self.latest: str | None = None  # the newest summary: what STATUS= shows
         self._sent: str | None = None
         self._sent_at = -math.inf
-        self._shards_done = -1  # the weight-shard bar's count, and the quarters it passed
-        self._quarters = 0
+        self._bars: dict[int | None, _Bar] = {}  # each worker's weight-shard bar, by pid
+
+    def finished(self) -> None:
+        """The start is over (READY): later phase events are no steps of it."""
+        self.starting = False
 
     def step(self, event: Event, now: float) -> Step | None:
         """The `progress` record of phase `event` (None: STATUS= news only, such as a shard
-        line between two quarters of the bar)."""
+        line between two quarters of the bar). Only while `starting`."""
         summary = summarize(event)
         self.latest = summary
         if event.rule in _STATUS_ONLY:
             return None
-        if event.rule == SHARDS_RULE and not self._passes_a_quarter(event.details):
+        if event.rule == SHARDS_RULE and not self._passes_a_quarter(event):
             return None
         return Step(_phase(event), round(now - self.started, 1), summary)
 
-    def _passes_a_quarter(self, details: Mapping[str, Any]) -> bool:
-        done, total = details.get("done"), details.get("total")
+    def _passes_a_quarter(self, event: Event) -> bool:
+        done, total = event.details.get("done"), event.details.get("total")
         if not isinstance(done, int) or not isinstance(total, int) or total <= 0:
             return False
-        if done < self._shards_done:  # another bar (another loader, another worker)
-            self._quarters = 0
-        self._shards_done = done
+        bar = self._bars.pop(event.pid, None) or _Bar()
+        self._bars[event.pid] = bar  # the newest last: the oldest is evicted first
+        if len(self._bars) > MAX_BARS:
+            del self._bars[next(iter(self._bars))]
+        # A count going down after the end is the worker's next bar (another loader). Before
+        # the end it is another bar written without a pid (interleaved): counting its
+        # quarters again would give records in proportion to the shards.
+        if done < bar.done and bar.quarters == 4:
+            bar.quarters = 0
+        bar.done = done
         quarter = min(4, 4 * done // total)
-        passed = self._quarters < quarter < 4  # 0 % and 100 % have records of their own
-        self._quarters = max(self._quarters, quarter)
+        passed = bar.quarters < quarter < 4  # 0 % and 100 % have records of their own
+        bar.quarters = max(bar.quarters, quarter)
         return passed
 
     def status_text(self, now: float) -> str | None:

@@ -1,6 +1,7 @@
 """vLLM's log events as the supervisor records them: every one counted (the status shows the
 counts), each logged as a `vllm_event` record within a rate limit per rule; start-up phases
-as `progress` records instead (`progress`: the phase, seconds since launch, a summary).
+as `progress` records instead (`progress`: the phase, seconds since launch, a summary) until
+the start is over (READY).
 
 A record's level is its rule's severity (and so its journal priority): `journalctl -p
 warning` lists the trouble. While the supervisor stops vLLM on purpose (a SIGTERM to the
@@ -72,7 +73,7 @@ class VllmEventLog:
         if self.metrics is not None:
             count_log_event(self.metrics, event, severity)
         step = None
-        if event.action is Action.PHASE:
+        if event.action is Action.PHASE and self.progress.starting:
             # A start-up phase: a `progress` record citing its numbers, not vLLM's line.
             step = self.progress.step(event, now)
             if step is None:

@@ -314,6 +314,7 @@ class RunWatcher:
                 ),
             )
             log_ready(settings.model, self.adapters.serving, settings.address, took)
+            self.progress.finished()  # later phase lines (adapters loaded at runtime) are no steps
             return None
         if result.health.status is not None:
             self.answered = True
