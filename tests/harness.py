@@ -131,8 +131,16 @@ class SupervisorRun:
             return {}
 
     def wait_state(self, state: str, timeout: float) -> None:
+        """Until the records show `state`, and status.json too (the supervisor writes it just
+        after the record: a test reading it next must not find the file of the state before),
+        unless the supervisor has moved on since."""
         wait_for(
             lambda: state in self.states(), timeout, f"state {state}; states so far {self.states()}"
+        )
+        wait_for(
+            lambda: self.status().get("state") == state or self.states()[-1] != state,
+            timeout,
+            f"status.json to say {state}",
         )
 
     def wait_exit(self, timeout: float) -> int:
