@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from niodoo_supervisor.logs.rule_types import Event
+from niodoo_supervisor.supervise import systemd
 
 __all__ = [
     "MAX_BARS",
@@ -145,6 +146,11 @@ class StartProgress:
         """The start is over (READY): later phase events are no steps of it."""
         self.starting = False
 
+    def ready(self, model: str, adapters: Iterable[str], where: str, elapsed_s: float) -> None:
+        """READY: the `ready` record, and the start is over (`finished`)."""
+        log_ready(model, adapters, where, elapsed_s)
+        self.finished()
+
     def step(self, event: Event, now: float) -> Step | None:
         """The `progress` record of phase `event` (None: STATUS= news only, such as a shard
         line between two quarters of the bar). Only while `starting`."""
@@ -188,6 +194,11 @@ class StartProgress:
             return None
         self._sent, self._sent_at = text, now
         return text
+
+    def status_fields(self, now: float) -> tuple[str, ...]:
+        """systemd's `STATUS=` of `status_due`, or nothing when none is due."""
+        text = self.status_due(now)
+        return () if text is None else systemd.status(text)
 
 
 def log_progress(step: Step, event: Event) -> None:

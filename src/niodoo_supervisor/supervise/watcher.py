@@ -47,7 +47,7 @@ from niodoo_supervisor.supervise.incidents import (
 )
 from niodoo_supervisor.supervise.live_adapters import LiveAdapters
 from niodoo_supervisor.supervise.probes import CheckResult
-from niodoo_supervisor.supervise.progress import StartProgress, log_ready
+from niodoo_supervisor.supervise.progress import StartProgress
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.restart_planner import RestartPlanner
 from niodoo_supervisor.supervise.seams import Clock, Prober, Run
@@ -209,8 +209,8 @@ class RunWatcher:
         elif event.action is Action.PHASE and self.state is State.STARTING:
             phase = str(event.details.get("phase", event.rule))
             self.reporter.status.phase = phase
-            if (text := self.progress.status_due(self.clock.monotonic())) is not None:
-                self.reporter.notify(*systemd.status(text))
+            if status := self.progress.status_fields(self.clock.monotonic()):
+                self.reporter.notify(*status)
             if phase in SERVING_PHASES and self.server_up_at is None:
                 self.server_up_at = self.clock.monotonic()
                 self.next_check = self.server_up_at  # probe at once
@@ -313,8 +313,7 @@ class RunWatcher:
                     *systemd.WATCHDOG,
                 ),
             )
-            log_ready(settings.model, self.adapters.serving, settings.address, took)
-            self.progress.finished()  # later phase lines (adapters loaded at runtime) are no steps
+            self.progress.ready(settings.model, self.adapters.serving, settings.address, took)
             return None
         if result.health.status is not None:
             self.answered = True
@@ -346,11 +345,10 @@ class RunWatcher:
                 cause="hung",
             )
         # Still making progress: keep systemd's start timeout ahead of us (and STATUS= counting).
-        text = self.progress.status_due(now)
         self.reporter.notify(
             *systemd.extend_timeout(settings.stall_timeout + settings.startup_interval * 2),
             *systemd.WATCHDOG,
-            *(systemd.status(text) if text is not None else ()),
+            *self.progress.status_fields(now),
         )
         self.reporter.write_status()
         return None
