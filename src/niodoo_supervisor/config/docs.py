@@ -32,6 +32,8 @@ _SECTION_TITLES = {
     "supervisor": "supervisor: watching, restarting, stopping, logging",
     "maintenance": "maintenance: when planned restarts may happen",
     "drain": "drain: taking traffic away before a planned restart or stop",
+    "topology": "topology: vLLM across several hosts",
+    "gpu": "gpu: GPU memory through NVML",
     "rules": "rules: operator log rules",
 }
 

@@ -23,12 +23,14 @@ from niodoo_supervisor.config.drain_sections import DEFAULT_ANNOUNCE_WITH_LISTEN
 from niodoo_supervisor.config.engine_sections import Adapter, EngineSection, LoraSection
 from niodoo_supervisor.config.envexpand import ExpansionError
 from niodoo_supervisor.config.fields import Kind
+from niodoo_supervisor.config.gpu_sections import GpuSection
 from niodoo_supervisor.config.keys import KeyTable
 from niodoo_supervisor.config.maintenance_sections import MaintenanceSection
 from niodoo_supervisor.config.problems import Problem, Severity, line_in
 from niodoo_supervisor.config.relations import check_relations
 from niodoo_supervisor.config.serving_sections import ModelSection, ServerSection
 from niodoo_supervisor.config.supervisor_sections import Rules, SupervisorSection
+from niodoo_supervisor.config.topology_sections import TopologySection
 from niodoo_supervisor.config.validation_problems import report_errors
 from niodoo_supervisor.config.value_types import Section
 from niodoo_supervisor.config.values import contains_nul, expand_tree
@@ -64,6 +66,8 @@ class Config(Section):
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
     maintenance: MaintenanceSection = Field(default_factory=MaintenanceSection)
     drain: DrainSection = Field(default_factory=DrainSection)
+    topology: TopologySection = Field(default_factory=TopologySection)
+    gpu: GpuSection = Field(default_factory=GpuSection)
     rules: Rules = ()
     _source: str = PrivateAttr(default="config")
     _lines: Mapping[str, int] = PrivateAttr(default_factory=dict)

@@ -30,6 +30,13 @@ from niodoo_supervisor.launch.lora_guard import (
     lora_guard_for,
 )
 from niodoo_supervisor.launch.named_files import read_api_key
+from niodoo_supervisor.launch.topology import (
+    SINGLE_HOST,
+    CompanionPlan,
+    HostRole,
+    RoleError,
+    host_role,
+)
 from niodoo_supervisor.launch.vllm_logging import logging_config_for
 
 __all__ = [
@@ -102,6 +109,8 @@ class LaunchPlan:
     api_key: str | None = field(repr=False)
     secrets: tuple[str, ...] = field(repr=False)
     lora_guard: LoraGuard | None = None  # lora.lora_name_field reject|route: files to write
+    role: HostRole = SINGLE_HOST  # this host's part in `topology`
+    companion: CompanionPlan | None = None  # `ray`: the Ray node run beside (or instead of) vLLM
 
     def child_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
         return vllm_environment(environ, self.env)
@@ -126,6 +135,10 @@ def plan_launch(
     `read_secret=False` leaves the API key unread (a placeholder in `env`, `api_key` None):
     for displays only, never to launch. Raises PlanError."""
     version = installed_vllm.version if installed_vllm else None
+    try:
+        role = host_role(config, environ)
+    except RoleError as exc:
+        raise PlanError(exc.key, exc.message, exc.fix) from None
     rank = resolve_max_lora_rank(config, _adapter_ranks(config), installed_vllm)
     guard = lora_guard_for(config)
     argv = _argv(config, rank, guard)
@@ -159,6 +172,7 @@ def plan_launch(
         api_key=api_key,
         secrets=secrets,
         lora_guard=guard,
+        role=role,
     )
 
 
