@@ -19,7 +19,7 @@ from niodoo_supervisor.config.loader import Config, check_config, load_config
 from niodoo_supervisor.config.problems import Problem
 from niodoo_supervisor.launch.plan import PlanError, plan_launch
 from niodoo_supervisor.launch.preflight import PreflightOptions, PreflightResult, preflight
-from niodoo_supervisor.launch.render import format_command, format_env, plan_json
+from niodoo_supervisor.launch.render import format_command, format_env, format_role, plan_json
 
 __all__ = ["main"]
 
@@ -156,6 +156,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     if args.json:
         print(plan_json(plan))
     else:
+        if format_role(plan):
+            print(format_role(plan))  # topology: this host's part, and its Ray node
         print(format_command(plan, one_line=args.one_line))
         print("# environment added for vLLM:")
         print(format_env(plan))

@@ -37,6 +37,7 @@ from niodoo_supervisor.launch.topology import (
     RoleError,
     host_role,
 )
+from niodoo_supervisor.launch.topology_render import companion_for, role_argv
 from niodoo_supervisor.launch.vllm_logging import logging_config_for
 from niodoo_supervisor.launch.vllm_metadata import (
     VllmMetadata,
@@ -141,13 +142,13 @@ def plan_launch(
     `read_secret=False` leaves the API key unread (a placeholder in `env`, `api_key` None):
     for displays only, never to launch. Raises PlanError."""
     version = installed_vllm.version if installed_vllm else None
-    try:
-        role = host_role(config, environ)
-    except RoleError as exc:
-        raise PlanError(exc.key, exc.message, exc.fix) from None
     rank = resolve_max_lora_rank(config, _adapter_ranks(config), installed_vllm)
     guard = lora_guard_for(config)
-    argv = _argv(config, rank, guard)
+    try:
+        role = host_role(config, environ)
+        argv = _argv(config, rank, guard, role)
+    except RoleError as exc:
+        raise PlanError(exc.key, exc.message, exc.fix) from None
     secrets = tuple(_flag_values(argv, "--api-key"))
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}  # vLLM's lines must reach the pipe at once
     env.update(config.server.env)
@@ -182,6 +183,7 @@ def plan_launch(
         secrets=secrets,
         lora_guard=guard,
         role=role,
+        companion=companion_for(config, role),
         vllm_metadata=metadata,
     )
 
@@ -241,7 +243,9 @@ def _api_key(config: Config, environ: Mapping[str, str]) -> str | None:
     return key
 
 
-def _argv(config: Config, max_lora_rank: int | None, guard: LoraGuard | None) -> list[str]:
+def _argv(
+    config: Config, max_lora_rank: int | None, guard: LoraGuard | None, role: HostRole
+) -> list[str]:
     argv = _launcher_argv(config)
     for option in VLLM_OPTIONS:
         if option.key == "model.path":
@@ -250,7 +254,9 @@ def _argv(config: Config, max_lora_rank: int | None, guard: LoraGuard | None) ->
         argv.extend(_render_option(option, value))
     if guard is not None:
         argv.extend(["--middleware", GUARD_MIDDLEWARE])
-    argv.extend(config.server.extra_args)
+    argv = role_argv(config, role, argv)  # topology: the flags of this host's role
+    if argv:
+        argv.extend(config.server.extra_args)
     return argv
 
 
