@@ -71,6 +71,10 @@ BASE = (
     "server: {python: /opt/vllm/bin/python, launcher: serve, port: 8100}\n"
     "model: {path: /models/tiny}\nsupervisor: {state_dir: /var/lib/niodoo}\n"
 )
+MP_WORKER = (
+    "engine: {tensor_parallel_size: 2}\n"
+    "topology: {backend: mp, nodes: 2, rank: 1, head_address: 10.0.0.1}\n"
+)
 
 
 def test_the_rank_comes_from_the_environment_when_the_config_has_none() -> None:
@@ -85,18 +89,20 @@ def test_the_rank_comes_from_the_environment_when_the_config_has_none() -> None:
 
 
 def test_a_backend_with_the_module_launcher_is_refused_naming_the_fix() -> None:
-    config = _config(
-        BASE.replace("launcher: serve", "launcher: module")
-        + "topology: {backend: mp, nodes: 2, rank: 1, head_address: 10.0.0.1}\n"
+    # The config check refuses it first (test_topology_relations.py); the plan never renders
+    # a headless role without `serve` even from a config that skipped it.
+    config = _config(BASE + MP_WORKER)
+    module = config.model_copy(
+        update={"server": config.server.model_copy(update={"launcher": "module"})}
     )
     with pytest.raises(PlanError) as caught:
-        plan_launch(config, INSTALL, {}, read_secret=False)
+        plan_launch(module, INSTALL, {}, read_secret=False)
     assert caught.value.key == "server.launcher"
     assert caught.value.fix == "set server.launcher: serve"
 
 
 def test_headless_drops_the_http_flags_with_their_values() -> None:
-    config = _config(BASE + "topology: {backend: mp, nodes: 2, rank: 1, head_address: 10.0.0.1}\n")
+    config = _config(BASE + MP_WORKER)
     argv = plan_launch(config, INSTALL, {}, read_secret=False).argv
     assert "--host" not in argv and "--port" not in argv and "8100" not in argv
 
@@ -104,7 +110,7 @@ def test_headless_drops_the_http_flags_with_their_values() -> None:
 def test_server_extra_args_follow_the_role_flags() -> None:
     config = _config(
         BASE.replace("port: 8100}", "port: 8100, extra_args: [--enable-prefix-caching]}")
-        + "topology: {backend: mp, nodes: 2, rank: 1, head_address: 10.0.0.1}\n"
+        + MP_WORKER
     )
     argv = plan_launch(config, INSTALL, {}, read_secret=False).argv
     assert argv[-2:] == ("--headless", "--enable-prefix-caching")
