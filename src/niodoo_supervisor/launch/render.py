@@ -14,6 +14,7 @@ from niodoo_supervisor.launch.topology import Role
 
 __all__ = [
     "REDACTED",
+    "flag_groups",
     "format_command",
     "format_env",
     "format_role",
@@ -65,12 +66,7 @@ def format_command(plan: LaunchPlan, *, one_line: bool = False) -> str:
         return "# no vLLM on this host"  # a `ray-worker`: its Ray node only (format_role)
     if one_line:
         return shlex.join(argv)
-    groups: list[list[str]] = []
-    for arg in argv:
-        if (arg.startswith("-") and not _is_number(arg)) or not groups:
-            groups.append([arg])
-        else:
-            groups[-1].append(arg)
+    groups = flag_groups(argv)
     # Keep the interpreter, -m and the module (and `serve MODEL`) together on the first line.
     head = groups.pop(0)
     while groups and groups[0][0] == "-m":
@@ -89,6 +85,18 @@ def format_role(plan: LaunchPlan) -> str:
         command = shlex.join(redact(arg, plan.secrets) for arg in plan.companion.argv)
         lines.append(f"# companion {plan.companion.name} (started before vLLM): {command}")
     return "\n".join(lines)
+
+
+def flag_groups(argv: list[str]) -> list[list[str]]:
+    """argv as [[the command and its first words], [flag, values...], ...]; a negative
+    number is a value, not a flag."""
+    groups: list[list[str]] = []
+    for arg in argv:
+        if (arg.startswith("-") and not _is_number(arg)) or not groups:
+            groups.append([arg])
+        else:
+            groups[-1].append(arg)
+    return groups
 
 
 def format_env(plan: LaunchPlan) -> str:
