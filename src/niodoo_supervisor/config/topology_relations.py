@@ -10,28 +10,15 @@ the hosts is the data-parallel size.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from niodoo_supervisor.config.engine_sections import EngineSection
-from niodoo_supervisor.config.serving_sections import ServerSection
 from niodoo_supervisor.config.topology_sections import TopologySection
 
+if TYPE_CHECKING:  # relations.py calls check_topology: its types only, not an import cycle
+    from niodoo_supervisor.config.relations import Report, Sections
+
 __all__ = ["TOPOLOGY_FLAGS", "check_topology"]
-
-
-class _Report(Protocol):
-    def __call__(
-        self, path: str, message: str, fix: str = "", *, warning: bool = False
-    ) -> None: ...
-
-
-class _Sections(Protocol):
-    @property
-    def topology(self) -> TopologySection: ...
-    @property
-    def engine(self) -> EngineSection: ...
-    @property
-    def server(self) -> ServerSection: ...
 
 
 # The flags the topology renders (launch/topology_render.py): never in server.extra_args.
@@ -61,7 +48,7 @@ _BACKEND_KEYS = {
 _SHARED_KEYS = ("nodes", "rank", "head_address")
 
 
-def check_topology(config: _Sections, report: _Report, wrong: Collection[str] = ()) -> None:
+def check_topology(config: Sections, report: Report, wrong: Collection[str] = ()) -> None:
     def valid(*keys: str) -> bool:
         """No key of these (or inside them: `engine` covers engine.tensor_parallel_size) nor
         their section was reported wrong: its value here would be a stand-in default."""
@@ -112,7 +99,7 @@ def check_topology(config: _Sections, report: _Report, wrong: Collection[str] = 
             _check_dp_sizes(config.engine, topology, report)
 
 
-def _check_other_backends_keys(topology: TopologySection, report: _Report) -> None:
+def _check_other_backends_keys(topology: TopologySection, report: Report) -> None:
     backend = topology.backend
     for key in sorted(topology.model_fields_set):
         reader = _BACKEND_KEYS.get(key)
@@ -132,7 +119,7 @@ def _check_other_backends_keys(topology: TopologySection, report: _Report) -> No
             )
 
 
-def _check_extra_args(extra_args: tuple[str, ...], backend: str, report: _Report) -> None:
+def _check_extra_args(extra_args: tuple[str, ...], backend: str, report: Report) -> None:
     for index, arg in enumerate(extra_args):
         flag = arg.split("=", 1)[0]
         if flag in TOPOLOGY_FLAGS:
@@ -152,7 +139,7 @@ def _check_extra_args(extra_args: tuple[str, ...], backend: str, report: _Report
                 )
 
 
-def _check_mp_sizes(engine: EngineSection, topology: TopologySection, report: _Report) -> None:
+def _check_mp_sizes(engine: EngineSection, topology: TopologySection, report: Report) -> None:
     tp, pp, dp = (
         engine.tensor_parallel_size or 1,
         engine.pipeline_parallel_size or 1,
@@ -169,7 +156,7 @@ def _check_mp_sizes(engine: EngineSection, topology: TopologySection, report: _R
         )
 
 
-def _check_dp_sizes(engine: EngineSection, topology: TopologySection, report: _Report) -> None:
+def _check_dp_sizes(engine: EngineSection, topology: TopologySection, report: Report) -> None:
     size, nodes, local = (
         engine.data_parallel_size or 1,
         topology.nodes,
