@@ -21,6 +21,7 @@ from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.files.atomic import atomic_write, describe_os_error, exit_code_for
 from niodoo_supervisor.launch.lora_guard import write_guard
 from niodoo_supervisor.launch.plan import LaunchPlan
+from niodoo_supervisor.launch.vllm_metadata import write_vllm_metadata
 from niodoo_supervisor.logs.pump import LogPump
 from niodoo_supervisor.logs.request_hints import ServedNames
 from niodoo_supervisor.logs.rule_types import Event
@@ -139,6 +140,14 @@ class VllmRun:
             except OSError as exc:
                 where = plan.lora_guard.folder
                 raise _launch_error(f"cannot write the lora_name guard to {where}", exc) from None
+        if plan.vllm_metadata is not None:
+            try:
+                write_vllm_metadata(plan.vllm_metadata)
+            except OSError as exc:
+                where = plan.vllm_metadata.folder
+                raise _launch_error(
+                    f"cannot write vLLM's package metadata to {where}", exc
+                ) from None
         try:
             child = await spawn(plan.argv, plan.child_environment(environ))
         except OSError as exc:
