@@ -3,9 +3,6 @@ no HTTP server) watched through its processes, its log and a stand-in for the he
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,39 +18,9 @@ from harness import (
     stop_supervisor,
     wait_for,
 )
+from head_port import HeadPort, head_port
 from niodoo_supervisor.config.loader import load_config
 from niodoo_supervisor.launch.plan import plan_launch
-
-
-class HeadPort:
-    """A local listener standing in for the head's port: accepts and hangs up until closed."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.sock.accept()
-                conn.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(5)
-
-
-@contextlib.contextmanager
-def head_port() -> Iterator[HeadPort]:
-    head = HeadPort()
-    try:
-        yield head
-    finally:
-        head.close()
 
 
 @pytest.fixture
