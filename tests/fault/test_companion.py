@@ -109,6 +109,7 @@ def test_a_ray_worker_runs_only_the_ray_node_and_says_its_role(
     ready = run.event("ready")
     assert ready is not None
     assert ready["role"] == "ray-worker rank 1 of 2 (ray), head 127.0.0.1 reachable"
+    assert run.status()["role"]["sees"][0] == "the Ray node (companion) process"
     (ray,) = wait_for(lambda: ray_processes(run), 10, "the Ray node")
     session = launched_pids(run)[0]
     names = {p.name() for p in psutil.process_iter() if _in_session(p, session)}
