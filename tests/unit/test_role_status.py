@@ -7,36 +7,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from niodoo_supervisor.cli.status_fields import checked
 from niodoo_supervisor.cli.status_view import human
-from niodoo_supervisor.config.loader import Config, load_config
+from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.launch.topology import host_role
 from niodoo_supervisor.supervise.role_status import RoleMetric, role_line, role_object
 from niodoo_supervisor.supervise.status_file import StatusBoard
+from role_configs import config_of, rank_of
 
 NOW = 1_800_000_000.0
 
 
-def config_of(tmp: Path, **topology: Any) -> Config:
-    document = {
-        "server": {"python": "python3", "port": 8123},
-        "model": {"path": str(tmp / "model"), "served_name": "tiny"},
-        "topology": topology,
-    }
-    path = tmp / "niodoo.yaml"
-    path.write_text(yaml.safe_dump(document))
-    config, problems = load_config(path, {})
-    assert config is not None, [problem.format() for problem in problems]
-    return config
-
-
 def rank(tmp: Path, backend: str, number: int, **topology: Any) -> Config:
-    return config_of(
-        tmp, backend=backend, nodes=2, rank=number, head_address="10.13.0.1", **topology
-    )
+    return rank_of(tmp, backend, number, **topology)
 
 
 def role_of(config: Config) -> dict[str, Any]:
