@@ -28,7 +28,7 @@ from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.logs.rules import RuleSet
 from niodoo_supervisor.logs.sinks import RotatingLogFile
 from niodoo_supervisor.output.writer import EchoTarget
-from niodoo_supervisor.supervise import run_record
+from niodoo_supervisor.supervise import companion, run_record
 from niodoo_supervisor.supervise.process_tree import VllmProcess, spawn, terminate_takes_at_most
 
 __all__ = [
@@ -149,9 +149,14 @@ class VllmRun:
                     f"cannot write vLLM's package metadata to {where}", exc
                 ) from None
         try:
-            child = await spawn(plan.argv, plan.child_environment(environ))
+            argv = companion.session_argv(config, plan)
         except OSError as exc:
-            raise _launch_error(f"cannot execute {plan.argv[0]}", exc) from None
+            raise _launch_error("cannot write the session keeper", exc) from None
+        try:
+            child = await spawn(argv, plan.child_environment(environ))
+        except OSError as exc:
+            raise _launch_error(f"cannot execute {argv[0]}", exc) from None
+        companion.started(plan, child.pid)
         try:
             ruleset = RuleSet(config.rules, served=served_names(config))
             pump = LogPump(
@@ -172,7 +177,9 @@ class VllmRun:
         run.record_processes()
 
         async def watch_exit() -> None:
-            on_exit(child.pid, await child.wait())
+            returncode = await child.wait()
+            companion.note_exit(plan, returncode)
+            on_exit(child.pid, returncode)
 
         run.exit_task = asyncio.get_running_loop().create_task(watch_exit())
         return run
