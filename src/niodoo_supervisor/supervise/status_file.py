@@ -74,6 +74,10 @@ class StatusBoard:
     # log-probability difference from the base model (nats), when (epoch), and why when not
     # `effect`. Set at readiness and by each live load.
     adapter_effects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # NVML's view (`gpu_memory`): per visible GPU used/total MiB and vLLM's processes on it;
+    # empty without NVML. `gpu_wait`: a start waiting for memory others hold, else None.
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    gpu_wait: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
