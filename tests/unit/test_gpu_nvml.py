@@ -153,7 +153,7 @@ async def test_a_hung_nvml_call_gives_up_at_its_deadline() -> None:
 
     source = ThreadedNvml(hangs, timeout=0.05)
     try:
-        with pytest.raises(GpuUnavailable, match="no answer within 0.05 s"):
+        with pytest.raises(GpuUnavailable, match=r"no answer within 0\.05 s"):
             await source.open()
         with pytest.raises(GpuUnavailable, match="earlier call has not returned"):
             await source.open()

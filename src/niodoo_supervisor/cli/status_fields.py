@@ -42,6 +42,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "last_reload": _OPTIONAL_MAPPING,
     "maintenance": _OPTIONAL_MAPPING,
     "adapter_effects": (dict,),
+    "gpus": (list,),
+    "gpu_wait": _OPTIONAL_MAPPING,
 }
 
 

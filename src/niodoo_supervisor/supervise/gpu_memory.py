@@ -118,7 +118,9 @@ class GpuMemory:
         """May vLLM start now? GO, a wait (memory held by others, or freed late), or a refusal."""
         if config.gpu.nvml == "off" or self.source is None:
             return GO
-        self.visible = plan.child_environment(self.environ).get("CUDA_VISIBLE_DEVICES")
+        # As vLLM will see it: the config's server.env, else the supervisor's environment.
+        vllm_env = {**plan.child_environment(self.environ), **config.server.env}
+        self.visible = vllm_env.get("CUDA_VISIBLE_DEVICES")
         self.sample_every = max(config.supervisor.health.interval, MIN_SAMPLE_EVERY)
         if not self.opened:
             try:
