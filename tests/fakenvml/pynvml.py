@@ -12,10 +12,12 @@ call, so a test may rewrite it:
                   "until_file": "/tmp/x/freed", "for_s": 60}],
      "init_error": 12, "lost_file": "/tmp/x/lost", "unknown_sizes": false}
 
-- `holders`: every live process whose command line contains `cmdline` (and whose
-  /proc comm is `comm`, when given) holds `mib` on `device`, and is still listed with that
+- `holders`: every live process whose command line (or its session leader's) contains
+  `cmdline` (and whose /proc comm is `comm`, when given) holds `mib` on `device`, and is still listed with that
   memory for `release_s` seconds after it died (vLLM's memory freed late). The death is seen
-  at the first call after it, so polls must be frequent for the figure to be exact.
+  at the first call after it, so polls must be frequent for the figure to be exact. What was
+  seen is kept in `<script>.state` (the driver outlives a process: a supervisor started after
+  a SIGKILLed one still sees its vLLM's memory freed late).
 - `foreign`: a pid (need not exist) holding `mib` until `until_file` exists or `for_s`
   seconds have passed since this module was imported.
 - `init_error`: nvmlInit raises this code (12 library not found, 9 driver not loaded).
@@ -99,8 +101,6 @@ _error_classes()
 # --- the script ------------------------------------------------------------------------------
 
 _state = {"initialised": 0}
-_deaths: dict[int, float] = {}  # holder pid -> when it was first seen dead
-_seen: dict[int, dict[str, Any]] = {}  # holder pid -> its holder entry
 
 
 def _script() -> dict[str, Any]:
@@ -132,49 +132,82 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _cmdline(pid: int | str) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
 def _live_matches(entry: dict[str, Any]) -> list[int]:
+    """Live processes whose command line, or their session leader's, contains the entry's
+    (vLLM's engine and workers retitle themselves; the API server leads their session)."""
     found = []
     for folder in Path("/proc").iterdir():
         if not folder.name.isdigit():
             continue
+        pid = int(folder.name)
         try:
-            cmdline = (
-                (folder / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            )
             comm = (folder / "comm").read_text().strip()
+            leader = os.getsid(pid)
         except OSError:
             continue
-        if (
-            entry["cmdline"] in cmdline
-            and entry.get("comm") in (None, comm)
-            and _alive(int(folder.name))
-        ):
-            found.append(int(folder.name))
+        if entry.get("comm") not in (None, comm) or not _alive(pid):
+            continue
+        if entry["cmdline"] in _cmdline(pid) or entry["cmdline"] in _cmdline(leader):
+            found.append(pid)
     return found
+
+
+def _state_path() -> Path | None:
+    path = os.environ.get("FAKE_NVML_SCRIPT")
+    return Path(path + ".state") if path else None
+
+
+def _load_state() -> dict[str, dict[str, Any]]:
+    path = _state_path()
+    if path is None or not path.exists():
+        return {}
+    return dict(json.loads(path.read_text()))
+
+
+def _save_state(seen: dict[str, dict[str, Any]]) -> None:
+    path = _state_path()
+    if path is not None:
+        temporary = path.with_name(f"{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(seen))
+        temporary.replace(path)
 
 
 def _holdings(script: dict[str, Any]) -> list[tuple[int, int, int]]:
     """(device, pid, MiB) of everything holding memory now."""
-    now = time.monotonic()
+    now = time.time()  # wall time: the state is shared by processes
     held = []
+    seen = _load_state()  # pid -> {"cmdline": the holder's, "died": when first seen dead}
     holders = script.get("holders", [])
     for entry in holders:
         for pid in _live_matches(entry):
-            _seen[pid] = entry
-    for pid, seen in list(_seen.items()):
+            seen.setdefault(str(pid), {"cmdline": entry["cmdline"], "died": None})
+    for key, note in list(seen.items()):
         # The script as it is now (a test may rewrite it), for the holder seen then.
-        entry = next((e for e in holders if e["cmdline"] == seen["cmdline"]), seen)
-        if not _alive(pid):
-            died = _deaths.setdefault(pid, now)
-            if now - died >= float(entry.get("release_s", 0)):
-                del _seen[pid]
-                continue
-        held.append((int(entry.get("device", 0)), pid, int(entry["mib"])))
+        entry = next((e for e in holders if e["cmdline"] == note["cmdline"]), None)
+        if entry is None:
+            del seen[key]
+            continue
+        if note["died"] is None and not _alive(int(key)):
+            note["died"] = now
+        if note["died"] is not None and now - note["died"] >= float(entry.get("release_s", 0)):
+            del seen[key]
+            continue
+        held.append((int(entry.get("device", 0)), int(key), int(entry["mib"])))
+    _save_state(seen)
     for entry in script.get("foreign", []):
         until = entry.get("until_file")
         if until and Path(until).exists():
             continue
-        if "for_s" in entry and now - _IMPORTED >= float(entry["for_s"]):
+        if "for_s" in entry and time.monotonic() - _IMPORTED >= float(entry["for_s"]):
             continue
         held.append((int(entry.get("device", 0)), int(entry["pid"]), int(entry["mib"])))
     return held

@@ -47,10 +47,15 @@ class Holder:
 
 
 def holders_of(
-    config: Config, short: list[GpuDevice], our_pids: set[int], leaders: set[int]
+    config: Config,
+    short: list[GpuDevice],
+    our_pids: set[int],
+    leaders: set[int],
+    names: dict[int, str],
 ) -> list[Holder]:
     """Every process holding memory on the `short` GPUs: `our_pids` are pids of our sessions,
-    `leaders` the session ids of the vLLMs this supervisor launched."""
+    `leaders` the session ids of the vLLMs this supervisor launched, `names` what our
+    processes were called (NVML may list them after they are gone)."""
     recorded = _recorded_leftovers(config)
     holders = []
     for device in short:
@@ -65,7 +70,7 @@ def holders_of(
                 Holder(
                     device.index,
                     process.pid,
-                    comm(process.pid) or process.name or "?",
+                    comm(process.pid) or process.name or names.get(process.pid) or "?",
                     process.used_bytes,
                     ours=ours,
                     recorded=alive and process.pid in recorded,

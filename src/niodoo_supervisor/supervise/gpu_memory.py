@@ -98,6 +98,7 @@ class GpuMemory:
         self.visible: str | None = None  # CUDA_VISIBLE_DEVICES of the last start
         self.sample_every = 5.0
         self.ours: set[int] = set()  # pids of our sessions, and leftovers ended
+        self.names: dict[int, str] = {}  # of our processes, once seen
         self.leaders: set[int] = set()  # session ids (= leaders' pids) of vLLMs we launched
         self.session: int | None = None  # the running vLLM's session
         self.session_pids: set[int] = set()
@@ -105,12 +106,15 @@ class GpuMemory:
         self.running: dict[int, _Running] = {}
         self.retry: float | None = None
         self.wait_since: float | None = None
+        self.stopping_session = False
         self._lock = asyncio.Lock()
         self._sampler: asyncio.Task[None] | None = None
 
-    def note_ours(self, pids: set[int]) -> None:
-        """Pids of vLLM processes of ours ended elsewhere (a predecessor's leftovers)."""
-        self.ours |= pids
+    def note_ours(self, ended: dict[int, str]) -> None:
+        """vLLM processes of ours ended elsewhere (a predecessor's leftovers), by pid: their
+        names, for when NVML lists them after they are gone."""
+        self.ours |= set(ended)
+        self.names.update(ended)
 
     # --- before a start --------------------------------------------------------------------
 
@@ -138,7 +142,7 @@ class GpuMemory:
             if not short:
                 self._passed(devices, need)
                 return GO
-            holders = holders_of(config, short, self.ours, self.leaders)
+            holders = holders_of(config, short, self.ours, self.leaders, self.names)
             if attempt or not any(holder.recorded for holder in holders):
                 return self._busy(config, short, holders, need)
             # A recorded session of ours holds it: end it as any leftover, then read again.
@@ -147,7 +151,7 @@ class GpuMemory:
                 holders=[holder.describe() for holder in holders if holder.recorded],
                 action="ending them (the run record names them)",
             )
-            self.ours |= await end_leftovers(config)
+            self.note_ours(await end_leftovers(config))
         return GO  # not reached: the second attempt returned
 
     def _unavailable(self, config: Config, reason: str) -> StartVerdict:
@@ -212,17 +216,21 @@ class GpuMemory:
         self.leaders.add(leader)
         self.session_pids = {leader}
         self.running = {}
+        self.stopping_session = False
 
     def stopping(self) -> None:
         """Just before vLLM is stopped: its processes now are those NVML must drop."""
         if self.session is not None:
-            self.session_pids |= {member.pid for member in session_members(self.session)}
-            self.ours |= self.session_pids
+            members = session_members(self.session)
+            self.session_pids |= {member.pid for member in members}
+            self.note_ours({member.pid: member.name for member in members})
+            # Not read again until the stop is over: the release is timed from there.
+            self.stopping_session = True
 
     async def _sample_forever(self) -> None:
         while self.source is not None:
             await asyncio.sleep(self.sample_every)
-            if self.session is not None and not self._lock.locked():
+            if self.session is not None and not self.stopping_session and not self._lock.locked():
                 await self._read()
 
     async def _read(self) -> list[GpuDevice] | None:

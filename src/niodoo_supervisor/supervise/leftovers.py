@@ -17,13 +17,13 @@ __all__ = ["end_leftovers"]
 log = structlog.get_logger("niodoo_supervisor")
 
 
-async def end_leftovers(config: Config) -> set[int]:
+async def end_leftovers(config: Config) -> dict[int, str]:
     """End the recorded vLLM's processes that are still ours and clear the record; the pids
-    ended."""
+    ended, with their names."""
     record = run_record.read(config.state_dir)
     if record is None:
         run_record.clear(config.state_dir)  # an invalid record is not read twice
-        return set()
+        return {}
     # Only processes running the interpreter this config launches: a record naming anything
     # else is stale or planted.
     executable = os.path.realpath(config.server.python)
@@ -51,4 +51,4 @@ async def end_leftovers(config: Config) -> set[int]:
             "(session, executable): not ended; if one holds the port, preflight names it",
         )
     run_record.clear(config.state_dir)
-    return ended
+    return {p.pid: p.name for p in leftovers}
