@@ -4,18 +4,41 @@ until the stopped vLLM's memory is back, and NVML missing or failing never stops
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+from structlog.testing import capture_logs
 
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.gpu_sections import GpuSection
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.gpu.nvml import GpuDevice, GpuProcess, GpuUnavailable
-from niodoo_supervisor.supervise.gpu_memory import utilization
-from supervise_sim import START, FakeRun, Sim, after_start, boots, now, sim_config
+from niodoo_supervisor.logs.counters import EventCounters
+from niodoo_supervisor.supervise import run_record
+from niodoo_supervisor.supervise.gpu_memory import GO, GpuMemory, utilization
+from niodoo_supervisor.supervise.process_tree import ProcessRecord
+from niodoo_supervisor.supervise.reporter import Reporter
+from niodoo_supervisor.supervise.run_record import RunRecord
+from niodoo_supervisor.supervise.seams import SystemClock
+from niodoo_supervisor.supervise.status_file import StatusBoard
+from supervise_sim import (
+    START,
+    FakeRun,
+    RecordingNotifier,
+    Sim,
+    after_start,
+    boots,
+    now,
+    sim_config,
+    sim_plan,
+)
 
 GIB = 1 << 30
 FOREIGN = 4_190_001  # above any pid this machine hands out
@@ -276,3 +299,54 @@ def test_utilization_is_the_config_or_vllm_default(
     config = sim_config(tmp_path)
     engine = config.engine.model_copy(update={"gpu_memory_utilization": configured})
     assert utilization(config.model_copy(update={"engine": engine}), version) == expected
+
+
+class LiveOnlyGpus(ScriptedGpus):
+    """Its holders hold memory only while they run (and are not zombies)."""
+
+    async def devices(self, visible: str | None) -> list[GpuDevice]:
+        for pid in list(self.holders):
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    continue
+            self.free(pid)
+        return await super().devices(visible)
+
+
+async def test_a_recorded_leftover_holding_the_memory_is_ended_then_vllm_may_start(
+    tmp_path: Path,
+) -> None:
+    leftover = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        process = psutil.Process(leftover.pid)
+        config = sim_config(tmp_path, server={"python": sys.executable})
+        config.state_dir.mkdir(parents=True)
+        name = process.name()
+        identity = ProcessRecord(leftover.pid, process.create_time(), name, process.exe())
+        run_record.write(config.state_dir, RunRecord(os.getpid(), leftover.pid, identity))
+        gpus = LiveOnlyGpus()
+        gpus.hold(leftover.pid, 21)
+        status = StatusBoard()
+        reporter = Reporter(
+            RecordingNotifier(), SystemClock(), config.state_dir, status, EventCounters()
+        )
+        memory = GpuMemory(gpus, reporter, SystemClock(), {})
+        with capture_logs() as logs:
+            verdict = await memory.before_start(config, sim_plan("python3"))
+        memory.close()
+        assert verdict == GO
+        assert leftover.wait(10) == -signal.SIGTERM
+        said = [record["event"] for record in logs]
+        assert said == [
+            "gpu_memory_leftovers",
+            "leftovers_found",
+            "leftovers_ended",
+            "gpu_memory_checked",
+        ]
+        assert logs[0]["holders"] == [f"pid {leftover.pid} ({name}, 21.0 GiB, ours)"]
+        assert not (config.state_dir / run_record.FILE_NAME).exists()
+    finally:
+        leftover.kill()
+        leftover.wait()
