@@ -378,6 +378,7 @@ class Sim:
     probers: list[ScriptedProber] = field(default_factory=list)
     logs: list[MutableMapping[str, Any]] = field(default_factory=list)
     notifier: RecordingNotifier = field(default_factory=RecordingNotifier)
+    gpu_source: Any = None  # NVML as `gpu_memory` asks it (None: not asked)
     _timers: list[tuple[float, Callable[[], None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -394,6 +395,7 @@ class Sim:
             clock=LoopClock(self.epoch),
             launcher=self,
             load_reader=self._load_reader,
+            gpu_source=self.gpu_source,
         )
 
     # --- the launcher -------------------------------------------------------------------------

@@ -18,9 +18,10 @@ ALLOWED: dict[str, set[str]] = {
     "logs": {"files", "output"},
     "config": {"files", "logs.rule_types", "logs.operator_rules", "exitcodes"},
     "launch": {"config", "files", "exitcodes"},
-    "supervise": {"config", "launch", "logs", "files", "control", "output", "exitcodes"},
+    "supervise": {"config", "launch", "logs", "files", "control", "output", "gpu", "exitcodes"},
     "control": {"config", "files", "exitcodes"},
     "demo": set(),
+    "gpu": set(),
     "output": set(),
 }
 

@@ -21,7 +21,8 @@ from structlog.testing import capture_logs
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import load_config
 from niodoo_supervisor.files.statedir import LOCK_FILE, StateDirError, StateLock, prepare
-from niodoo_supervisor.supervise import daemon, run_record
+from niodoo_supervisor.supervise import run_record
+from niodoo_supervisor.supervise.leftovers import end_leftovers
 from niodoo_supervisor.supervise.process_tree import ProcessRecord, protected_pids
 
 # --- the folder -------------------------------------------------------------------------------
@@ -289,7 +290,7 @@ def test_recorded_processes_left_alive_are_named_in_a_warning(
     config, problems = load_config(tmp_path / "c.yaml", {})
     assert config is not None, problems
     with capture_logs() as logs:
-        asyncio.run(daemon._end_leftovers(config))
+        asyncio.run(end_leftovers(config))
     skipped = [entry for entry in logs if entry["event"] == "leftovers_skipped"]
     assert len(skipped) == 1
     assert all(str(pid) in " ".join(skipped[0]["processes"]) for pid in (leader_pid, member_pid))

@@ -43,6 +43,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "maintenance": _OPTIONAL_MAPPING,
     "adapter_effects": (dict,),
     "role": _OPTIONAL_MAPPING,
+    "gpus": (list,),
+    "gpu_wait": _OPTIONAL_MAPPING,
 }
 
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from niodoo_supervisor.cli.gpu_view import gpu_lines
 from niodoo_supervisor.cli.status_fields import count, mapping, number, shown, text_list
 from niodoo_supervisor.cli.times import at_and_ago, duration
 from niodoo_supervisor.logs.builtin_rules import (
@@ -50,6 +51,7 @@ def human(status: Mapping[str, Any], running: bool, now: float) -> list[str]:
         lines.append(f"requests:  {'; '.join(mistakes)}")
     lines.extend(_operations_lines(status, now))
     lines.append(_vllm_line(status))
+    lines.extend(gpu_lines(status, now))
     lines.extend(_check_line(status, now))
     lines.extend(_reload_lines(status.get("last_reload"), now))
     lines.extend(_event_lines(mapping(status.get("events")), now))

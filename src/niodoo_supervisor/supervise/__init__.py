@@ -3,5 +3,5 @@ policy), the run watcher (one run: readiness, liveness, outcome), the reporter (
 to the log, systemd and the status file), the incident dispatcher, the edges they are handed
 (`seams`), one run of vLLM, probes, the process tree, the run record and systemd notifications.
 
-May import: `config`, `launch`, `logs`, `files`, `control`, `output`.
+May import: `config`, `launch`, `logs`, `files`, `control`, `output`, `gpu`.
 """

@@ -29,12 +29,12 @@ from niodoo_supervisor.launch.plan import LaunchPlan, PlanError, plan_launch
 from niodoo_supervisor.launch.preflight import PreflightOptions, preflight
 from niodoo_supervisor.launch.render import redacted_argv
 from niodoo_supervisor.output.records import configure_logging
-from niodoo_supervisor.supervise import run_record
 from niodoo_supervisor.supervise.control_target import supervise_with_control
 from niodoo_supervisor.supervise.early_signals import StartupSignals
+from niodoo_supervisor.supervise.gpu_source import ThreadedNvml
 from niodoo_supervisor.supervise.incidents import ReloadResult
+from niodoo_supervisor.supervise.leftovers import end_leftovers
 from niodoo_supervisor.supervise.loop import Supervisor
-from niodoo_supervisor.supervise.process_tree import alive, terminate_processes
 from niodoo_supervisor.supervise.systemd import SystemdNotifier
 
 __all__ = ["run_daemon"]
@@ -76,7 +76,7 @@ def _run_locked(
     signals: StartupSignals,
     check_flags: bool,
 ) -> int:
-    asyncio.run(_end_leftovers(config))
+    ended = asyncio.run(end_leftovers(config))
     if (stop := signals.stop_signal()) is not None:
         return _stopped_before_start(stop)
     plan, problems = _checked_plan(config, environ, PreflightOptions(check_flags=check_flags))
@@ -100,7 +100,9 @@ def _run_locked(
         notifier=notifier,
         environ=environ,
         reloader=lambda: _reload(config_path, environ),
+        gpu_source=ThreadedNvml(),
     )
+    supervisor.gpu.note_ours(ended)  # their memory may be freed late: not a stranger's
     log.info(
         "starting",
         config=str(config_path),
@@ -142,40 +144,6 @@ def _reload_before_start(
 
 def _log_problem(text: str, is_error: bool) -> None:
     (log.error if is_error else log.warning)("config_problem", problem=text)
-
-
-async def _end_leftovers(config: Config) -> None:
-    record = run_record.read(config.state_dir)
-    if record is None:
-        run_record.clear(config.state_dir)  # an invalid record is not read twice
-        return
-    # Only processes running the interpreter this config launches: a record naming anything
-    # else is stale or planted.
-    executable = os.path.realpath(config.server.python)
-    leftovers = run_record.leftover_processes(record, executable)
-    if leftovers:
-        log.warning(
-            "leftovers_found",
-            processes=[p.describe() for p in leftovers],
-            reason="a previous supervisor did not stop its vLLM",
-        )
-        killed, survivors = await terminate_processes(
-            leftovers, config.supervisor.stop.grace_period
-        )
-        if survivors:
-            log.error("leftovers_survive", processes=[p.describe() for p in survivors])
-        else:
-            log.info("leftovers_ended", processes=len(leftovers), sigkilled=len(killed))
-    ended = {p.pid for p in leftovers}
-    skipped = [p for p in (record.leader, *record.members) if p.pid not in ended and alive(p)]
-    if skipped:
-        log.warning(
-            "leftovers_skipped",
-            processes=[p.describe() for p in skipped],
-            reason="recorded processes still run but do not match what this supervisor launches "
-            "(session, executable): not ended; if one holds the port, preflight names it",
-        )
-    run_record.clear(config.state_dir)
 
 
 async def _reload(config_path: Path, environ: dict[str, str]) -> ReloadResult:

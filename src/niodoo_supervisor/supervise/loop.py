@@ -28,6 +28,8 @@ from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.adapter_effects import AdapterEffects
 from niodoo_supervisor.supervise.dispatch import Dispatcher, Reloader
 from niodoo_supervisor.supervise.drain import Drain, LoadReader, ready_for_traffic, vllm_load_reader
+from niodoo_supervisor.supervise.gpu_memory import GpuMemory
+from niodoo_supervisor.supervise.gpu_source import GpuSource
 from niodoo_supervisor.supervise.headless_probe import RunView, ready_role, session_size
 from niodoo_supervisor.supervise.incidents import (
     AdapterLoadAsked,
@@ -95,6 +97,7 @@ class Supervisor:
         clock: Clock | None = None,
         launcher: Launcher | None = None,
         load_reader: Callable[[Config], AbstractAsyncContextManager[LoadReader]] = vllm_load_reader,
+        gpu_source: GpuSource | None = None,
     ) -> None:
         self.next_start = NextStart(config, plan)  # `reloads` replaces it with a reload's
         self.clock = clock or SystemClock()
@@ -118,6 +121,8 @@ class Supervisor:
             notifier, self.clock, config.state_dir, status, counters, metrics=self.metrics
         )
         self.dispatcher = Dispatcher(self.clock, reloader)
+        # GPU memory before each start and after each stop (None: NVML is not asked at all).
+        self.gpu = GpuMemory(gpu_source, self.reporter, self.clock, environ)
         # The running vLLM's config, and a restart held for the next maintenance window.
         self.planner = RestartPlanner(self.clock, self.reporter, config.maintenance.windows)
         self.reporter.windows = config.maintenance.windows
@@ -175,6 +180,7 @@ class Supervisor:
                 await readiness.close()
             await self.dispatcher.close()
             self.launcher.close()
+            self.gpu.close()
 
     async def _supervise(self) -> int:
         reloaded = False
@@ -189,6 +195,8 @@ class Supervisor:
                     return self.reporter.fatal(reason, exitcodes.CRASH_LOOP)
                 self.policy.record_start(now)
             reloaded = False
+            if (code := await self._gpu_ready()) is not None:
+                return code
             run = await self._start()
             if isinstance(run, LaunchError):
                 return self.reporter.fatal(str(run), run.exit_code)
@@ -239,6 +247,20 @@ class Supervisor:
             if await self._backoff(delay):
                 return self.reporter.stopped_while_idle("stop requested during backoff")
 
+    async def _gpu_ready(self) -> int | None:
+        """Wait until the GPUs have the memory vLLM's start needs (memory others hold is
+        waited for like a backoff, never a crash): None, or the supervisor's exit code."""
+        while True:
+            verdict = await self.gpu.before_start(self.config, self.plan)
+            if verdict.refused is not None:
+                return self.reporter.fatal(verdict.refused, exitcodes.CONFIG)
+            if verdict.wait is None:
+                return None
+            if await self._backoff(verdict.wait):
+                return self.reporter.stopped_while_idle(
+                    "stop requested while waiting for GPU memory"
+                )
+
     async def _start(self) -> Run | LaunchError:
         """Launch vLLM, or say why it cannot even be executed."""
         self.run_serial += 1
@@ -255,6 +277,7 @@ class Supervisor:
         self.current = run
         self.reporter.status.role = role_object(self.config, self.plan.role)
         self.role_metric.set(self.plan.role)
+        self.gpu.launched(run.pid)
         self.vllm_events.progress.launched(run.started, ready_role(self.config, self.plan.role))
         # The drain (and port) this vLLM was launched with are those its stop must wait for
         # (and read), whatever a reload has set for the next start since.
@@ -357,6 +380,7 @@ class Supervisor:
             functools.partial(self.load_reader, self.launched_with),
             drain_timeout or 0,
         )
+        self.gpu.stopping()
         async with self.reporter.watchdog_fed(extend=extend):
             if planned:
                 with self.dispatcher.stop_from_now() as stop_asked:
@@ -367,3 +391,4 @@ class Supervisor:
                 await (drain.stop(run, grace) if planned else run.stop(grace))
         self.current = None
         self.reporter.status.vllm_pid = None
+        await self.gpu.after_stop(self.config)  # a restart begins only after

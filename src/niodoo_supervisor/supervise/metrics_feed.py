@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.config.maintenance_sections import Window
+from niodoo_supervisor.control.gpu_metrics import GpuCollector
 from niodoo_supervisor.control.metrics import SupervisorMetrics
 from niodoo_supervisor.logs.builtin_rules import IGNORED_FIELDS_RULE, UNKNOWN_MODEL_RULE
 from niodoo_supervisor.logs.rule_types import Event, Severity
@@ -28,6 +29,7 @@ def supervisor_metrics(
 ) -> SupervisorMetrics:
     """The metrics of a supervisor whose running config `config` returns (a reload changes
     the windows)."""
+    registry.register(GpuCollector(lambda: status.gpus))
     return SupervisorMetrics(
         registry,
         status,

@@ -76,6 +76,10 @@ class StatusBoard:
     adapter_effects: dict[str, dict[str, Any]] = field(default_factory=dict)
     # This host's role in `topology` (`role_status.role_object`); None before the first start.
     role: dict[str, Any] | None = None
+    # NVML's view (`gpu_memory`): per visible GPU used/total MiB and vLLM's processes on it;
+    # empty without NVML. `gpu_wait`: a start waiting for memory others hold, else None.
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    gpu_wait: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
