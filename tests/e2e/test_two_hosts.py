@@ -5,8 +5,9 @@ headless. Both read the same YAML; the rank comes from NIODOO_NODE_RANK.
 
 Data parallel is what the CPU build serves across hosts without extra settings; `--nnodes`
 (mp) needs GLOO_SOCKET_IFNAME as well and Ray does not run on the CPU build at all
-(docs/topology.md). One run takes about 4 minutes on 2 cores: both vLLMs load at once and
-the headless one is restarted once. Needs root for the namespaces; skipped elsewhere.
+(docs/topology.md). One run takes about 5 minutes on 2 cores: both vLLMs load at once, then
+the headless one is killed and both start again. Needs root for the namespaces; skipped
+elsewhere, saying why. Do not run it beside other real-vLLM tests: the engines pin cores.
 """
 
 from __future__ import annotations
@@ -198,22 +199,40 @@ def test_each_host_reports_its_role(cluster: Cluster) -> None:
     assert any("headless" in status for status in statuses), statuses
 
 
-def test_killed_headless_vllm_is_restarted_and_ready_again(cluster: Cluster) -> None:
-    worker = cluster.worker
+def test_killed_headless_vllm_is_restarted_and_serves_again_once_the_head_restarts(
+    cluster: Cluster,
+) -> None:
+    """vLLM's head takes its engines' handshake only while it starts (research: its
+    --data-parallel-rpc-port listens only then), so an engine that comes back cannot rejoin
+    a running head, which goes on answering /health 200 meanwhile: the worker's supervisor
+    restarts its part, and it serves again once the head is restarted (the operator's
+    `restart --now`, as docs/topology-dp.md says)."""
+    head, worker = cluster.head, cluster.worker
     _ready_after(worker, 1)
-    readies = worker.run.states().count("READY")
+    _ready_after(head, 1)
+    head_readies = head.run.states().count("READY")
+    worker_readies = worker.run.states().count("READY")
     leader = worker.run.status()["vllm_pid"]
     assert isinstance(leader, int)
     killed = time.monotonic()
     os.killpg(leader, signal.SIGKILL)  # the supervisor made vLLM lead its own session
-    _ready_after(worker, readies + 1)
-    record_figure(
-        f"two hosts (dp 2): headless vLLM SIGKILLed -> READY again {time.monotonic() - killed:.1f}s"
+    wait_for(
+        lambda: worker.run.status().get("vllm_pid") not in (None, leader),
+        60,
+        f"a new headless vLLM; states {worker.run.states()}",
     )
-    assert worker.run.status()["vllm_pid"] != leader
-    # What vLLM itself makes of an engine that comes back (not asserted: vLLM's behaviour).
-    after = _complete(cluster, [1], timeout=15)
-    record_figure(f"two hosts (dp 2): engine 1 after its restart answers {after}")
+    record_figure(
+        f"two hosts (dp 2): headless vLLM SIGKILLed -> relaunched {time.monotonic() - killed:.1f}s"
+    )
+    asked = time.monotonic()
+    answer = head.run.cli("restart", "--now")
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    _ready_after(head, head_readies + 1)
+    _ready_after(worker, worker_readies + 1)
+    record_figure(
+        f"two hosts (dp 2): head restart asked -> both READY again {time.monotonic() - asked:.1f}s"
+    )
+    assert _complete(cluster, [0, 1], timeout=60) == [200, 200]
 
 
 def test_sigterm_stops_both_hosts_and_leaves_nothing_in_either_namespace(
