@@ -38,17 +38,20 @@ from realvllm import free_port, record_figure
 
 START_TIMEOUT = 300  # both vLLMs load at once on 2 cores: about 2.5 minutes here
 STATE_DIR_VARIABLE = "NIODOO_TEST_STATE_DIR"  # one YAML, a state folder per host
+API_KEY = "two-hosts-test-key"  # the head's API listens on every address of its namespace
 # Runs inside the worker's namespace: one /v1/completions per entry of the JSON list, sent to
 # the data-parallel engine it names (vLLM's X-data-parallel-rank header; null: vLLM picks),
 # printing the status codes (or the error's name) as JSON.
 CLIENT = """
 import json, sys, httpx
-url, ranks, timeout = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+url, ranks, timeout, key = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 body = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0}
 results = []
 with httpx.Client(timeout=timeout, trust_env=False) as client:
     for rank in ranks:
-        headers = {} if rank is None else {"X-data-parallel-rank": str(rank)}
+        headers = {"Authorization": f"Bearer {key}"}
+        if rank is not None:
+            headers["X-data-parallel-rank"] = str(rank)
         try:
             results.append(client.post(url, json=body, headers=headers).status_code)
         except httpx.HTTPError as error:
@@ -73,12 +76,16 @@ class Cluster:
 
 
 def _write_config(tmp: Path, vllm_python: str, model: DemoModel, head: netns.Host) -> Path:
+    key = tmp / "api-key"
+    key.write_text(API_KEY)
+    key.chmod(0o600)
     config = {
         "server": {
             "python": vllm_python,
             "launcher": "serve",
             "host": "0.0.0.0",  # the head's API answers on the veth too
             "port": free_port(),
+            "api_key_file": str(key),
             "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
         },
         "model": {
@@ -144,7 +151,7 @@ def cluster(e2e_tmp: Path, vllm_python: str, demo_model: DemoModel) -> Iterator[
 
 def _complete(cluster: Cluster, ranks: Sequence[int | None], timeout: float) -> list[object]:
     """Completions sent from the worker's namespace to the head's API over the veth."""
-    command = [sys.executable, "-c", CLIENT, cluster.url, json.dumps(ranks), str(timeout)]
+    command = [sys.executable, "-c", CLIENT, cluster.url, json.dumps(ranks), str(timeout), API_KEY]
     result = cluster.worker.host.run(command, timeout=timeout * len(ranks) + 30)
     assert result.returncode == 0, result.stderr
     answers: list[object] = json.loads(result.stdout)
