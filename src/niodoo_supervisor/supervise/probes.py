@@ -12,11 +12,16 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.launch.render import REDACTED
+from niodoo_supervisor.launch.topology import SINGLE_HOST, HostRole
+
+if TYPE_CHECKING:
+    from niodoo_supervisor.supervise.headless_probe import HeadlessProber, RunView
 
 __all__ = [
     "CheckResult",
@@ -200,8 +205,21 @@ def vllm_url(config: Config) -> str:
     return f"http://{url_host}:{config.port}"
 
 
-def prober_for(config: Config, api_key: str | None) -> HttpProber:
-    """The prober of the vLLM a config describes."""
+def prober_for(
+    config: Config,
+    api_key: str | None,
+    *,
+    role: HostRole = SINGLE_HOST,
+    run: RunView | None = None,
+) -> HttpProber | HeadlessProber:
+    """The prober of the vLLM a config describes; a host whose `role` has no API server
+    (headless, ray-worker) is probed through its `run` and the head instead."""
+    if not role.has_api_server and run is not None:
+        # Imported here: headless_probe builds on this module's results.
+        from niodoo_supervisor.supervise.headless_probe import HeadlessProber, head_target
+
+        timeout = config.supervisor.health.timeout
+        return HeadlessProber(role, run, head_target(config, role), timeout=timeout)
     return HttpProber(
         vllm_url(config),
         served=config.served_name,

@@ -141,14 +141,22 @@ class StartProgress:
         self._sent: str | None = None
         self._sent_at = -math.inf
         self._bars: dict[int | None, _Bar] = {}  # each worker's weight-shard bar, by pid
+        self.phases: frozenset[str] = frozenset()  # reached (a headless host's readiness)
 
     def finished(self) -> None:
         """The start is over (READY): later phase events are no steps of it."""
         self.starting = False
 
-    def ready(self, model: str, adapters: Iterable[str], where: str, elapsed_s: float) -> None:
+    def ready(
+        self,
+        model: str,
+        adapters: Iterable[str],
+        where: str,
+        elapsed_s: float,
+        role: str | None = None,
+    ) -> None:
         """READY: the `ready` record, and the start is over (`finished`)."""
-        log_ready(model, adapters, where, elapsed_s)
+        log_ready(model, adapters, where, elapsed_s, role)
         self.finished()
 
     def step(self, event: Event, now: float) -> Step | None:
@@ -156,6 +164,7 @@ class StartProgress:
         line between two quarters of the bar). Only while `starting`."""
         summary = summarize(event)
         self.latest = summary
+        self.phases |= {_phase(event)}
         if event.rule in _STATUS_ONLY:
             return None
         if event.rule == SHARDS_RULE and not self._passes_a_quarter(event):
@@ -229,8 +238,15 @@ def serving_sentence(model: str, adapters: Sequence[str], where: str) -> str:
     return f"serving {_clip(model)} with {served} on {where}"
 
 
-def log_ready(model: str, adapters: Iterable[str], where: str, elapsed_s: float) -> None:
-    """The `ready` record: what is served, where, and how long the start took."""
+def log_ready(
+    model: str, adapters: Iterable[str], where: str, elapsed_s: float, role: str | None = None
+) -> None:
+    """The `ready` record: what is served, where, and how long the start took; a host
+    without an API server serves nothing here, so its record says its `role` instead."""
+    if role is not None:
+        summary = f"ready: {role} after {elapsed_s:.1f} s"
+        log.info("ready", model=model, role=role, elapsed_s=round(elapsed_s, 1), summary=summary)
+        return
     names = list(adapters)
     log.info(
         "ready",

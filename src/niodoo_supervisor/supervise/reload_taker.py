@@ -67,7 +67,7 @@ class ReloadTaker:
         retune = restart is None and any(c.kind is not KeyClass.RESTART for c in change.changes)
         config, plan = self.next_start.config, self.next_start.plan
         prober = self.prober_factory(config, plan.api_key) if retune else None
-        settings = WatchSettings.from_config(config)
+        settings = WatchSettings.from_config(config, plan.role)
         return Reloaded(change, settings, prober, config.adapters, restart, settle)
 
     def take(self, result: ReloadResult, *, vllm_running: bool) -> Taken | None:

@@ -21,13 +21,14 @@ from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.files.atomic import atomic_write, describe_os_error, exit_code_for
 from niodoo_supervisor.launch.lora_guard import write_guard
 from niodoo_supervisor.launch.plan import LaunchPlan
+from niodoo_supervisor.launch.vllm_metadata import write_vllm_metadata
 from niodoo_supervisor.logs.pump import LogPump
 from niodoo_supervisor.logs.request_hints import ServedNames
 from niodoo_supervisor.logs.rule_types import Event
 from niodoo_supervisor.logs.rules import RuleSet
 from niodoo_supervisor.logs.sinks import RotatingLogFile
 from niodoo_supervisor.output.writer import EchoTarget
-from niodoo_supervisor.supervise import run_record
+from niodoo_supervisor.supervise import companion, run_record
 from niodoo_supervisor.supervise.process_tree import VllmProcess, spawn, terminate_takes_at_most
 
 __all__ = [
@@ -139,10 +140,23 @@ class VllmRun:
             except OSError as exc:
                 where = plan.lora_guard.folder
                 raise _launch_error(f"cannot write the lora_name guard to {where}", exc) from None
+        if plan.vllm_metadata is not None:
+            try:
+                write_vllm_metadata(plan.vllm_metadata)
+            except OSError as exc:
+                where = plan.vllm_metadata.folder
+                raise _launch_error(
+                    f"cannot write vLLM's package metadata to {where}", exc
+                ) from None
         try:
-            child = await spawn(plan.argv, plan.child_environment(environ))
+            argv = companion.session_argv(config, plan)
         except OSError as exc:
-            raise _launch_error(f"cannot execute {plan.argv[0]}", exc) from None
+            raise _launch_error("cannot write the session keeper", exc) from None
+        try:
+            child = await spawn(argv, plan.child_environment(environ))
+        except OSError as exc:
+            raise _launch_error(f"cannot execute {argv[0]}", exc) from None
+        companion.started(plan, child.pid)
         try:
             ruleset = RuleSet(config.rules, served=served_names(config))
             pump = LogPump(
@@ -163,7 +177,9 @@ class VllmRun:
         run.record_processes()
 
         async def watch_exit() -> None:
-            on_exit(child.pid, await child.wait())
+            returncode = await child.wait()
+            companion.note_exit(plan, returncode)
+            on_exit(child.pid, returncode)
 
         run.exit_task = asyncio.get_running_loop().create_task(watch_exit())
         return run

@@ -313,7 +313,9 @@ class RunWatcher:
                     *systemd.WATCHDOG,
                 ),
             )
-            self.progress.ready(settings.model, self.adapters.serving, settings.address, took)
+            self.progress.ready(
+                settings.model, self.adapters.serving, settings.address, took, settings.role
+            )
             return None
         if result.health.status is not None:
             self.answered = True

@@ -132,6 +132,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--max-num-batched-tokens", type=_human_int, default=None)
     add("--max-num-seqs", type=int, default=None)
     add("--shutdown-timeout", type=int, default=0)
+    # Serving across hosts (vLLM's engine args; `--headless` is the `serve` sub-parser's).
+    add("--nnodes", "-n", type=int, default=1)
+    add("--node-rank", "-r", type=int, default=0)
+    add("--master-addr", default="127.0.0.1")
+    add("--master-port", type=int, default=29501)
+    add("--data-parallel-size-local", "-dpl", type=int, default=None)
+    add("--data-parallel-address", "-dpa", default=None)
+    add("--data-parallel-rpc-port", "-dpp", type=int, default=None)
+    add("--data-parallel-start-rank", "-dpr", type=int, default=None)
+    add("--data-parallel-backend", "-dpb", default="mp", choices=["mp", "ray"])
+    add("--distributed-executor-backend", default=None, choices=["mp", "ray", "uni"])
     return parser
 
 
@@ -157,6 +168,7 @@ def build_serve_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentPar
         usage="vllm serve [model_tag] [options]",
         allow_abbrev=False,
     )
+    serve.add_argument("--headless", action="store_true", default=False)
     return top, _add_arguments(serve)
 
 

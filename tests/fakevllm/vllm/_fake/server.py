@@ -34,6 +34,7 @@ from vllm._fake.endpoints import FakeHTTPServer, log_add_lora_failure
 from vllm._fake.engine import EngineSpec
 from vllm._fake.engine_client import EngineClient, EngineEvent, spawn_engine
 from vllm._fake.faults import Faults
+from vllm._fake.headless import run_headless
 from vllm._fake.logs import (
     configure_uvicorn_logging,
     emit,
@@ -146,6 +147,8 @@ class ApiServer:
             "non-default args: %s",
             non_default_args(self.parser, args),
         )
+        if getattr(args, "headless", False):
+            return run_headless(self)
         host = args.host or ""
         try:
             self.sock = socket.socket(socket.AF_INET6 if _is_ipv6(host) else socket.AF_INET)
@@ -165,21 +168,23 @@ class ApiServer:
             return 1
         emit(texts.ARCHITECTURE, _INFO, "Resolved architecture: %s", self.architecture)
         emit(texts.MAX_MODEL_LEN, _INFO, "Using max model len %d", self.state.max_model_len)
-        spec = EngineSpec(
-            model=args.model,
-            served_name=self.state.served_names[0],
-            max_model_len=self.state.max_model_len,
-            dtype=args.dtype,
-            load_seconds=self.faults.load_seconds,
-            shutdown_timeout=args.shutdown_timeout,
-            stubborn=self.faults.stubborn_children,
-        )
-        self.engine = spawn_engine(spec, self.events)
+        self.engine = spawn_engine(self.engine_spec(), self.events)
         self.state.engine_pid = self.engine.pid
         outcome = self._wait_until_ready()
         if outcome is not None:
             return outcome
         return self._start_serving()
+
+    def engine_spec(self) -> EngineSpec:
+        return EngineSpec(
+            model=self.args.model,
+            served_name=self.state.served_names[0],
+            max_model_len=self.state.max_model_len,
+            dtype=self.args.dtype,
+            load_seconds=self.faults.load_seconds,
+            shutdown_timeout=self.args.shutdown_timeout,
+            stubborn=self.faults.stubborn_children,
+        )
 
     def _wait_until_ready(self) -> int | None:
         """None once the engine is ready, else the exit code of a failed start."""

