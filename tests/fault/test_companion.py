@@ -29,11 +29,14 @@ FAKE_RAY = REPO / "tests" / "fakeray" / "ray"
 SUPERVISE_RAY = REPO / "tests" / "fakeray" / "supervise_ray.py"
 
 
-def start(config: Path, tmp: Path, notify: NotifySocket, die_file: Path) -> SupervisorRun:
-    """`niodoo-supervisor run` whose plans carry the Ray companion (`supervise_ray.py`)."""
+def start(
+    config: Path, tmp: Path, notify: NotifySocket, die_file: Path, logs: str = "supervisor"
+) -> SupervisorRun:
+    """`niodoo-supervisor run` whose plans carry the Ray companion (`supervise_ray.py`);
+    its output goes to `logs`.out and .err in `tmp`."""
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "FAKE_RAY_DIE_FILE": str(die_file)}
     env.pop("JOURNAL_STREAM", None)
-    out, err = tmp / "supervisor.out", tmp / "supervisor.err"
+    out, err = tmp / f"{logs}.out", tmp / f"{logs}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         stat = os.fstat(stderr.fileno())
         env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
@@ -86,6 +89,31 @@ def ray_worker(tmp_path: Path) -> Iterator[tuple[HeadPort, SupervisorRun, Path]]
             stop_supervisor(run)
 
 
+def test_a_sigkilled_supervisors_ray_node_is_a_leftover_of_the_next(tmp_path: Path) -> None:
+    with notify_socket(tmp_path) as notify:
+        config, die = ray_config(tmp_path, 0, free_port()), tmp_path / "ray-die"
+        first = start(config, tmp_path, notify, die)
+        try:
+            first.wait_state("READY", 30)
+            (ray,) = wait_for(lambda: ray_processes(first), 10, "the Ray node")
+            first.process.kill()  # the supervisor alone: its session is left running
+            first.wait_exit(10)
+            assert ray.is_running()
+            second = start(config, tmp_path, notify, die, logs="second")
+            try:
+                second.wait_state("READY", 30)
+                found = second.event("leftovers_found")
+                assert found is not None
+                assert str(ray.pid) in found["processes"]
+                assert not ray.is_running()
+                assert stop(second) == 0
+                assert_nothing_left(second)
+            finally:
+                stop_supervisor(second)
+        finally:
+            stop_supervisor(first)
+
+
 @pytest.fixture
 def ray_head(tmp_path: Path) -> Iterator[tuple[SupervisorRun, Path]]:
     """Rank 0 of a `ray` topology: the Ray head (the fake) and the fake vLLM."""
@@ -109,6 +137,7 @@ def test_a_ray_worker_runs_only_the_ray_node_and_says_its_role(
     ready = run.event("ready")
     assert ready is not None
     assert ready["role"] == "ray-worker rank 1 of 2 (ray), head 127.0.0.1 reachable"
+    assert run.status()["role"]["sees"][0] == "the Ray node (companion) process"
     (ray,) = wait_for(lambda: ray_processes(run), 10, "the Ray node")
     session = launched_pids(run)[0]
     names = {p.name() for p in psutil.process_iter() if _in_session(p, session)}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fault_supervisor import assert_nothing_left, make_config, stop
+from fault_supervisor import assert_nothing_left, make_config, status_command, stop
 from harness import (
     SupervisorRun,
     launched_pids,
@@ -75,6 +75,13 @@ def test_headless_rank_is_ready_without_http_and_says_its_role(
     assert notified is not None
     assert notified.fields["STATUS"] == "ready: headless rank 1 of 2 (mp), head 127.0.0.1 reachable"
     assert run.event("head_reachable", head=f"127.0.0.1:{head.port}") is not None
+    role = run.status()["role"]
+    assert (role["role"], role["rank"], role["api_server"]) == ("headless", 1, False)
+    assert role["sees"][-1] == f"head 127.0.0.1:{head.port} reachability"
+    shown = status_command(run).stdout
+    assert "\nrole:      headless rank 1 of 2 (mp), no API server here; cannot see: " in shown
+    labels = 'backend="mp",rank="1",role="headless"'
+    assert run.metrics()[f"niodoo_host_role_info{{{labels}}}"] == 1.0
     assert stop(run) == 0
     assert_nothing_left(run)
 

@@ -10,10 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from structlog.testing import capture_logs
 
-from niodoo_supervisor.config.loader import Config, load_config
+from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.launch.topology import DEFAULT_MASTER_PORT, host_role
 from niodoo_supervisor.supervise.headless_probe import (
     HeadlessProber,
@@ -25,24 +24,11 @@ from niodoo_supervisor.supervise.headless_probe import (
 )
 from niodoo_supervisor.supervise.probes import HttpProber, prober_for
 from niodoo_supervisor.supervise.watch_settings import WatchSettings
-
-
-def config_of(tmp: Path, **topology: Any) -> Config:
-    document = {
-        "server": {"python": "python3", "port": 8123},
-        "model": {"path": str(tmp / "model"), "served_name": "tiny"},
-        "topology": topology,
-    }
-    path = tmp / "niodoo.yaml"
-    path.write_text(yaml.safe_dump(document))
-    config, problems = load_config(path, {})
-    assert config is not None, [problem.format() for problem in problems]
-    return config
+from role_configs import config_of, rank_of
 
 
 def headless(tmp: Path, backend: str = "dp", **topology: Any) -> Config:
-    topology = {"head_address": "10.13.0.1", **topology}
-    return config_of(tmp, backend=backend, nodes=2, rank=1, **topology)
+    return rank_of(tmp, backend, 1, **topology)
 
 
 class View:
@@ -252,15 +238,8 @@ def test_tcp_reach_follows_a_real_listener(tmp_path: Path) -> None:
         await probe.aclose()
         return reasons
 
-    assert asyncio.run(scenario()) == [
-        "ok",
-        f"head 127.0.0.1:{_port_of(tmp_path)}: connection refused",
-    ]
-
-
-def _port_of(tmp: Path) -> int:
-    document = yaml.safe_load((tmp / "niodoo.yaml").read_text())
-    return int(document["topology"]["master_port"])
+    reasons = asyncio.run(scenario())
+    assert reasons == ["ok", f"head 127.0.0.1:{port}: connection refused"]
 
 
 @pytest.mark.parametrize(

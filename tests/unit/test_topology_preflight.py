@@ -48,7 +48,7 @@ def _config(tmp_path: Path, topology: str, engine: str = "{}", server: str = "")
 
 def _gpus(tmp_path: Path, count: int) -> Path:
     folder = tmp_path / "gpus"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for index in range(count):
         (folder / f"0000:0{index}:00.0").mkdir()
     return folder
@@ -153,6 +153,11 @@ def test_enough_gpus_is_no_problem_and_cuda_visible_devices_narrows_them(
     assert _check(config, gpus_dir=gpus) == ([], [])
     [(_, line, _)] = _check(config, {"CUDA_VISIBLE_DEVICES": "1"}, gpus_dir=gpus)[0]
     assert "needs 2 GPU(s) for its part but sees 1 (CUDA_VISIBLE_DEVICES)" in line
+    mig = "MIG-1,MIG-2,MIG-3"  # two MIG instances on one of the GPUs would be enough too
+    assert _check(config, {"CUDA_VISIBLE_DEVICES": mig}, gpus_dir=_gpus(tmp_path / "one", 1)) == (
+        [],
+        [],
+    )
 
 
 def test_dp_needs_its_local_engines_times_their_gpus(tmp_path: Path, listener: int) -> None:

@@ -42,6 +42,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "last_reload": _OPTIONAL_MAPPING,
     "maintenance": _OPTIONAL_MAPPING,
     "adapter_effects": (dict,),
+    "role": _OPTIONAL_MAPPING,
 }
 
 

@@ -21,6 +21,7 @@ from niodoo_supervisor.logs.builtin_rules import (
 )
 from niodoo_supervisor.logs.request_mistakes import request_mistakes
 from niodoo_supervisor.logs.rule_types import Severity
+from niodoo_supervisor.supervise.role_status import role_line
 
 __all__ = ["human"]
 
@@ -40,8 +41,10 @@ def human(status: Mapping[str, Any], running: bool, now: float) -> list[str]:
     lines = [
         _state_line(status, running, now),
         f"serving:   {shown(status.get('served_model') or '?')} + adapters {_adapters(status)}",
-        f"trouble:   {_last_trouble(status, now)}",
     ]
+    if (role := role_line(status.get("role"))) is not None:
+        lines.append(f"role:      {shown(role, 400)}")  # absent on a single host
+    lines.append(f"trouble:   {_last_trouble(status, now)}")
     mistakes = request_mistakes(mapping(status.get("events")))
     if mistakes:
         lines.append(f"requests:  {'; '.join(mistakes)}")

@@ -137,7 +137,8 @@ def _check_gpus(
         ]
     visible = config.server.env.get("CUDA_VISIBLE_DEVICES", environ.get("CUDA_VISIBLE_DEVICES"))
     if visible is not None:
-        found = min(found, len([entry for entry in visible.split(",") if entry.strip()]))
+        # The devices vLLM may use; MIG instances can outnumber the GPUs the driver lists.
+        found = len([entry for entry in visible.split(",") if entry.strip()])
     if found < needed:
         report(
             "topology.nodes",

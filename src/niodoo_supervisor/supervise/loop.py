@@ -51,6 +51,7 @@ from niodoo_supervisor.supervise.reload_taker import NextStart, ReloadTaker
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.restart_planner import NOT_RUNNING, RestartPlanner, answer
 from niodoo_supervisor.supervise.restart_policy import RestartPolicy
+from niodoo_supervisor.supervise.role_status import RoleMetric, role_object
 from niodoo_supervisor.supervise.run import (
     LaunchError,
     VllmLauncher,
@@ -111,6 +112,7 @@ class Supervisor:
         self.metrics = supervisor_metrics(
             self.metrics_registry, status, self.clock, lambda: self.config
         )
+        self.role_metric = RoleMetric(self.metrics_registry)
         self.vllm_events = VllmEventLog(counters, metrics=self.metrics)
         self.reporter = Reporter(
             notifier, self.clock, config.state_dir, status, counters, metrics=self.metrics
@@ -251,6 +253,8 @@ class Supervisor:
         except LaunchError as exc:
             return exc
         self.current = run
+        self.reporter.status.role = role_object(self.config, self.plan.role)
+        self.role_metric.set(self.plan.role)
         self.vllm_events.progress.launched(run.started)
         # The drain (and port) this vLLM was launched with are those its stop must wait for
         # (and read), whatever a reload has set for the next start since.

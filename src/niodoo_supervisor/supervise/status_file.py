@@ -74,6 +74,8 @@ class StatusBoard:
     # log-probability difference from the base model (nats), when (epoch), and why when not
     # `effect`. Set at readiness and by each live load.
     adapter_effects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # This host's role in `topology` (`role_status.role_object`); None before the first start.
+    role: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
