@@ -36,7 +36,7 @@ from harness import (
 from niodoo_supervisor.demo.model import DemoModel
 from realvllm import free_port, record_figure
 
-START_TIMEOUT = 300  # both vLLMs load at once on 2 cores: about 2.5 minutes here
+START_TIMEOUT = 420  # both vLLMs load at once on 2 cores: 2.5 minutes here, 4.5 when busy
 STATE_DIR_VARIABLE = "NIODOO_TEST_STATE_DIR"  # one YAML, a state folder per host
 API_KEY = "two-hosts-test-key"  # the head's API listens on every address of its namespace
 # Runs inside the worker's namespace: one /v1/completions per entry of the JSON list, sent to
