@@ -27,6 +27,7 @@ import yaml
 
 import netns
 from harness import (
+    Notification,
     NotifySocket,
     SupervisorRun,
     start_supervisor,
@@ -34,7 +35,7 @@ from harness import (
     wait_for,
 )
 from niodoo_supervisor.demo.model import DemoModel
-from realvllm import free_port, record_figure
+from realvllm import record_figure, write_demo_config
 
 START_TIMEOUT = 420  # both vLLMs load at once on 2 cores: 2.5 minutes here, 4.5 when busy
 STATE_DIR_VARIABLE = "NIODOO_TEST_STATE_DIR"  # one YAML, a state folder per host
@@ -76,45 +77,30 @@ class Cluster:
 
 
 def _write_config(tmp: Path, vllm_python: str, model: DemoModel, head: netns.Host) -> Path:
+    """The demo's config (tests' probe timings) without adapters, as data parallel 2 over the
+    two hosts; the one file both supervisors read."""
+    path = write_demo_config(tmp, vllm_python, model)
+    config = yaml.safe_load(path.read_text())
     key = tmp / "api-key"
     key.write_text(API_KEY)
     key.chmod(0o600)
-    config = {
-        "server": {
-            "python": vllm_python,
-            "launcher": "serve",
-            "host": "0.0.0.0",  # the head's API answers on the veth too
-            "port": free_port(),
-            "api_key_file": str(key),
-            "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
-        },
-        "model": {
-            "path": str(model.base),
-            "served_name": "tiny",
-            "dtype": "bfloat16",
-            "max_model_len": 256,
-        },
-        "engine": {"data_parallel_size": 2},
-        "topology": {
-            "backend": "dp",
-            "nodes": 2,
-            "head_address": head.address,
-            "data_parallel_size_local": 1,
-        },
-        "supervisor": {
-            "state_dir": f"${{{STATE_DIR_VARIABLE}}}",
-            "startup_timeout": START_TIMEOUT,
-            "health": {
-                "interval": 1,
-                "startup_interval": 0.5,
-                "timeout": 3,
-                "failure_threshold": 2,
-            },
-            "restart": {"initial_delay": 0.5, "max_delay": 5, "max_starts": 6, "window": 600},
-            "stop": {"grace_period": 15},
-        },
+    # The head's API answers on the veth too, behind a key.
+    config["server"].update(launcher="serve", host="0.0.0.0", api_key_file=str(key))
+    config["lora"] = {"enabled": False}
+    config["engine"] = {"data_parallel_size": 2}
+    config["topology"] = {
+        "backend": "dp",
+        "nodes": 2,
+        "head_address": head.address,
+        "data_parallel_size_local": 1,
     }
-    path = tmp / "niodoo.yaml"
+    config["supervisor"].update(
+        state_dir=f"${{{STATE_DIR_VARIABLE}}}",
+        startup_timeout=START_TIMEOUT,
+        # A headless engine waits silently for the head (and, once restarted, for the head's
+        # restart): no start-up line for minutes is no stall here.
+        startup_stall_timeout=START_TIMEOUT,
+    )
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -158,15 +144,18 @@ def _complete(cluster: Cluster, ranks: Sequence[int | None], timeout: float) -> 
     return answers
 
 
-def _ready_after(node: Node, count: int) -> float:
-    """When the `count`-th READY state came (seconds since the supervisor was launched)."""
-    node.run.wait_state("READY", START_TIMEOUT)
-    wait_for(
-        lambda: node.run.states().count("READY") >= count,
-        START_TIMEOUT,
-        f"READY #{count}; states so far {node.run.states()}",
-    )
-    return time.monotonic() - node.launched
+def _ready(node: Node, count: int) -> Notification:
+    """The `count`-th READY=1 this host's supervisor sent (one per start that got ready),
+    once status.json says READY too."""
+
+    def nth() -> Notification | None:
+        readies = [m for m in node.run.notify.snapshot() if m.fields.get("READY") == "1"]
+        return readies[count - 1] if len(readies) >= count else None
+
+    ready = wait_for(nth, START_TIMEOUT, f"READY=1 #{count}; states so far {node.run.states()}")
+    assert ready is not None
+    node.run.wait_state("READY", 30)
+    return ready
 
 
 def _role(node: Node) -> dict[str, object]:
@@ -180,10 +169,9 @@ def _role(node: Node) -> dict[str, object]:
 def test_both_hosts_get_ready_and_both_engines_answer_from_the_other_host(
     cluster: Cluster,
 ) -> None:
-    head_ready = _ready_after(cluster.head, 1)
-    worker_ready = _ready_after(cluster.worker, 1)
-    record_figure(f"two hosts (dp 2): head launch -> READY {head_ready:.1f}s")
-    record_figure(f"two hosts (dp 2): headless launch -> READY {worker_ready:.1f}s")
+    for role, node in (("head", cluster.head), ("headless", cluster.worker)):
+        took = _ready(node, 1).at - node.launched
+        record_figure(f"two hosts (dp 2): {role} launch -> READY=1 {took:.1f}s")
     # Engine 0 runs on the head, engine 1 on the worker: vLLM serves a request pinned to an
     # engine only through that engine, so 200s on both prove both hosts serve.
     ranks: list[int | None] = [0, 1, 0, 1, None, None]
@@ -197,28 +185,25 @@ def test_both_hosts_get_ready_and_both_engines_answer_from_the_other_host(
 
 
 def test_each_host_reports_its_role(cluster: Cluster) -> None:
-    _ready_after(cluster.worker, 1)
+    ready = _ready(cluster.worker, 1)
     head, worker = _role(cluster.head), _role(cluster.worker)
     assert (head["role"], head["rank"], head["api_server"]) == ("head", 0, True)
     assert (worker["role"], worker["rank"], worker["api_server"]) == ("headless", 1, False)
     assert worker["backend"] == "dp" and worker["nodes"] == 2
-    statuses = cluster.worker.run.notify.statuses()
-    assert any("headless" in status for status in statuses), statuses
+    assert "headless rank 1 of 2 (dp)" in ready.fields["STATUS"], ready.fields
 
 
 def test_killed_headless_vllm_is_restarted_and_serves_again_once_the_head_restarts(
     cluster: Cluster,
 ) -> None:
-    """vLLM's head takes its engines' handshake only while it starts (research: its
-    --data-parallel-rpc-port listens only then), so an engine that comes back cannot rejoin
+    """vLLM's head takes its engines' handshake only while it starts (vLLM 0.32: the
+    --data-parallel-rpc-port listens only then; an engine waits 5 minutes for it), so an engine that comes back cannot rejoin
     a running head, which goes on answering /health 200 meanwhile: the worker's supervisor
     restarts its part, and it serves again once the head is restarted (the operator's
     `restart --now`, as docs/topology-dp.md says)."""
     head, worker = cluster.head, cluster.worker
-    _ready_after(worker, 1)
-    _ready_after(head, 1)
-    head_readies = head.run.states().count("READY")
-    worker_readies = worker.run.states().count("READY")
+    _ready(worker, 1)
+    _ready(head, 1)
     leader = worker.run.status()["vllm_pid"]
     assert isinstance(leader, int)
     killed = time.monotonic()
@@ -234,10 +219,9 @@ def test_killed_headless_vllm_is_restarted_and_serves_again_once_the_head_restar
     asked = time.monotonic()
     answer = head.run.cli("restart", "--now")
     assert answer.returncode == 0, answer.stdout + answer.stderr
-    _ready_after(head, head_readies + 1)
-    _ready_after(worker, worker_readies + 1)
+    again = max(_ready(head, 2).at, _ready(worker, 2).at)
     record_figure(
-        f"two hosts (dp 2): head restart asked -> both READY again {time.monotonic() - asked:.1f}s"
+        f"two hosts (dp 2): head restart asked -> both READY=1 again {again - asked:.1f}s"
     )
     assert _complete(cluster, [0, 1], timeout=60) == [200, 200]
 
