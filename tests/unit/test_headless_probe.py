@@ -19,6 +19,7 @@ from niodoo_supervisor.supervise.headless_probe import (
     HeadTarget,
     RunView,
     head_target,
+    ready_role,
     role_sentence,
     session_size,
 )
@@ -114,7 +115,7 @@ def test_ready_text_names_the_role_and_the_head_instead_of_an_address(tmp_path: 
     assert role_sentence(config, role) == "headless rank 1 of 2 (dp), head 10.13.0.1 reachable"
     settings = WatchSettings.from_config(config, role)
     assert settings.ready_text == "ready: headless rank 1 of 2 (dp), head 10.13.0.1 reachable"
-    assert settings.role == role_sentence(config, role)
+    assert ready_role(config, role) == role_sentence(config, role)
 
 
 def test_an_unwatched_head_is_said_so(tmp_path: Path) -> None:
@@ -126,7 +127,7 @@ def test_an_unwatched_head_is_said_so(tmp_path: Path) -> None:
 
 def test_a_single_host_keeps_its_serving_text(tmp_path: Path) -> None:
     settings = WatchSettings.from_config(config_of(tmp_path))
-    assert settings.role is None
+    assert ready_role(config_of(tmp_path), host_role(config_of(tmp_path), {})) is None
     assert settings.ready_text == "ready: serving tiny with no adapters on 127.0.0.1:8123"
 
 

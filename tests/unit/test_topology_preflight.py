@@ -145,7 +145,7 @@ def test_too_few_gpus_for_this_hosts_part_is_an_error(tmp_path: Path, listener: 
     )
 
 
-def test_enough_gpus_is_no_problem_and_cuda_visible_devices_narrows_them(
+def test_enough_gpus_is_no_problem_and_cuda_visible_devices_counts_the_usable_ones(
     tmp_path: Path, listener: int
 ) -> None:
     config = _config(tmp_path, MP_WORKER % listener, "{tensor_parallel_size: 4}")

@@ -18,7 +18,7 @@ from niodoo_supervisor.config.topology_sections import TopologySection
 if TYPE_CHECKING:  # relations.py calls check_topology: its types only, not an import cycle
     from niodoo_supervisor.config.relations import Report, Sections
 
-__all__ = ["TOPOLOGY_FLAGS", "check_topology"]
+__all__ = ["TOPOLOGY_FLAGS", "check_topology", "launcher_problem"]
 
 
 # The flags the topology renders (launch/topology_render.py): never in server.extra_args.
@@ -84,12 +84,7 @@ def check_topology(config: Sections, report: Report, wrong: Collection[str] = ()
             "set topology.head_address to the address the other hosts reach rank 0 at",
         )
     if valid("server.launcher") and config.server.launcher != "serve":
-        report(
-            "server.launcher",
-            f"topology.backend {backend} needs vLLM's `serve` launcher: --headless and the "
-            "multi-node flags exist only under `vllm serve`",
-            "set server.launcher: serve",
-        )
+        report("server.launcher", *launcher_problem(backend))
     if valid("server.extra_args"):
         _check_extra_args(config.server.extra_args, backend, report)
     if valid("engine") and topology.nodes >= 2:
@@ -97,6 +92,15 @@ def check_topology(config: Sections, report: Report, wrong: Collection[str] = ()
             _check_mp_sizes(config.engine, topology, report)
         elif backend == "dp":
             _check_dp_sizes(config.engine, topology, report)
+
+
+def launcher_problem(backend: str) -> tuple[str, str]:
+    """Why a backend cannot run with the `module` launcher, and the fix."""
+    return (
+        f"topology.backend {backend} needs vLLM's `serve` launcher: --headless and the "
+        "multi-node flags exist only under `vllm serve`",
+        "set server.launcher: serve",
+    )
 
 
 def _check_other_backends_keys(topology: TopologySection, report: Report) -> None:

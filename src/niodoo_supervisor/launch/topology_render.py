@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.config.topology_relations import launcher_problem
 from niodoo_supervisor.launch.topology import (
     CompanionPlan,
     HostRole,
@@ -49,12 +50,7 @@ def role_argv(config: Config, role: HostRole, argv: Sequence[str]) -> list[str]:
     if role.role is Role.SINGLE:
         return list(argv)
     if config.server.launcher != "serve":
-        raise RoleError(
-            "server.launcher",
-            f"topology.backend {role.backend} needs vLLM's `serve` launcher: --headless and "
-            "the multi-node flags exist only under `vllm serve`",
-            "set server.launcher: serve",
-        )
+        raise RoleError("server.launcher", *launcher_problem(role.backend))
     if role.role is Role.RAY_WORKER:
         return []  # a Ray node only: vLLM runs on the head and places its workers here
     rendered = _without_http(argv) if not role.has_api_server else list(argv)

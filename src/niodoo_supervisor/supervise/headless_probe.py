@@ -46,6 +46,7 @@ __all__ = [
     "RoleCheck",
     "RunView",
     "head_target",
+    "ready_role",
     "role_sentence",
 ]
 
@@ -100,6 +101,11 @@ def head_target(config: Config, role: HostRole) -> HeadTarget | None:
     if role.backend == "ray":
         return HeadTarget(role.head_address, topology.ray_port, http=False)
     return HeadTarget(role.head_address, topology.master_port or DEFAULT_MASTER_PORT, http=False)
+
+
+def ready_role(config: Config, role: HostRole) -> str | None:
+    """`role_sentence` for a host without an API server, None for one that serves."""
+    return None if role.has_api_server else role_sentence(config, role)
 
 
 def role_sentence(config: Config, role: HostRole) -> str:

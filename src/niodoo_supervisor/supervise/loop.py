@@ -28,7 +28,7 @@ from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.adapter_effects import AdapterEffects
 from niodoo_supervisor.supervise.dispatch import Dispatcher, Reloader
 from niodoo_supervisor.supervise.drain import Drain, LoadReader, ready_for_traffic, vllm_load_reader
-from niodoo_supervisor.supervise.headless_probe import RunView, session_size
+from niodoo_supervisor.supervise.headless_probe import RunView, ready_role, session_size
 from niodoo_supervisor.supervise.incidents import (
     AdapterLoadAsked,
     AdapterUnloadAsked,
@@ -255,7 +255,7 @@ class Supervisor:
         self.current = run
         self.reporter.status.role = role_object(self.config, self.plan.role)
         self.role_metric.set(self.plan.role)
-        self.vllm_events.progress.launched(run.started)
+        self.vllm_events.progress.launched(run.started, ready_role(self.config, self.plan.role))
         # The drain (and port) this vLLM was launched with are those its stop must wait for
         # (and read), whatever a reload has set for the next start since.
         self.launched_with = self.config

@@ -133,9 +133,11 @@ class StartProgress:
         self.status_every = status_every
         self.launched(0.0)
 
-    def launched(self, at: float) -> None:
-        """A new vLLM was launched at `at` (monotonic)."""
+    def launched(self, at: float, role: str | None = None) -> None:
+        """A new vLLM was launched at `at` (monotonic); `role`: what its `ready` record says
+        instead of an address (a host without an API server)."""
         self.started = at
+        self.role = role
         self.starting = True  # until `finished`: phase events are steps of this start
         self.latest: str | None = None  # the newest summary: what STATUS= shows
         self._sent: str | None = None
@@ -147,16 +149,9 @@ class StartProgress:
         """The start is over (READY): later phase events are no steps of it."""
         self.starting = False
 
-    def ready(
-        self,
-        model: str,
-        adapters: Iterable[str],
-        where: str,
-        elapsed_s: float,
-        role: str | None = None,
-    ) -> None:
+    def ready(self, model: str, adapters: Iterable[str], where: str, elapsed_s: float) -> None:
         """READY: the `ready` record, and the start is over (`finished`)."""
-        log_ready(model, adapters, where, elapsed_s, role)
+        log_ready(model, adapters, where, elapsed_s, self.role)
         self.finished()
 
     def step(self, event: Event, now: float) -> Step | None:

@@ -10,7 +10,7 @@ from niodoo_supervisor.config.engine_sections import Adapter
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.control.api import CommandResult
 from niodoo_supervisor.launch.topology import SINGLE_HOST, HostRole
-from niodoo_supervisor.supervise.headless_probe import role_sentence
+from niodoo_supervisor.supervise.headless_probe import ready_role
 from niodoo_supervisor.supervise.progress import address, serving_sentence
 from niodoo_supervisor.supervise.reload_diff import ConfigDiff
 from niodoo_supervisor.supervise.seams import Prober
@@ -32,14 +32,13 @@ class WatchSettings:
     ready_text: str  # systemd's STATUS= while ready
     model: str  # the served name, for the `ready` record
     address: str  # where vLLM listens (host:port)
-    role: str | None = None  # no API server here: what this host is, said instead of `address`
 
     @classmethod
     def from_config(cls, config: Config, role: HostRole = SINGLE_HOST) -> WatchSettings:
         where = address(config.host, config.port)
         adapters = [adapter.name for adapter in config.adapters]
         # A host without an API server serves nothing here: it says its role instead.
-        sentence = None if role.has_api_server else role_sentence(config, role)
+        sentence = ready_role(config, role)
         serving = serving_sentence(config.served_name, adapters, where)
         return cls(
             startup_timeout=config.supervisor.startup_timeout,
@@ -50,7 +49,6 @@ class WatchSettings:
             ready_text=f"ready: {sentence or serving}",
             model=config.served_name,
             address=where,
-            role=sentence,
         )
 
 

@@ -313,9 +313,7 @@ class RunWatcher:
                     *systemd.WATCHDOG,
                 ),
             )
-            self.progress.ready(
-                settings.model, self.adapters.serving, settings.address, took, settings.role
-            )
+            self.progress.ready(settings.model, self.adapters.serving, settings.address, took)
             return None
         if result.health.status is not None:
             self.answered = True
