@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -184,10 +184,12 @@ def start_supervisor(
     extra_env: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
     journal: bool = True,
+    wrap: Sequence[str] = (),
 ) -> SupervisorRun:
     """With `journal`, the supervisor's stderr file is named in JOURNAL_STREAM as systemd names
     the journal's stream: records come as logfmt with every field and a `<N>` priority, as a
-    service writes them (`supervisor.log.format: auto`), and vLLM's lines are echoed."""
+    service writes them (`supervisor.log.format: auto`), and vLLM's lines are echoed. `wrap`
+    goes before the command (`ip netns exec NS`: a wrapper that execs it, keeping the pid)."""
     env = dict(os.environ)
     env["NOTIFY_SOCKET"] = str(notify.path)
     env.pop("JOURNAL_STREAM", None)
@@ -198,7 +200,16 @@ def start_supervisor(
             env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
         env.update(extra_env or {})
         process = subprocess.Popen(
-            [sys.executable, "-m", "niodoo_supervisor", "run", "-c", str(config), *extra_args],
+            [
+                *wrap,
+                sys.executable,
+                "-m",
+                "niodoo_supervisor",
+                "run",
+                "-c",
+                str(config),
+                *extra_args,
+            ],
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,
