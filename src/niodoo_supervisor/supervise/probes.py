@@ -3,7 +3,8 @@
 Ready and alive mean the same two things: `GET /health` answers 200, and `GET /v1/models`
 lists the served model and every configured adapter with `parent` = the served name. Neither
 alone is enough: `/v1/models` keeps answering 200 while the engine is dead (only `/health`
-turns 503), and `/health` says nothing about adapters.
+turns 503), and `/health` says nothing about adapters. A `dp` head's liveness checks also ask
+each data-parallel engine (engine_probe.py): its `/health` stays 200 when a remote one dies.
 """
 
 from __future__ import annotations
