@@ -42,7 +42,7 @@ def _render(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[s
 
 
 def test_render_names_the_role_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = _config(tmp_path, {"backend": "dp", "rank": 1})
+    config = _config(tmp_path, {"backend": "dp", "rank": 1, "watch_head": False})
     code, out = _render(capsys, "-c", str(config), "--one-line")
     assert code == exitcodes.OK
     assert out[0] == "# rank 1 of 2 (headless, dp)"

@@ -9,6 +9,7 @@ the hosts is the data-parallel size.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from niodoo_supervisor.config.topology_sections import TopologySection
 if TYPE_CHECKING:  # relations.py calls check_topology: its types only, not an import cycle
     from niodoo_supervisor.config.relations import Report, Sections
 
-__all__ = ["TOPOLOGY_FLAGS", "check_topology", "launcher_problem"]
+__all__ = ["TOPOLOGY_FLAGS", "check_topology", "is_loopback", "launcher_problem"]
 
 
 # The flags the topology renders (launch/topology_render.py): never in server.extra_args.
@@ -83,6 +84,14 @@ def check_topology(config: Sections, report: Report, wrong: Collection[str] = ()
             f"topology.backend {backend} needs the head's address",
             "set topology.head_address to the address the other hosts reach rank 0 at",
         )
+    if valid("server.host") and _head_watch_cannot_reach(config):
+        report(
+            "server.host",
+            f"the head's API listens on loopback only ({config.server.host}); the other "
+            "hosts' head watch cannot reach it",
+            "set server.host: 0.0.0.0 (with an API key) or the private address, or "
+            "topology.watch_head: false",
+        )
     if valid("server.launcher") and config.server.launcher != "serve":
         report("server.launcher", *launcher_problem(backend))
     if valid("server.extra_args"):
@@ -101,6 +110,28 @@ def launcher_problem(backend: str) -> tuple[str, str]:
         "multi-node flags exist only under `vllm serve`",
         "set server.launcher: serve",
     )
+
+
+def _head_watch_cannot_reach(config: Sections) -> bool:
+    """`dp`: the hosts after the head watch the head's HTTP /health at head_address and
+    server.port (supervise/headless_probe.py); a loopback server.host serves no other host
+    (unless the head's address is loopback too: every rank on one machine). mp and ray watch
+    a port of vLLM's or Ray's own, not server.host."""
+    topology = config.topology
+    if topology.backend != "dp" or not topology.watch_head:
+        return False
+    head = topology.head_address
+    return is_loopback(config.server.host) and not (head is not None and is_loopback(head))
+
+
+def is_loopback(host: str) -> bool:
+    """`host` is reachable from this host only (relations.py's API key warning uses it too)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_other_backends_keys(topology: TopologySection, report: Report) -> None:

@@ -102,6 +102,8 @@ class TopologySection(Section):
             description="A host without vLLM's HTTP server (every rank after 0) also checks "
             "that the head is reachable; when it is not for supervisor.health."
             "failure_threshold checks in a row, the host is unhealthy and its part is restarted "
-            "(vLLM's workers do not notice a dead head by themselves)."
+            "(vLLM's workers do not notice a dead head by themselves). With `dp` they ask the "
+            "head's http://head_address:server.port/health, so the head's server.host must not "
+            "be loopback."
         ),
     ] = True
