@@ -15,7 +15,6 @@ from niodoo_supervisor.config.loader import Config, parse_config
 from niodoo_supervisor.config.versions import Version
 from niodoo_supervisor.launch.install import VllmInstall
 from niodoo_supervisor.launch.lora_guard import GUARD_FOLDER
-from niodoo_supervisor.launch import vllm_metadata
 from niodoo_supervisor.launch.plan import plan_launch
 from niodoo_supervisor.launch.vllm_metadata import (
     METADATA_FOLDER,
@@ -149,7 +148,7 @@ def test_a_folder_of_another_user_is_refused(
     folder.mkdir()
     (folder / "sitecustomize.py").write_text("planted = True\n")
     owner = folder.lstat().st_uid
-    monkeypatch.setattr(vllm_metadata.os, "geteuid", lambda: owner + 1)  # we run as another
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)  # the supervisor runs as another
 
     line = _refusal(VllmMetadata(folder, "0.32.0+cpu"))
 
