@@ -60,7 +60,10 @@ def test_render_shows_the_ray_nodes_command(
         "# rank 0 of 2 (head, ray)",
         f"# companion ray (started before vLLM): {ray} start --head --port=6379 --block",
     ]
-    assert out[2].endswith("--distributed-executor-backend ray")
+    # engine.data_parallel_size is 2: its engines over Ray, one per host
+    assert out[2].endswith(
+        "--distributed-executor-backend ray --data-parallel-size-local 1 --data-parallel-backend ray"
+    )
 
 
 def test_render_of_a_ray_worker_says_it_runs_no_vllm(

@@ -203,3 +203,26 @@ def test_dp_watching_a_head_that_listens_on_loopback_is_an_error(tmp_path: Path,
 )
 def test_a_loopback_head_is_fine_when_nobody_watches_its_http(tmp_path: Path, text: str) -> None:
     assert _lines(tmp_path, text) == []
+
+
+RAY = "topology: {backend: ray, nodes: 2, head_address: 10.0.0.1}\n"
+
+
+def test_data_parallel_over_ray_reads_the_engines_per_host(tmp_path: Path) -> None:
+    text = BASE + "engine: {data_parallel_size: 4}\n"
+    assert _lines(tmp_path, text + RAY.replace("}", ", data_parallel_size_local: 2}")) == []
+    [(key, line, error)] = _lines(
+        tmp_path, text + RAY.replace("}", ", data_parallel_size_local: 3}")
+    )
+    assert (key, error) == ("topology.data_parallel_size_local", True)
+    assert "2 hosts x 3 engines each = 6, not engine.data_parallel_size (4)" in line
+
+
+def test_the_ray_data_parallel_backend_is_rendered_not_given(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "launcher: serve", "launcher: serve, extra_args: [--data-parallel-backend, ray]"
+    )
+    text += "engine: {data_parallel_size: 2}\n" + RAY
+    [(key, line, error)] = _lines(tmp_path, text)
+    assert (key, error) == ("server.extra_args", True)
+    assert line.startswith("--data-parallel-backend is rendered from topology (backend ray)")

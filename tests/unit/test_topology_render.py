@@ -54,6 +54,7 @@ def test_every_backend_and_role_has_a_golden_case() -> None:
         "mp-headless",
         "none-single",
         "ray-head",
+        "ray-head-dp",  # data parallel over Ray: its backend flag and engines per node
         "ray-worker",
     ]
 

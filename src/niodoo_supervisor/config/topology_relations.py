@@ -37,13 +37,15 @@ TOPOLOGY_FLAGS = (
     "--data-parallel-start-rank",
     "--distributed-executor-backend",
 )
-# The keys only one backend reads.
+# Rendered on the ray head when engine.data_parallel_size > 1 (vLLM's DP over Ray).
+_RAY_DP_FLAG = "--data-parallel-backend"
+# The keys only some backends read.
 _BACKEND_KEYS = {
-    "master_port": "mp",
-    "data_parallel_size_local": "dp",
-    "data_parallel_rpc_port": "dp",
-    "ray_port": "ray",
-    "ray_command": "ray",
+    "master_port": ("mp",),
+    "data_parallel_size_local": ("dp", "ray"),
+    "data_parallel_rpc_port": ("dp",),
+    "ray_port": ("ray",),
+    "ray_command": ("ray",),
 }
 # The keys every backend reads, and `none` does not.
 _SHARED_KEYS = ("nodes", "rank", "head_address")
@@ -99,7 +101,7 @@ def check_topology(config: Sections, report: Report, wrong: Collection[str] = ()
     if valid("engine") and topology.nodes >= 2:
         if backend == "mp":
             _check_mp_sizes(config.engine, topology, report)
-        elif backend == "dp":
+        elif backend == "dp" or (backend == "ray" and (config.engine.data_parallel_size or 1) > 1):
             _check_dp_sizes(config.engine, topology, report)
 
 
@@ -137,8 +139,9 @@ def is_loopback(host: str) -> bool:
 def _check_other_backends_keys(topology: TopologySection, report: Report) -> None:
     backend = topology.backend
     for key in sorted(topology.model_fields_set):
-        reader = _BACKEND_KEYS.get(key)
-        if reader is not None and reader != backend:
+        readers = _BACKEND_KEYS.get(key)
+        if readers is not None and backend not in readers:
+            reader = " or ".join(readers)
             report(
                 f"topology.{key}",
                 f"topology.{key} is read only with backend {reader}; with {backend} it is ignored",
@@ -157,7 +160,7 @@ def _check_other_backends_keys(topology: TopologySection, report: Report) -> Non
 def _check_extra_args(extra_args: tuple[str, ...], backend: str, report: Report) -> None:
     for index, arg in enumerate(extra_args):
         flag = arg.split("=", 1)[0]
-        if flag in TOPOLOGY_FLAGS:
+        if flag in TOPOLOGY_FLAGS or (flag == _RAY_DP_FLAG and backend == "ray"):
             report(
                 "server.extra_args",
                 f"{flag} is rendered from topology (backend {backend}) for each host's rank",

@@ -73,7 +73,9 @@ class TopologySection(Section):
         Field(
             ge=1,
             description="`dp`: data-parallel engines on each host (--data-parallel-size-local); "
-            "rank R starts at engine R x this. Absent: engine.data_parallel_size / nodes.",
+            "rank R starts at engine R x this. `ray` with engine.data_parallel_size > 1: the "
+            "engines per Ray node (with --data-parallel-backend ray). Absent: "
+            "engine.data_parallel_size / nodes.",
         ),
     ] = None
     data_parallel_rpc_port: Annotated[
