@@ -33,12 +33,14 @@ def config_of(tmp: Path, **topology: Any) -> Config:
 def topology_needs(topology: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The `server` and `engine` keys a topology needs to pass its checks: any backend runs
     vLLM through the `serve` launcher; `mp` needs a world size the hosts divide (one tensor
-    parallel worker per host), `dp` one data parallel engine per host."""
+    parallel worker per host), `dp` one data parallel engine per host and a head API the other
+    hosts reach (their head watch asks its /health)."""
     backend, nodes = topology.get("backend", "none"), topology.get("nodes", 1)
     if backend == "none":
         return {}, {}
     engine = {"mp": {"tensor_parallel_size": nodes}, "dp": {"data_parallel_size": nodes}}
-    return {"launcher": "serve"}, engine.get(backend, {})
+    server = {"launcher": "serve", **({"host": "0.0.0.0"} if backend == "dp" else {})}
+    return server, engine.get(backend, {})
 
 
 def topology_overrides(topology: dict[str, Any]) -> dict[str, Any]:
