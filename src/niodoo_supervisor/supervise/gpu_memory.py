@@ -1,7 +1,7 @@
 """GPU memory around vLLM's starts and stops, as NVML reports it (`gpu.nvml`).
 
-Before every start each GPU vLLM will use (`CUDA_VISIBLE_DEVICES` of vLLM's environment; all
-when unset) must have `engine.gpu_memory_utilization` x total free, or vLLM refuses to start
+Before every start each GPU vLLM will use (the first `gpus_used` of those
+`CUDA_VISIBLE_DEVICES` in vLLM's environment names, all when unset, as CUDA counts them) must have `engine.gpu_memory_utilization` x total free, or vLLM refuses to start
 ("Free memory on device ... is less than desired GPU memory utilization") and a restart loop
 follows. What holds it is named: pid, process name, MiB and whether it is ours (a session
 this supervisor started, or one its run record names). Leftovers the run record names are
@@ -17,6 +17,8 @@ what. NVML missing is one line and everything here is skipped (`auto`), or a ref
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +26,10 @@ import structlog
 
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.config.versions import Version
-from niodoo_supervisor.gpu.nvml import GpuDevice, GpuUnavailable
+from niodoo_supervisor.gpu.nvml import GpuDevice, GpuUnavailable, mig_devices
 from niodoo_supervisor.launch.plan import LaunchPlan
+from niodoo_supervisor.launch.topology import HostRole
+from niodoo_supervisor.launch.topology_preflight import gpus_needed
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.gpu_holders import (
     GIB,
@@ -42,7 +46,7 @@ from niodoo_supervisor.supervise.process_tree import session_members
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.seams import Clock
 
-__all__ = ["GO", "GpuMemory", "StartVerdict", "utilization"]
+__all__ = ["GO", "GpuMemory", "StartVerdict", "gpus_used", "utilization"]
 
 log = structlog.get_logger("niodoo_supervisor")
 
@@ -63,6 +67,19 @@ def utilization(config: Config, vllm_version: str | None) -> float:
     except ValueError:
         old = False
     return 0.9 if old else 0.92
+
+
+def gpus_used(config: Config, role: HostRole) -> int | None:
+    """How many GPUs, from the front of the visible list, this host's part uses; None: all.
+
+    vLLM's workers take `cuda:0`.. in order, so a stranger on a GPU past them is no reason
+    to wait. One host is mp's count on one node (TP x PP x DP); mp and dp count this node's
+    part as the preflight does. Ray (head and `ray-worker` alike) gives Ray the visible GPUs
+    and Ray places vLLM's workers on any of them: all are checked, on a worker too, whose
+    Ray node runs those workers."""
+    if role.backend == "none":
+        role = dataclasses.replace(role, backend="mp", nodes=1)
+    return gpus_needed(config, role)
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,7 @@ class GpuMemory:
         self.environ = environ
         self.opened = False
         self.visible: str | None = None  # CUDA_VISIBLE_DEVICES of the last start
+        self.count: int | None = None  # of the visible GPUs, how many vLLM uses (None: all)
         self.sample_every = 5.0
         self.ours: set[int] = set()  # pids of our sessions, and leftovers ended
         self.names: dict[int, str] = {}  # of our processes, once seen
@@ -125,6 +143,7 @@ class GpuMemory:
         # As vLLM will see it: the config's server.env, else the supervisor's environment.
         vllm_env = {**plan.child_environment(self.environ), **config.server.env}
         self.visible = vllm_env.get("CUDA_VISIBLE_DEVICES")
+        self.count = gpus_used(config, plan.role)
         self.sample_every = max(config.supervisor.health.interval, MIN_SAMPLE_EVERY)
         if not self.opened:
             try:
@@ -133,11 +152,21 @@ class GpuMemory:
                 return self._unavailable(config, str(exc))
             self.opened = True
             self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
+        if migs := mig_devices(self.visible):
+            return self._unavailable(
+                config,
+                f"CUDA_VISIBLE_DEVICES names MIG device(s) {', '.join(migs)}: their memory is "
+                "not checked (the checks read whole GPUs)",
+            )
         need = utilization(config, plan.vllm_version)
         for attempt in range(2):
             devices = await self._read()
             if devices is None:
                 return GO
+            if not devices:  # never "checked" with nothing checked
+                return self._unavailable(
+                    config, f"CUDA_VISIBLE_DEVICES={self.visible!r} names no GPU NVML lists"
+                )
             short = [d for d in devices if d.free_bytes < need * d.total_bytes]
             if not short:
                 self._passed(devices, need)
@@ -164,6 +193,9 @@ class GpuMemory:
     def _passed(self, devices: list[GpuDevice], need: float) -> None:
         log.info(
             "gpu_memory_checked",
+            scope="every visible GPU (Ray places vLLM's workers)"
+            if self.count is None
+            else f"the first {self.count} visible GPU(s), those vLLM uses",
             gpus=[
                 f"GPU {d.index}: {d.free_bytes / GIB:.1f} of {d.total_bytes / GIB:.1f} GiB "
                 f"free, {need * d.total_bytes / GIB:.1f} needed"
@@ -240,6 +272,7 @@ class GpuMemory:
         try:
             async with self._lock:
                 devices = await self.source.devices(self.visible)
+            devices = devices[: self.count]
         except GpuUnavailable as exc:
             self._failed(str(exc))
             return None
@@ -301,9 +334,10 @@ class GpuMemory:
 
     # --- after a stop ------------------------------------------------------------------------
 
-    async def after_stop(self, config: Config) -> None:
+    async def after_stop(self, config: Config, stop: asyncio.Event | None = None) -> None:
         """Wait until NVML lists no process of the stopped session and its memory is back,
-        at most `gpu.release_timeout`; say how long it took, or who still holds what."""
+        at most `gpu.release_timeout`, or until `stop` is set (a stop asked for: systemd
+        would SIGKILL a supervisor waiting on); say how long it took, or who holds what."""
         session, self.session = self.session_pids, None
         if self.source is None or not self.opened:
             return
@@ -316,14 +350,14 @@ class GpuMemory:
                 if not pending:
                     log.info("gpu_memory_released", seconds=round(waited, 2), gpus=len(devices))
                     return
-                if waited >= timeout:
-                    self._held(pending, session, waited)
+                if waited >= timeout or (stop is not None and stop.is_set()):
+                    self._held(pending, session, waited, cut_short=waited < timeout)
                     return
                 if waited == 0:
                     self.reporter.notify(
                         *systemd.status("waiting for vLLM's GPU memory to be freed")
                     )
-                await asyncio.sleep(min(RELEASE_POLL, timeout - waited))
+                await _sleep_unless(stop, min(RELEASE_POLL, timeout - waited))
 
     def _released(self, device: GpuDevice, session: set[int]) -> bool:
         if any(process.pid in session for process in device.processes):
@@ -336,7 +370,9 @@ class GpuMemory:
             return device.used_bytes <= running.used_bytes - running.session_bytes + SLACK_BYTES
         return before is None
 
-    def _held(self, pending: list[GpuDevice], session: set[int], waited: float) -> None:
+    def _held(
+        self, pending: list[GpuDevice], session: set[int], waited: float, *, cut_short: bool
+    ) -> None:
         holders = [
             f"GPU {d.index}: {d.free_bytes / GIB:.1f} of {d.total_bytes / GIB:.1f} GiB free"
             + "".join(
@@ -351,7 +387,9 @@ class GpuMemory:
             "gpu_memory_held",
             seconds=round(waited, 2),
             holders=holders,
-            action="going on; the next start checks the memory again",
+            action="a stop was asked: not waiting any more"
+            if cut_short
+            else "going on; the next start checks the memory again",
         )
 
     def close(self) -> None:
@@ -360,6 +398,15 @@ class GpuMemory:
         if self.source is not None:
             self.source.close()
             self.source = None
+
+
+async def _sleep_unless(stop: asyncio.Event | None, seconds: float) -> None:
+    """Sleep `seconds`, less when `stop` is set meanwhile."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def _free(device: GpuDevice, need: float) -> dict[str, Any]:

@@ -390,6 +390,7 @@ class Supervisor:
             drain_timeout or 0,
         )
         self.gpu.stopping()
+        stop_asked_before = self.dispatcher.stop_asked.is_set()
         async with self.reporter.watchdog_fed(extend=extend):
             if drained:
                 with self.dispatcher.stop_from_now() as stop_asked:
@@ -400,4 +401,9 @@ class Supervisor:
                 await (drain.stop(run, grace) if drained else run.stop(grace))
         self.current = None
         self.reporter.status.vllm_pid = None
-        await self.gpu.after_stop(self.config)  # a restart begins only after
+        # A restart begins only after the memory is back; a stop asked since this stop began
+        # (not the one it carries out) ends that wait at once.
+        with self.dispatcher.stop_from_now() as stop_asked:
+            if self.dispatcher.stop_asked.is_set() and not stop_asked_before:
+                stop_asked.set()
+            await self.gpu.after_stop(self.config, stop_asked)
