@@ -24,7 +24,8 @@ from niodoo_supervisor.gpu.nvml import GpuDevice, GpuProcess, GpuUnavailable, vi
 from niodoo_supervisor.launch.topology import SINGLE_HOST, HostRole, Role
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.supervise import run_record
-from niodoo_supervisor.supervise.gpu_memory import GO, GpuMemory, gpus_used, utilization
+from niodoo_supervisor.supervise.gpu_memory import GO, GpuMemory
+from niodoo_supervisor.supervise.gpu_needs import gpus_used, utilization
 from niodoo_supervisor.supervise.process_tree import ProcessRecord
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.run_record import RunRecord

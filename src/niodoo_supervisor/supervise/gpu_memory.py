@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
+from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
-from niodoo_supervisor.config.versions import Version
 from niodoo_supervisor.gpu.nvml import GpuDevice, GpuUnavailable, mig_devices
 from niodoo_supervisor.launch.plan import LaunchPlan
-from niodoo_supervisor.launch.topology import HostRole
-from niodoo_supervisor.launch.topology_preflight import gpus_needed
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.gpu_holders import (
     GIB,
@@ -40,13 +37,14 @@ from niodoo_supervisor.supervise.gpu_holders import (
     named,
     session_of,
 )
+from niodoo_supervisor.supervise.gpu_needs import free_memory, gpus_used, utilization
 from niodoo_supervisor.supervise.gpu_source import GpuSource
 from niodoo_supervisor.supervise.leftovers import end_leftovers
 from niodoo_supervisor.supervise.process_tree import session_members
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.seams import Clock
 
-__all__ = ["GO", "GpuMemory", "StartVerdict", "gpus_used", "utilization"]
+__all__ = ["GO", "GpuMemory", "StartVerdict"]
 
 log = structlog.get_logger("niodoo_supervisor")
 
@@ -55,31 +53,6 @@ RELEASE_POLL = 0.25  # seconds between NVML reads while a stopped session's memo
 # Memory counts as back when within this of before: the driver's own use moves a little.
 SLACK_BYTES = 128 * MIB
 MIN_SAMPLE_EVERY = 0.2  # seconds; the sampler follows supervisor.health.interval
-
-
-def utilization(config: Config, vllm_version: str | None) -> float:
-    """The fraction of each GPU vLLM takes: the config's, else vLLM's default (0.92 from
-    vLLM 0.20, 0.9 before; a version not known counts as recent)."""
-    if config.engine.gpu_memory_utilization is not None:
-        return float(config.engine.gpu_memory_utilization)
-    try:
-        old = vllm_version is not None and Version.parse(vllm_version) < Version(0, 20)
-    except ValueError:
-        old = False
-    return 0.9 if old else 0.92
-
-
-def gpus_used(config: Config, role: HostRole) -> int | None:
-    """How many GPUs, from the front of the visible list, this host's part uses; None: all.
-
-    vLLM's workers take `cuda:0`.. in order, so a stranger on a GPU past them is no reason
-    to wait. One host is mp's count on one node (TP x PP x DP); mp and dp count this node's
-    part as the preflight does. Ray (head and `ray-worker` alike) gives Ray the visible GPUs
-    and Ray places vLLM's workers on any of them: all are checked, on a worker too, whose
-    Ray node runs those workers."""
-    if role.backend == "none":
-        role = dataclasses.replace(role, backend="mp", nodes=1)
-    return gpus_needed(config, role)
 
 
 @dataclass(frozen=True)
@@ -135,6 +108,23 @@ class GpuMemory:
         self.names.update(ended)
 
     # --- before a start --------------------------------------------------------------------
+
+    async def ready(
+        self, config: Config, plan: LaunchPlan, backoff: Callable[[float], Awaitable[bool]]
+    ) -> int | None:
+        """Wait until the GPUs have the memory vLLM's start needs (memory others hold is
+        waited for with `backoff`, like a restart's, never a crash; it answers True when a
+        stop was asked): None, or the supervisor's exit code."""
+        while True:
+            verdict = await self.before_start(config, plan)
+            if verdict.refused is not None:
+                return self.reporter.fatal(verdict.refused, exitcodes.CONFIG)
+            if verdict.wait is None:
+                return None
+            if await backoff(verdict.wait):
+                return self.reporter.stopped_while_idle(
+                    "stop requested while waiting for GPU memory"
+                )
 
     async def before_start(self, config: Config, plan: LaunchPlan) -> StartVerdict:
         """May vLLM start now? GO, a wait (memory held by others, or freed late), or a refusal."""
@@ -234,7 +224,7 @@ class GpuMemory:
             "reason": text,
             "retry_in_s": self.retry,
             "needed_fraction": need,
-            "gpus": [_free(d, need) for d in short],
+            "gpus": [free_memory(d, need) for d in short],
             "holders": [holder.as_dict() for holder in holders],
         }
         self.reporter.write_status()
@@ -405,14 +395,5 @@ async def _sleep_unless(stop: asyncio.Event | None, seconds: float) -> None:
     if stop is None:
         await asyncio.sleep(seconds)
         return
-    with contextlib.suppress(TimeoutError):
+    with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-
-
-def _free(device: GpuDevice, need: float) -> dict[str, Any]:
-    return {
-        "index": device.index,
-        "free_mib": round(device.free_bytes / MIB),
-        "total_mib": round(device.total_bytes / MIB),
-        "needed_mib": round(need * device.total_bytes / MIB),
-    }

@@ -197,7 +197,7 @@ class Supervisor:
                 self.policy.record_start(now)
             reloaded = False
             self._show_role()  # also while the start waits for GPU memory
-            if (code := await self._gpu_ready()) is not None:
+            if (code := await self.gpu.ready(self.config, self.plan, self._backoff)) is not None:
                 return code
             run = await self._start()
             if isinstance(run, LaunchError):
@@ -248,20 +248,6 @@ class Supervisor:
             )
             if await self._backoff(delay):
                 return self.reporter.stopped_while_idle("stop requested during backoff")
-
-    async def _gpu_ready(self) -> int | None:
-        """Wait until the GPUs have the memory vLLM's start needs (memory others hold is
-        waited for like a backoff, never a crash): None, or the supervisor's exit code."""
-        while True:
-            verdict = await self.gpu.before_start(self.config, self.plan)
-            if verdict.refused is not None:
-                return self.reporter.fatal(verdict.refused, exitcodes.CONFIG)
-            if verdict.wait is None:
-                return None
-            if await self._backoff(verdict.wait):
-                return self.reporter.stopped_while_idle(
-                    "stop requested while waiting for GPU memory"
-                )
 
     async def _start(self) -> Run | LaunchError:
         """Launch vLLM, or say why it cannot even be executed."""
