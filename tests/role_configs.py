@@ -14,10 +14,13 @@ PORT = 8123  # server.port: where a `dp` head's /health is watched
 
 
 def config_of(tmp: Path, **topology: Any) -> Config:
-    """A config whose `topology` section is `topology` (one host when empty)."""
+    """A config whose `topology` section is `topology` (one host when empty), with what the
+    topology's checks ask of the rest (`topology_needs`)."""
+    server, engine = topology_needs(topology)
     document = {
-        "server": {"python": "python3", "port": PORT},
+        "server": {"python": "python3", "port": PORT, **server},
         "model": {"path": str(tmp / "model"), "served_name": "tiny"},
+        "engine": engine,
         "topology": topology,
     }
     path = tmp / "niodoo.yaml"
@@ -25,6 +28,29 @@ def config_of(tmp: Path, **topology: Any) -> Config:
     config, problems = load_config(path, {})
     assert config is not None, [problem.format() for problem in problems]
     return config
+
+
+def topology_needs(topology: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `server` and `engine` keys a topology needs to pass its checks: any backend runs
+    vLLM through the `serve` launcher; `mp` needs a world size the hosts divide (one tensor
+    parallel worker per host), `dp` one data parallel engine per host and a head API the other
+    hosts reach (their head watch asks its /health)."""
+    backend, nodes = topology.get("backend", "none"), topology.get("nodes", 1)
+    if backend == "none":
+        return {}, {}
+    engine = {"mp": {"tensor_parallel_size": nodes}, "dp": {"data_parallel_size": nodes}}
+    server = {"launcher": "serve", **({"host": "0.0.0.0"} if backend == "dp" else {})}
+    return server, engine.get(backend, {})
+
+
+def topology_overrides(topology: dict[str, Any]) -> dict[str, Any]:
+    """`topology` and what it needs, as `fault_supervisor.make_config`'s overrides."""
+    server, engine = topology_needs(topology)
+    return {
+        "topology": topology,
+        **{f"server__{key}": value for key, value in server.items()},
+        **{f"engine__{key}": value for key, value in engine.items()},
+    }
 
 
 def rank_of(tmp: Path, backend: str, rank: int, **topology: Any) -> Config:

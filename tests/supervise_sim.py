@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import random
@@ -35,6 +36,7 @@ from structlog.testing import capture_logs
 
 from niodoo_supervisor.config.loader import Config, load_config
 from niodoo_supervisor.launch.plan import LaunchPlan
+from niodoo_supervisor.launch.topology import host_role
 from niodoo_supervisor.logs.rule_types import Action, Event, Severity
 from niodoo_supervisor.supervise.drain import LoadReader, RequestLoad
 from niodoo_supervisor.supervise.incidents import ReloadResult
@@ -42,6 +44,7 @@ from niodoo_supervisor.supervise.loop import Supervisor
 from niodoo_supervisor.supervise.probes import CheckResult, ProbeResult
 from niodoo_supervisor.supervise.run import LaunchError
 from niodoo_supervisor.supervise.states import State
+from role_configs import topology_needs
 
 T = TypeVar("T")
 
@@ -334,11 +337,14 @@ def sim_config(
     lora: dict[str, Any] | None = None,
     windows: list[dict[str, Any]] | None = None,
     drain: dict[str, Any] | None = None,
+    topology: dict[str, Any] | None = None,
     **supervisor: Any,
 ) -> Config:
+    """`topology`: this host's part in one (with the launcher and sizes it needs)."""
     settings = {**SETTINGS, **supervisor, "state_dir": str(tmp / "state")}
+    needs, engine = topology_needs(topology or {})
     document = {
-        "server": {"python": "python3", "port": port, **(server or {})},
+        "server": {"python": "python3", "port": port, **needs, **(server or {})},
         "model": {"path": str(tmp / "model"), "served_name": "tiny"},
         "lora": {"enabled": True, "max_loras": 2, "max_lora_rank": 16, "verify": "off",
                  "adapters": [{"name": "a", "path": str(tmp / "a")},
@@ -346,6 +352,7 @@ def sim_config(
         "supervisor": settings,
         "maintenance": {"windows": windows or []},
         **({"drain": drain} if drain else {}),
+        **({"topology": topology, "engine": engine} if topology else {}),
     }  # fmt: skip
     path = tmp / f"sim-{len(list(tmp.glob('sim-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(document))
@@ -384,9 +391,11 @@ class Sim:
     def __post_init__(self) -> None:
         if self.config is None:
             self.config = sim_config(self.tmp)
+        # This host's role in the config's topology (one host unless it has one).
+        plan = dataclasses.replace(sim_plan("python3"), role=host_role(self.config, {}))
         self.supervisor = Supervisor(
             self.config,
-            sim_plan("python3"),
+            plan,
             notifier=self.notifier,
             environ={},
             reloader=self._reload,

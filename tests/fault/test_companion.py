@@ -5,8 +5,6 @@ on a `ray-worker` host the only process."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,37 +18,29 @@ from harness import (
     SupervisorRun,
     launched_pids,
     notify_socket,
+    start_supervisor,
     stop_supervisor,
     wait_for,
 )
 from head_port import HeadPort, head_port
+from role_configs import topology_overrides
 
 FAKE_RAY = REPO / "tests" / "fakeray" / "ray"
-SUPERVISE_RAY = REPO / "tests" / "fakeray" / "supervise_ray.py"
 
 
 def start(
     config: Path, tmp: Path, notify: NotifySocket, die_file: Path, logs: str = "supervisor"
 ) -> SupervisorRun:
-    """`niodoo-supervisor run` whose plans carry the Ray companion (`supervise_ray.py`);
-    its output goes to `logs`.out and .err in `tmp`."""
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "FAKE_RAY_DIE_FILE": str(die_file)}
-    env.pop("JOURNAL_STREAM", None)
-    out, err = tmp / f"{logs}.out", tmp / f"{logs}.err"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        stat = os.fstat(stderr.fileno())
-        env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
-        process = subprocess.Popen(
-            [sys.executable, str(SUPERVISE_RAY), "run", "-c", str(config)],
-            stdout=stdout,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    return SupervisorRun(config, tmp / "state", notify, process, out, err)
+    """`niodoo-supervisor run` of `config`, its output in `tmp`/`logs`; the fake Ray nodes it
+    starts exit 1 once `die_file` exists."""
+    (tmp / logs).mkdir()
+    extra_env = {"FAKE_RAY_DIE_FILE": str(die_file)}
+    return start_supervisor(config, tmp / "state", notify, tmp / logs, extra_env=extra_env)
 
 
 def ray_config(tmp: Path, rank: int, ray_port: int) -> Path:
+    """Rank `rank` of 2 of a `ray` topology whose Ray is the fake; the plan renders the Ray
+    node (`ray start ... --block`) as the companion."""
     topology = {
         "backend": "ray",
         "nodes": 2,
@@ -59,7 +49,7 @@ def ray_config(tmp: Path, rank: int, ray_port: int) -> Path:
         "ray_port": ray_port,
         "ray_command": str(FAKE_RAY),
     }
-    return make_config(tmp, "load_seconds=0.3", topology=topology)
+    return make_config(tmp, "load_seconds=0.3", **topology_overrides(topology))
 
 
 def ray_processes(run: SupervisorRun) -> list[psutil.Process]:

@@ -1,5 +1,6 @@
-"""Per-host roles with the real supervisor: a headless rank (the fake vLLM with `--headless`,
-no HTTP server) watched through its processes, its log and a stand-in for the head's port."""
+"""Per-host roles with the real supervisor: a headless rank (the fake vLLM rendered with
+`--headless`, no HTTP server) watched through its processes, its log and a stand-in for the
+head's port."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from fault_supervisor import assert_nothing_left, make_config, status_command, stop
 from harness import (
@@ -19,8 +19,7 @@ from harness import (
     wait_for,
 )
 from head_port import HeadPort, head_port
-from niodoo_supervisor.config.loader import load_config
-from niodoo_supervisor.launch.plan import plan_launch
+from role_configs import topology_overrides
 
 
 @pytest.fixture
@@ -34,32 +33,12 @@ def headless_rank(tmp_path: Path) -> Iterator[tuple[HeadPort, SupervisorRun]]:
             "head_address": "127.0.0.1",
             "master_port": head.port,
         }
-        config = make_config(
-            tmp_path, "load_seconds=0.3", topology=topology, server__launcher="serve"
-        )
-        # --headless is a flag of `vllm serve` only, not of the API server's --help.
-        flags = ("--skip-flag-check",) if headless_flags(config, head) else ()
-        run = start_supervisor(config, tmp_path / "state", notify, tmp_path, extra_args=flags)
+        config = make_config(tmp_path, "load_seconds=0.3", **topology_overrides(topology))
+        run = start_supervisor(config, tmp_path / "state", notify, tmp_path)
         try:
             yield head, run
         finally:
             stop_supervisor(run)
-
-
-def headless_flags(config: Path, head: HeadPort) -> bool:
-    """vLLM's headless flags as extra_args (True), unless the plan renders them already (the
-    rendering per role is another part of issue 13's work; until then the test adds them)."""
-    loaded, problems = load_config(config, {})
-    assert loaded is not None, [problem.format() for problem in problems]
-    if "--headless" in plan_launch(loaded, None, {}, read_secret=False).argv:
-        return False
-    document = yaml.safe_load(config.read_text())
-    document["server"]["extra_args"] = [
-        *("--nnodes", "2", "--node-rank", "1", "--master-addr", "127.0.0.1"),
-        *("--master-port", str(head.port), "--headless"),
-    ]
-    config.write_text(yaml.safe_dump(document))
-    return True
 
 
 def test_headless_rank_is_ready_without_http_and_says_its_role(

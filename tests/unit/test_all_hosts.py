@@ -23,7 +23,8 @@ TOPOLOGIES = {
     "mp": "engine: {tensor_parallel_size: 4}\n"
     "topology: {backend: mp, nodes: 4, head_address: 10.0.0.1}\n",
     "dp": "engine: {data_parallel_size: 6}\n"
-    "topology: {backend: dp, nodes: 3, head_address: 10.0.0.1}\n",
+    # The head listens on 127.0.0.1 (BASE): the other hosts cannot watch its HTTP.
+    "topology: {backend: dp, nodes: 3, head_address: 10.0.0.1, watch_head: false}\n",
     "ray": "engine: {tensor_parallel_size: 2}\n"
     "topology: {backend: ray, nodes: 2, head_address: 10.0.0.1}\n",
 }
@@ -71,6 +72,16 @@ def test_every_backends_hosts_agree(
         ],
     ]
     assert out[-1].endswith(f"ok: the {nodes} hosts' plans agree ({backend})")
+
+
+def test_a_dp_head_watched_on_loopback_fails_every_hosts_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = BASE + TOPOLOGIES["dp"].replace(", watch_head: false", "")
+    code, out = _check(capsys, _write(tmp_path, text))
+    assert code != exitcodes.OK
+    assert any("the head's API listens on loopback only (127.0.0.1)" in line for line in out)
+    assert not any("plans agree" in line for line in out)
 
 
 def test_dp_hosts_show_their_start_ranks(

@@ -103,6 +103,20 @@ def test_a_stop_announces_in_full_and_extends_systemds_timeout_by_it(tmp_path: P
     assert extend and int(extend[0].split("=")[1]) / 1e6 > 8 + 15 + 3
 
 
+def test_a_headless_hosts_stop_is_not_drained(tmp_path: Path) -> None:
+    # Rank 1 of `mp`: no API server on this host, so no traffic to take away and no /metrics.
+    topology = {"backend": "mp", "nodes": 2, "rank": 1, "head_address": "10.13.0.1"}
+    config = sim_config(tmp_path, drain={"announce": 8, "timeout": 20}, topology=topology)
+    sim = Sim(tmp_path, scripts=[boots(5.0)], config=config)
+    sim.at(20, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    assert "READY" in sim.states()  # it served its part before the stop
+    assert sim.runs[0].stopped_at == after_start(20)  # SIGTERM at once, no announce
+    assert sim.readers == []
+    assert sim.event("drain_started") is None
+    assert _statuses(sim) == []
+
+
 def test_the_status_reports_vllms_requests_as_it_drains(tmp_path: Path) -> None:
     sim = _drained_restart(tmp_path)
     sim.stop_takes = 3.0  # vLLM drains for 3 s: the gauges are read every 0.5 s meanwhile

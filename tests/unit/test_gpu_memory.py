@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ from structlog.testing import capture_logs
 from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.gpu_sections import GpuSection
 from niodoo_supervisor.config.loader import Config
-from niodoo_supervisor.gpu.nvml import GpuDevice, GpuProcess, GpuUnavailable
+from niodoo_supervisor.gpu.nvml import GpuDevice, GpuProcess, GpuUnavailable, visible_indexes
+from niodoo_supervisor.launch.topology import SINGLE_HOST, HostRole, Role
 from niodoo_supervisor.logs.counters import EventCounters
 from niodoo_supervisor.supervise import run_record
-from niodoo_supervisor.supervise.gpu_memory import GO, GpuMemory, utilization
+from niodoo_supervisor.supervise.gpu_memory import GO, GpuMemory
+from niodoo_supervisor.supervise.gpu_needs import gpus_used, utilization
 from niodoo_supervisor.supervise.process_tree import ProcessRecord
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.run_record import RunRecord
@@ -46,19 +49,22 @@ NO_DRIVER = "NVML: the NVIDIA kernel driver is not loaded (code 9)"
 
 
 class ScriptedGpus:
-    """NVML for a history: one GPU, its holders set by the script."""
+    """NVML for a history: `count` GPUs, their holders set by the script."""
 
-    def __init__(self, total_gib: int = 24, *, open_error: str | None = None) -> None:
+    def __init__(
+        self, total_gib: int = 24, *, open_error: str | None = None, count: int = 1
+    ) -> None:
         self.total = total_gib * GIB
-        self.holders: dict[int, tuple[int, str]] = {}  # pid -> bytes, NVML's name
+        self.count = count
+        self.holders: dict[int, tuple[int, str, int]] = {}  # pid -> bytes, NVML's name, GPU
         self.open_error = open_error
         self.failing: str | None = None
         self.reads: list[float] = []
         self.visible: list[str | None] = []
         self.closed = False
 
-    def hold(self, pid: int, gib: float, name: str = "") -> None:
-        self.holders[pid] = (int(gib * GIB), name)
+    def hold(self, pid: int, gib: float, name: str = "", *, gpu: int = 0) -> None:
+        self.holders[pid] = (int(gib * GIB), name, gpu)
 
     def free(self, pid: int) -> None:
         self.holders.pop(pid, None)
@@ -72,9 +78,18 @@ class ScriptedGpus:
         self.visible.append(visible)
         if self.failing is not None:
             raise GpuUnavailable(self.failing)
-        used = sum(size for size, _ in self.holders.values())
-        processes = tuple(GpuProcess(pid, size, name) for pid, (size, name) in self.holders.items())
-        return [GpuDevice(0, "GPU-0", "NVIDIA Sim", self.total, self.total - used, used, processes)]
+        uuids = [f"GPU-{index}" for index in range(self.count)]
+        return [self._device(index) for index in visible_indexes(visible, uuids)]
+
+    def _device(self, index: int) -> GpuDevice:
+        held = {
+            pid: (size, name) for pid, (size, name, gpu) in self.holders.items() if gpu == index
+        }
+        used = sum(size for size, _ in held.values())
+        processes = tuple(GpuProcess(pid, size, name) for pid, (size, name) in held.items())
+        return GpuDevice(
+            index, f"GPU-{index}", "NVIDIA Sim", self.total, self.total - used, used, processes
+        )
 
     def close(self) -> None:
         self.closed = True
@@ -350,3 +365,142 @@ async def test_a_recorded_leftover_holding_the_memory_is_ended_then_vllm_may_sta
     finally:
         leftover.kill()
         leftover.wait()
+
+
+# --- which GPUs: those vLLM uses, not every visible one -------------------------------------
+
+
+async def _verdict(
+    tmp_path: Path,
+    gpus: ScriptedGpus,
+    *,
+    role: HostRole = SINGLE_HOST,
+    engine: dict[str, Any] | None = None,
+    **config_changes: Any,
+) -> tuple[Any, list[Any]]:
+    config = sim_config(tmp_path, **config_changes)
+    config = config.model_copy(update={"engine": config.engine.model_copy(update=engine or {})})
+    reporter = Reporter(
+        RecordingNotifier(), SystemClock(), tmp_path / "state", StatusBoard(), EventCounters()
+    )
+    memory = GpuMemory(gpus, reporter, SystemClock(), {})
+    with capture_logs() as logs:
+        verdict = await memory.before_start(config, replace(sim_plan("python3"), role=role))
+    memory.close()
+    return verdict, logs
+
+
+def _stranger_on_gpu_1() -> ScriptedGpus:
+    gpus = ScriptedGpus(count=2)
+    gpus.hold(FOREIGN, 21, "python", gpu=1)
+    return gpus
+
+
+async def test_a_stranger_on_a_gpu_vllm_does_not_use_is_no_reason_to_wait(
+    tmp_path: Path,
+) -> None:
+    verdict, logs = await _verdict(tmp_path, _stranger_on_gpu_1())  # TP 1: cuda:0 only
+    assert verdict == GO
+    checked = [record for record in logs if record["event"] == "gpu_memory_checked"]
+    assert checked[0]["gpus"] == ["GPU 0: 24.0 of 24.0 GiB free, 22.1 needed"]
+    assert checked[0]["scope"] == "the first 1 visible GPU(s), those vLLM uses"
+
+
+@pytest.mark.parametrize(
+    ("role", "engine"),
+    [
+        (SINGLE_HOST, {"tensor_parallel_size": 2}),
+        (SINGLE_HOST, {"pipeline_parallel_size": 2}),
+        (HostRole("mp", 1, 2, Role.HEADLESS, "10.0.0.1"), {"tensor_parallel_size": 4}),
+        (HostRole("ray", 0, 2, Role.HEAD, "10.0.0.1"), {}),  # Ray places the workers
+        (HostRole("ray", 1, 2, Role.RAY_WORKER, "10.0.0.1"), {}),  # its node runs some
+    ],
+)
+async def test_a_stranger_on_a_gpu_this_host_part_uses_is_waited_for(
+    tmp_path: Path, role: HostRole, engine: dict[str, Any]
+) -> None:
+    verdict, logs = await _verdict(tmp_path, _stranger_on_gpu_1(), role=role, engine=engine)
+    assert verdict.wait == 5.0
+    busy = [record for record in logs if record["event"] == "gpu_memory_busy"]
+    assert busy[0]["gpus"] == ["GPU 1: 3.0 GiB free"]
+
+
+def test_the_gpus_used_count_as_the_preflight_counts_them(tmp_path: Path) -> None:
+    config = sim_config(tmp_path)
+    engine = config.engine.model_copy(
+        update={"tensor_parallel_size": 2, "pipeline_parallel_size": 2}
+    )
+    config = config.model_copy(update={"engine": engine})
+    assert gpus_used(config, SINGLE_HOST) == 4
+    assert gpus_used(config, HostRole("mp", 0, 2, Role.HEAD, "10.0.0.1")) == 2
+    assert gpus_used(config, HostRole("ray", 0, 2, Role.HEAD, "10.0.0.1")) is None
+
+
+# --- MIG, and nothing visible: never "checked" with nothing checked ---------------------------
+
+MIG = "MIG-4f2f4a3c-1b1e-5d6e-9f00-0123456789ab"
+
+
+@pytest.mark.parametrize("visible", [MIG, f"{MIG},0", ""])
+async def test_mig_or_no_visible_gpu_is_said_not_checked(tmp_path: Path, visible: str) -> None:
+    gpus = ScriptedGpus()
+    gpus.hold(FOREIGN, 23)  # not waited for: it is not known to be on what vLLM uses
+    verdict, logs = await _verdict(
+        tmp_path, gpus, server={"env": {"CUDA_VISIBLE_DEVICES": visible}}
+    )
+    assert verdict == GO
+    said = [record["event"] for record in logs]
+    assert said == ["gpu_nvml_unavailable"]
+    reason = logs[0]["reason"]
+    assert (MIG in reason and "not checked" in reason) or "names no GPU" in reason
+
+
+async def test_mig_with_nvml_required_refuses_the_start(tmp_path: Path) -> None:
+    config_gpu = {"nvml": "required"}
+    config = with_gpu(
+        sim_config(tmp_path, server={"env": {"CUDA_VISIBLE_DEVICES": MIG}}), **config_gpu
+    )
+    reporter = Reporter(
+        RecordingNotifier(), SystemClock(), tmp_path / "state", StatusBoard(), EventCounters()
+    )
+    memory = GpuMemory(ScriptedGpus(), reporter, SystemClock(), {})
+    verdict = await memory.before_start(config, sim_plan("python3"))
+    memory.close()
+    assert verdict.refused is not None and verdict.refused.startswith(
+        f"gpu.nvml is required, but CUDA_VISIBLE_DEVICES names MIG device(s) {MIG}"
+    )
+
+
+# --- a stop during the release wait ends it -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stop_at", "waited"),
+    [(20.0, 4.5), (15.2, 0.0)],  # during the wait; while the crashed vLLM was being stopped
+)
+def test_a_stop_during_the_release_wait_ends_it_at_once(
+    tmp_path: Path, stop_at: float, waited: float
+) -> None:
+    gpus = ScriptedGpus()  # the crash at 15 stops in 0.5 s; its memory is never freed
+    sim = Sim(tmp_path, [_holds_then_crashes(gpus, freed_after=None)], gpu_source=gpus)
+    sim.at(stop_at, sim.signal(signal.SIGTERM))
+    assert sim.play() == exitcodes.OK
+    held = events(sim, "gpu_memory_held")
+    assert len(held) == 1 and held[0]["seconds"] == pytest.approx(waited, abs=0.3)
+    assert held[0]["action"] == "a stop was asked: not waiting any more"
+    assert len(sim.runs) == 1
+    assert sim.states()[-2:] == ["STOPPING", "STOPPED"]
+
+
+def test_the_stop_asked_still_waits_for_its_own_vllm_memory(tmp_path: Path) -> None:
+    gpus = ScriptedGpus()
+
+    def holds(run: FakeRun) -> None:
+        gpus.hold(run.pid, 20)
+        boots(5)(run)
+
+    sim = Sim(tmp_path, [holds], gpu_source=gpus)
+    sim.at(20, sim.signal(signal.SIGTERM))
+    sim.at(23, lambda: gpus.free(4000))
+    assert sim.play() == exitcodes.OK
+    assert events(sim, "gpu_memory_released")[0]["seconds"] == pytest.approx(2.5, abs=0.3)

@@ -112,6 +112,16 @@ def test_devices_report_memory_and_holders_with_names(script: Any) -> None:
     reader.close()
 
 
+@pytest.mark.parametrize("visible", ["MIG-4f2f4a3c-1b1e", "0,MIG-GPU-aaaa1111-0000/1/0"])
+def test_a_mig_device_is_said_not_read_never_an_empty_list(script: Any, visible: str) -> None:
+    reader = _opened(script, devices=[{"uuid": UUIDS[0], "total_mib": 81920}])
+    with pytest.raises(GpuUnavailable) as caught:
+        reader.devices(visible)
+    assert str(caught.value).startswith("CUDA_VISIBLE_DEVICES names MIG device(s) MIG-")
+    assert "not checked" in str(caught.value)
+    reader.close()
+
+
 def test_a_process_size_nvml_cannot_tell_is_none(script: Any) -> None:
     reader = _opened(script, unknown_sizes=True, foreign=[{"pid": 4242, "mib": 100}])
     assert reader.devices(None)[0].processes[0].used_bytes is None

@@ -25,7 +25,7 @@ from niodoo_supervisor.supervise.headless_probe import (
 )
 from niodoo_supervisor.supervise.probes import HttpProber, prober_for
 from niodoo_supervisor.supervise.watch_settings import WatchSettings
-from role_configs import config_of, rank_of
+from role_configs import HEAD, config_of, rank_of
 
 
 def headless(tmp: Path, backend: str = "dp", **topology: Any) -> Config:
@@ -241,6 +241,29 @@ def test_tcp_reach_follows_a_real_listener(tmp_path: Path) -> None:
 
     reasons = asyncio.run(scenario())
     assert reasons == ["ok", f"head 127.0.0.1:{port}: connection refused"]
+
+
+class Python310Timeout(Exception):
+    """asyncio.TimeoutError before Python 3.11: not the builtin TimeoutError (nor OSError)."""
+
+
+def test_a_head_port_timing_out_is_a_timed_out_check_on_python_310_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def wait_for(awaitable: Any, timeout: float) -> None:
+        awaitable.close()  # never awaited: the connection "times out" at once
+        raise Python310Timeout
+
+    monkeypatch.setattr(asyncio, "TimeoutError", Python310Timeout)
+    monkeypatch.setattr(asyncio, "wait_for", wait_for)
+    config = headless(tmp_path, "mp", master_port=DEFAULT_MASTER_PORT)
+    role = host_role(config, {})
+    probe = HeadlessProber(
+        role, View(2, ("weights_loaded",)).view(), head_target(config, role), timeout=1.0
+    )
+    result = asyncio.run(probe.check())
+    assert result.timed_out
+    assert result.reason == f"head {HEAD}:{DEFAULT_MASTER_PORT}: timed out"
 
 
 @pytest.mark.parametrize(

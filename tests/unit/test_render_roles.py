@@ -42,7 +42,7 @@ def _render(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[s
 
 
 def test_render_names_the_role_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = _config(tmp_path, {"backend": "dp", "rank": 1})
+    config = _config(tmp_path, {"backend": "dp", "rank": 1, "watch_head": False})
     code, out = _render(capsys, "-c", str(config), "--one-line")
     assert code == exitcodes.OK
     assert out[0] == "# rank 1 of 2 (headless, dp)"
@@ -60,7 +60,10 @@ def test_render_shows_the_ray_nodes_command(
         "# rank 0 of 2 (head, ray)",
         f"# companion ray (started before vLLM): {ray} start --head --port=6379 --block",
     ]
-    assert out[2].endswith("--distributed-executor-backend ray")
+    # engine.data_parallel_size is 2: its engines over Ray, one per host
+    assert out[2].endswith(
+        "--distributed-executor-backend ray --data-parallel-size-local 1 --data-parallel-backend ray"
+    )
 
 
 def test_render_of_a_ray_worker_says_it_runs_no_vllm(

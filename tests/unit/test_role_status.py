@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from niodoo_supervisor.cli.status_fields import checked
 from niodoo_supervisor.cli.status_view import human
 from niodoo_supervisor.config.loader import Config
+from niodoo_supervisor.gpu.nvml import GpuDevice, GpuProcess
 from niodoo_supervisor.launch.topology import host_role
 from niodoo_supervisor.supervise.role_status import RoleMetric, role_line, role_object
-from niodoo_supervisor.supervise.status_file import StatusBoard
-from role_configs import config_of, rank_of
+from niodoo_supervisor.supervise.status_file import STATUS_FILE, StatusBoard
+from role_configs import HEAD, config_of, rank_of
+from supervise_sim import Sim, boots, sim_config
 
 NOW = 1_800_000_000.0
+GIB = 1 << 30
 
 
 def rank(tmp: Path, backend: str, number: int, **topology: Any) -> Config:
@@ -79,6 +84,67 @@ def test_a_single_host_is_single(tmp_path: Path) -> None:
         "none",
         True,
         [],
+    )
+
+
+def test_a_host_whose_gpus_nvml_reads_sees_them(tmp_path: Path) -> None:
+    config = rank(tmp_path, "mp", 1, watch_head=False)
+    role = role_object(config, host_role(config, {}), gpus=True)
+    assert role["sees"] == [
+        "vLLM process tree",
+        "this host's GPUs (NVML): memory used and the session's processes on them",
+        "vLLM's start-up log",
+    ]
+
+
+# --- in the supervisor's loop (virtual time) --------------------------------------------------
+
+
+class HeldGpu:
+    """NVML with one 24 GiB GPU, 21 GiB of it held by a stranger until `free()`."""
+
+    def __init__(self) -> None:
+        self.held = 21 * GIB
+
+    def free(self) -> None:
+        self.held = 0
+
+    async def open(self) -> None:
+        pass
+
+    async def devices(self, visible: str | None) -> list[GpuDevice]:
+        total, stranger = 24 * GIB, (GpuProcess(4_190_001, self.held, "python"),)
+        used = self.held
+        return [GpuDevice(0, "GPU-0", "NVIDIA Sim", total, total - used, used, stranger)]
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_role_is_shown_while_the_first_start_waits_for_gpu_memory(tmp_path: Path) -> None:
+    topology = {"backend": "mp", "nodes": 2, "rank": 1, "head_address": HEAD}
+    gpu = HeldGpu()
+    sim = Sim(tmp_path, [boots(5)], config=sim_config(tmp_path, topology=topology), gpu_source=gpu)
+    seen: dict[str, Any] = {}
+
+    def look(when: str) -> None:
+        status = sim.supervisor.reporter.status
+        written = json.loads((tmp_path / "state" / STATUS_FILE).read_text())
+        metric = generate_latest(sim.supervisor.metrics_registry).decode()
+        seen[when] = (status.gpu_wait is not None, written["role"], metric)
+
+    sim.at(3, lambda: look("waiting"))
+    sim.at(10, gpu.free)
+    sim.at(60, lambda: look("running"))
+    sim.at(70, sim.signal(signal.SIGTERM))
+    assert sim.play() == 0
+    waiting, role, metric = seen["waiting"]
+    assert waiting  # no vLLM started yet
+    assert (role["role"], role["rank"], role["api_server"]) == ("headless", 1, False)
+    assert 'niodoo_host_role_info{backend="mp",rank="1",role="headless"} 1.0' in metric
+    _, role, _ = seen["running"]
+    assert (
+        "this host's GPUs (NVML): memory used and the session's processes on them" in (role["sees"])
     )
 
 

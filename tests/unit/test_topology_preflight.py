@@ -18,6 +18,8 @@ from niodoo_supervisor.launch.topology_preflight import check_topology_host
 
 FAKE_VLLM = Path(__file__).resolve().parents[1] / "fakevllm"
 Found = tuple[str, str, bool]  # key, message, warning
+# dp's other hosts watch the head's HTTP: it listens beyond loopback (topology_relations.py).
+DP_HEAD_HOST = ", host: 0.0.0.0"
 
 
 @pytest.fixture
@@ -114,7 +116,7 @@ def test_dp_counts_the_heads_http_port_when_the_handshake_port_is_closed(
         "{backend: dp, nodes: 2, rank: 1, head_address: 127.0.0.1, "
         f"data_parallel_rpc_port: {_closed_port()}}}"
     )
-    config = _config(tmp_path, topology, "{data_parallel_size: 2}")
+    config = _config(tmp_path, topology, "{data_parallel_size: 2}", DP_HEAD_HOST)
     server = config.server.model_copy(update={"port": listener})
     assert _check(config.model_copy(update={"server": server}))[0] == []
 
@@ -165,7 +167,8 @@ def test_dp_needs_its_local_engines_times_their_gpus(tmp_path: Path, listener: i
         "{backend: dp, nodes: 2, rank: 1, head_address: 127.0.0.1, "
         f"data_parallel_rpc_port: {listener}}}"
     )
-    config = _config(tmp_path, topology, "{data_parallel_size: 4, tensor_parallel_size: 2}")
+    engine = "{data_parallel_size: 4, tensor_parallel_size: 2}"
+    config = _config(tmp_path, topology, engine, DP_HEAD_HOST)
     [(_, line, _)] = _check(config, gpus_dir=_gpus(tmp_path, 3))[0]
     assert "needs 4 GPU(s)" in line
 
@@ -186,9 +189,8 @@ def test_mp_with_a_host_name_on_loopback_warns_naming_gloo(tmp_path: Path, liste
 
 
 def test_a_rank_that_cannot_be_known_is_an_error(tmp_path: Path) -> None:
-    config = _config(
-        tmp_path, "{backend: dp, nodes: 2, head_address: 10.0.0.1}", "{data_parallel_size: 2}"
-    )
+    topology = "{backend: dp, nodes: 2, head_address: 10.0.0.1}"
+    config = _config(tmp_path, topology, "{data_parallel_size: 2}", DP_HEAD_HOST)
     [(key, line, warning)] = _check(config, {"NIODOO_NODE_RANK": "one"})[0]
     assert (key, warning) == ("NIODOO_NODE_RANK", False)
     assert "'one' is not a rank" in line

@@ -13,6 +13,8 @@ from niodoo_supervisor.config.problems import Problem
 BASE = "server: {python: /v/bin/python, launcher: serve}\nmodel: {path: /models/m}\n"
 MP = "topology: {backend: mp, nodes: 2, head_address: 10.0.0.1}\n"
 DP = "topology: {backend: dp, nodes: 2, head_address: 10.0.0.1}\n"
+# dp's other hosts watch the head's HTTP: it listens on the address they reach it at.
+DP_BASE = BASE.replace("launcher: serve", "launcher: serve, host: 10.0.0.1, api_key_env: KEY")
 
 
 def _problems(tmp_path: Path, text: str) -> tuple[Config | None, list[Problem]]:
@@ -30,8 +32,8 @@ def _lines(tmp_path: Path, text: str) -> list[tuple[str, str, bool]]:
     [
         BASE + "engine: {tensor_parallel_size: 2}\n" + MP,
         BASE + "engine: {tensor_parallel_size: 2, pipeline_parallel_size: 3}\n" + MP,
-        BASE + "engine: {data_parallel_size: 4}\n" + DP,
-        BASE
+        DP_BASE + "engine: {data_parallel_size: 4}\n" + DP,
+        DP_BASE
         + "engine: {data_parallel_size: 2}\n"
         + "topology: {backend: dp, nodes: 2, head_address: h, data_parallel_size_local: 1}\n",
         BASE + "topology: {backend: ray, nodes: 3, head_address: ray-head}\n",
@@ -62,7 +64,7 @@ def test_a_backend_needs_two_hosts_and_the_heads_address(tmp_path: Path) -> None
 
 
 def test_the_module_launcher_with_a_backend_is_an_error_naming_the_fix(tmp_path: Path) -> None:
-    text = BASE.replace("launcher: serve", "launcher: module") + DP.replace("}", ", rank: 0}")
+    text = DP_BASE.replace("launcher: serve", "launcher: module") + DP.replace("}", ", rank: 0}")
     text += "engine: {data_parallel_size: 2}\n"
     [(key, line, error)] = _lines(tmp_path, text)
     assert (key, error) == ("server.launcher", True)
@@ -125,14 +127,14 @@ def test_flags_the_topology_renders_are_refused_in_extra_args(tmp_path: Path) ->
     ],
 )
 def test_dp_sizes(tmp_path: Path, engine: str, topology: str, key: str, words: str) -> None:
-    text = BASE + f"engine: {engine}\n" + DP.replace("}", topology + "}")
+    text = DP_BASE + f"engine: {engine}\n" + DP.replace("}", topology + "}")
     [(found, line, error)] = _lines(tmp_path, text)
     assert (found, error) == (key, True)
     assert words in line
 
 
 def test_keys_of_another_backend_are_warnings(tmp_path: Path) -> None:
-    text = BASE + "engine: {data_parallel_size: 2}\n"
+    text = DP_BASE + "engine: {data_parallel_size: 2}\n"
     text += DP.replace("}", ", master_port: 29600, ray_port: 6380}")
     config, problems = _problems(tmp_path, text)
     assert config is not None  # warnings only
@@ -170,3 +172,57 @@ def test_each_problem_is_one_line_naming_its_key(tmp_path: Path) -> None:
     for problem in problems:
         formatted = problem.format()
         assert "\n" not in formatted and problem.path in formatted
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.1.1", "::1", "localhost"])
+def test_dp_watching_a_head_that_listens_on_loopback_is_an_error(tmp_path: Path, host: str) -> None:
+    # The other hosts watch http://head_address:server.port/health: a head on loopback
+    # never answers them, and they restart for ever.
+    text = DP_BASE.replace("host: 10.0.0.1", f"host: '{host}'")
+    text += "engine: {data_parallel_size: 2}\n" + DP
+    assert _lines(tmp_path, text) == [
+        (
+            "server.host",
+            f"the head's API listens on loopback only ({host}); the other hosts' head watch "
+            "cannot reach it; set server.host: 0.0.0.0 (with an API key) or the private "
+            "address, or topology.watch_head: false",
+            True,
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        BASE + "engine: {data_parallel_size: 2}\n" + DP.replace("}", ", watch_head: false}"),
+        BASE + "engine: {tensor_parallel_size: 2}\n" + MP,  # watches the master port
+        BASE + "topology: {backend: ray, nodes: 2, head_address: 10.0.0.1}\n",  # the Ray port
+        # every rank on this machine (tests/e2e/test_real_vllm_rendered_roles.py)
+        BASE + "engine: {data_parallel_size: 2}\n" + DP.replace("10.0.0.1", "127.0.0.1"),
+    ],
+)
+def test_a_loopback_head_is_fine_when_nobody_watches_its_http(tmp_path: Path, text: str) -> None:
+    assert _lines(tmp_path, text) == []
+
+
+RAY = "topology: {backend: ray, nodes: 2, head_address: 10.0.0.1}\n"
+
+
+def test_data_parallel_over_ray_reads_the_engines_per_host(tmp_path: Path) -> None:
+    text = BASE + "engine: {data_parallel_size: 4}\n"
+    assert _lines(tmp_path, text + RAY.replace("}", ", data_parallel_size_local: 2}")) == []
+    [(key, line, error)] = _lines(
+        tmp_path, text + RAY.replace("}", ", data_parallel_size_local: 3}")
+    )
+    assert (key, error) == ("topology.data_parallel_size_local", True)
+    assert "2 hosts x 3 engines each = 6, not engine.data_parallel_size (4)" in line
+
+
+def test_the_ray_data_parallel_backend_is_rendered_not_given(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "launcher: serve", "launcher: serve, extra_args: [--data-parallel-backend, ray]"
+    )
+    text += "engine: {data_parallel_size: 2}\n" + RAY
+    [(key, line, error)] = _lines(tmp_path, text)
+    assert (key, error) == ("server.extra_args", True)
+    assert line.startswith("--data-parallel-backend is rendered from topology (backend ray)")

@@ -54,6 +54,7 @@ def test_every_backend_and_role_has_a_golden_case() -> None:
         "mp-headless",
         "none-single",
         "ray-head",
+        "ray-head-dp",  # data parallel over Ray: its backend flag and engines per node
         "ray-worker",
     ]
 
@@ -81,7 +82,7 @@ def test_the_rank_comes_from_the_environment_when_the_config_has_none() -> None:
     config = _config(
         BASE
         + "engine: {data_parallel_size: 4}\n"
-        + "topology: {backend: dp, nodes: 2, head_address: 10.0.0.1}\n"
+        + "topology: {backend: dp, nodes: 2, head_address: 10.0.0.1, watch_head: false}\n"
     )
     plan = plan_launch(config, INSTALL, {"NIODOO_NODE_RANK": "1"}, read_secret=False)
     assert plan.role.role is Role.HEADLESS
@@ -164,6 +165,6 @@ def test_data_parallel_size_local_defaults_to_an_even_share() -> None:
     config = _config(
         BASE
         + "engine: {data_parallel_size: 6}\n"
-        + "topology: {backend: dp, nodes: 3, rank: 0, head_address: 10.0.0.1}\n"
+        + "topology: {backend: dp, nodes: 3, rank: 0, head_address: 10.0.0.1, watch_head: false}\n"
     )
     assert data_parallel_size_local(config) == 2

@@ -18,6 +18,7 @@ from niodoo_supervisor.launch.lora_guard import GUARD_FOLDER
 from niodoo_supervisor.launch.plan import plan_launch
 from niodoo_supervisor.launch.vllm_metadata import (
     METADATA_FOLDER,
+    MetadataFolderRefused,
     VllmMetadata,
     vllm_metadata_for,
     write_vllm_metadata,
@@ -93,24 +94,69 @@ def test_written_metadata_answers_importlib_as_vllm(tmp_path: Path) -> None:
     assert [dist.version for dist in found] == ["0.32.0+cpu"]
 
 
-def test_a_stale_version_and_a_planted_link_are_replaced(tmp_path: Path) -> None:
+def test_every_start_rebuilds_the_folder_from_empty(tmp_path: Path) -> None:
+    # The folder is first on vLLM's PYTHONPATH: a planted sitecustomize.py would run inside
+    # vLLM, another version's dist-info would answer `vllm`.
     folder = tmp_path / METADATA_FOLDER
     stale = folder / "vllm-0.31.0+cpu.dist-info"
     stale.mkdir(parents=True)
     (stale / "METADATA").write_text("Name: vllm\nVersion: 0.31.0+cpu\n")
+    (folder / "sitecustomize.py").write_text("raise SystemExit('planted')\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (folder / "vllm-0.32.0+cpu.dist-info").symlink_to(elsewhere)
-    unrelated = folder / "notes.txt"
-    unrelated.write_text("kept")
 
     write_vllm_metadata(VllmMetadata(folder, "0.32.0+cpu"))
 
-    assert sorted(entry.name for entry in folder.iterdir()) == [
-        "notes.txt",
-        "vllm-0.32.0+cpu.dist-info",
-    ]
+    assert [entry.name for entry in folder.iterdir()] == ["vllm-0.32.0+cpu.dist-info"]
     assert not (folder / "vllm-0.32.0+cpu.dist-info").is_symlink()
     assert list(elsewhere.iterdir()) == []  # nothing written through the link
     found = importlib.metadata.distributions(name="vllm", path=[str(folder)])
     assert [dist.version for dist in found] == ["0.32.0+cpu"]
+
+
+def _refusal(metadata: VllmMetadata) -> str:
+    with pytest.raises(MetadataFolderRefused) as raised:
+        write_vllm_metadata(metadata)
+    line = str(raised.value)
+    assert "\n" not in line and str(metadata.folder) in line
+    assert line.endswith(f"fix: remove {metadata.folder} (the supervisor creates it on each start)")
+    return line
+
+
+def test_a_symlinked_folder_is_refused_and_its_target_left_alone(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    kept = target / "vllm-9.9.9.dist-info"
+    kept.mkdir(parents=True)
+    (target / "sitecustomize.py").write_text("planted = True\n")
+    folder = tmp_path / METADATA_FOLDER
+    folder.symlink_to(target)
+
+    line = _refusal(VllmMetadata(folder, "0.32.0+cpu"))
+
+    assert "is a symbolic link" in line
+    assert sorted(entry.name for entry in target.iterdir()) == [
+        "sitecustomize.py",
+        "vllm-9.9.9.dist-info",
+    ]
+
+
+def test_a_folder_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / METADATA_FOLDER
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text("planted = True\n")
+    owner = folder.lstat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)  # the supervisor runs as another
+
+    line = _refusal(VllmMetadata(folder, "0.32.0+cpu"))
+
+    assert "is owned by" in line
+    assert (folder / "sitecustomize.py").exists()
+
+
+def test_a_file_in_place_of_the_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / METADATA_FOLDER
+    folder.write_text("not a folder")
+    assert "is not a folder" in _refusal(VllmMetadata(folder, "0.32.0+cpu"))

@@ -8,7 +8,6 @@ wrong key's default would mislead.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Collection
 from typing import Protocol
 
@@ -17,7 +16,7 @@ from niodoo_supervisor.config.engine_sections import EngineSection, LoraSection
 from niodoo_supervisor.config.maintenance_sections import MaintenanceSection
 from niodoo_supervisor.config.serving_sections import ModelSection, ServerSection
 from niodoo_supervisor.config.supervisor_sections import SupervisorSection
-from niodoo_supervisor.config.topology_relations import check_topology
+from niodoo_supervisor.config.topology_relations import check_topology, is_loopback
 from niodoo_supervisor.config.topology_sections import TopologySection
 
 __all__ = ["Report", "Sections", "check_relations"]
@@ -160,19 +159,10 @@ def _check_api_key(server: ServerSection, report: Report) -> None:
             "both api_key_env and api_key_file are set",
             "keep one of them",
         )
-    if not server.api_key_env and not server.api_key_file and not _is_loopback(server.host):
+    if not server.api_key_env and not server.api_key_file and not is_loopback(server.host):
         report(
             "server.host",
             f"vLLM listens on {server.host} without an API key: anyone on the network can use it",
             "set server.api_key_file or server.api_key_env, or listen on 127.0.0.1",
             warning=True,
         )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -9,6 +9,7 @@ the hosts is the data-parallel size.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from niodoo_supervisor.config.topology_sections import TopologySection
 if TYPE_CHECKING:  # relations.py calls check_topology: its types only, not an import cycle
     from niodoo_supervisor.config.relations import Report, Sections
 
-__all__ = ["TOPOLOGY_FLAGS", "check_topology", "launcher_problem"]
+__all__ = ["TOPOLOGY_FLAGS", "check_topology", "is_loopback", "launcher_problem"]
 
 
 # The flags the topology renders (launch/topology_render.py): never in server.extra_args.
@@ -36,13 +37,15 @@ TOPOLOGY_FLAGS = (
     "--data-parallel-start-rank",
     "--distributed-executor-backend",
 )
-# The keys only one backend reads.
+# Rendered on the ray head when engine.data_parallel_size > 1 (vLLM's DP over Ray).
+_RAY_DP_FLAG = "--data-parallel-backend"
+# The keys only some backends read.
 _BACKEND_KEYS = {
-    "master_port": "mp",
-    "data_parallel_size_local": "dp",
-    "data_parallel_rpc_port": "dp",
-    "ray_port": "ray",
-    "ray_command": "ray",
+    "master_port": ("mp",),
+    "data_parallel_size_local": ("dp", "ray"),
+    "data_parallel_rpc_port": ("dp",),
+    "ray_port": ("ray",),
+    "ray_command": ("ray",),
 }
 # The keys every backend reads, and `none` does not.
 _SHARED_KEYS = ("nodes", "rank", "head_address")
@@ -83,6 +86,14 @@ def check_topology(config: Sections, report: Report, wrong: Collection[str] = ()
             f"topology.backend {backend} needs the head's address",
             "set topology.head_address to the address the other hosts reach rank 0 at",
         )
+    if valid("server.host") and _head_watch_cannot_reach(config):
+        report(
+            "server.host",
+            f"the head's API listens on loopback only ({config.server.host}); the other "
+            "hosts' head watch cannot reach it",
+            "set server.host: 0.0.0.0 (with an API key) or the private address, or "
+            "topology.watch_head: false",
+        )
     if valid("server.launcher") and config.server.launcher != "serve":
         report("server.launcher", *launcher_problem(backend))
     if valid("server.extra_args"):
@@ -90,7 +101,7 @@ def check_topology(config: Sections, report: Report, wrong: Collection[str] = ()
     if valid("engine") and topology.nodes >= 2:
         if backend == "mp":
             _check_mp_sizes(config.engine, topology, report)
-        elif backend == "dp":
+        elif backend == "dp" or (backend == "ray" and (config.engine.data_parallel_size or 1) > 1):
             _check_dp_sizes(config.engine, topology, report)
 
 
@@ -103,11 +114,34 @@ def launcher_problem(backend: str) -> tuple[str, str]:
     )
 
 
+def _head_watch_cannot_reach(config: Sections) -> bool:
+    """`dp`: the hosts after the head watch the head's HTTP /health at head_address and
+    server.port (supervise/headless_probe.py); a loopback server.host serves no other host
+    (unless the head's address is loopback too: every rank on one machine). mp and ray watch
+    a port of vLLM's or Ray's own, not server.host."""
+    topology = config.topology
+    if topology.backend != "dp" or not topology.watch_head:
+        return False
+    head = topology.head_address
+    return is_loopback(config.server.host) and not (head is not None and is_loopback(head))
+
+
+def is_loopback(host: str) -> bool:
+    """`host` is reachable from this host only (relations.py's API key warning uses it too)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_other_backends_keys(topology: TopologySection, report: Report) -> None:
     backend = topology.backend
     for key in sorted(topology.model_fields_set):
-        reader = _BACKEND_KEYS.get(key)
-        if reader is not None and reader != backend:
+        readers = _BACKEND_KEYS.get(key)
+        if readers is not None and backend not in readers:
+            reader = " or ".join(readers)
             report(
                 f"topology.{key}",
                 f"topology.{key} is read only with backend {reader}; with {backend} it is ignored",
@@ -126,7 +160,7 @@ def _check_other_backends_keys(topology: TopologySection, report: Report) -> Non
 def _check_extra_args(extra_args: tuple[str, ...], backend: str, report: Report) -> None:
     for index, arg in enumerate(extra_args):
         flag = arg.split("=", 1)[0]
-        if flag in TOPOLOGY_FLAGS:
+        if flag in TOPOLOGY_FLAGS or (flag == _RAY_DP_FLAG and backend == "ray"):
             report(
                 "server.extra_args",
                 f"{flag} is rendered from topology (backend {backend}) for each host's rank",

@@ -73,7 +73,9 @@ class TopologySection(Section):
         Field(
             ge=1,
             description="`dp`: data-parallel engines on each host (--data-parallel-size-local); "
-            "rank R starts at engine R x this. Absent: engine.data_parallel_size / nodes.",
+            "rank R starts at engine R x this. `ray` with engine.data_parallel_size > 1: the "
+            "engines per Ray node (with --data-parallel-backend ray). Absent: "
+            "engine.data_parallel_size / nodes.",
         ),
     ] = None
     data_parallel_rpc_port: Annotated[
@@ -102,6 +104,8 @@ class TopologySection(Section):
             description="A host without vLLM's HTTP server (every rank after 0) also checks "
             "that the head is reachable; when it is not for supervisor.health."
             "failure_threshold checks in a row, the host is unhealthy and its part is restarted "
-            "(vLLM's workers do not notice a dead head by themselves)."
+            "(vLLM's workers do not notice a dead head by themselves). With `dp` they ask the "
+            "head's http://head_address:server.port/health, so the head's server.host must not "
+            "be loopback."
         ),
     ] = True

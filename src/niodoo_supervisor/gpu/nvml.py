@@ -9,7 +9,9 @@ Which GPUs: `CUDA_VISIBLE_DEVICES` read as vLLM reads it (`vllm/platforms/cuda.p
 `device_control_id_to_physical_device_id`): an integer is the NVML index, anything else a
 UUID (a unique prefix, as CUDA accepts, is enough). As in CUDA, the list ends at the first
 entry naming no device: empty (or `-1`) means none. NVML itself ignores the variable and
-always lists every device in PCI bus order.
+always lists every device in PCI bus order. A MIG device (`MIG-...`) is not read: its memory
+is a slice of its GPU's, which NVML reports per GPU here, so a list naming one raises
+`GpuUnavailable` (the caller skips the checks) rather than reading as no device at all.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "GpuUnavailable",
     "NvmlReader",
     "describe_nvml_error",
+    "mig_devices",
     "open_nvml",
     "visible_indexes",
 ]
@@ -35,6 +38,7 @@ __all__ = [
 BINDING = "pynvml"  # the module `nvidia-ml-py` installs
 INSTALL = "pip install 'niodoo-supervisor[gpu]' (nvidia-ml-py)"
 _NO_GPU = "no NVIDIA GPU on this host? set gpu.nvml: off"
+MIG_PREFIX = "MIG-"  # CUDA's name of a MIG device: MIG-<uuid> (MIG-GPU-<uuid>/gi/ci before R470)
 
 # NVML's return codes (nvml.h, the same in every binding) -> what it means and the fix.
 _ERRORS: dict[int, str] = {
@@ -96,10 +100,22 @@ def describe_nvml_error(value: object, text: str) -> str:
     return f"NVML: {meaning} (NVML says {text!r}, code {code})"
 
 
+def mig_devices(visible: str | None) -> list[str]:
+    """The MIG devices `visible` (CUDA_VISIBLE_DEVICES) names."""
+    entries = [] if visible is None else [part.strip() for part in visible.split(",")]
+    return [entry for entry in entries if entry.startswith(MIG_PREFIX)]
+
+
 def visible_indexes(visible: str | None, uuids: list[str]) -> list[int]:
-    """The NVML indexes `visible` names, given every device's UUID in NVML's order."""
+    """The NVML indexes `visible` names, given every device's UUID in NVML's order.
+    Raises GpuUnavailable when it names a MIG device."""
     if visible is None:
         return list(range(len(uuids)))
+    if migs := mig_devices(visible):
+        raise GpuUnavailable(
+            f"CUDA_VISIBLE_DEVICES names MIG device(s) {', '.join(migs)}: their memory is not "
+            "checked (the checks read whole GPUs); gpu.nvml: off silences this"
+        )
     chosen: list[int] = []
     for entry in (part.strip() for part in visible.split(",")):
         index = _index_of(entry, uuids)

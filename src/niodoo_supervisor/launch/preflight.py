@@ -50,8 +50,8 @@ from niodoo_supervisor.launch.plan import (
     resolve_max_lora_rank,
     vllm_environment,
 )
-from niodoo_supervisor.launch.ports import OwnListener, check_port
-from niodoo_supervisor.launch.topology_preflight import check_topology_host, serves_http
+from niodoo_supervisor.launch.ports import OwnListener
+from niodoo_supervisor.launch.topology_preflight import check_host_and_port
 from niodoo_supervisor.launch.vllm_logging import ignored_fields_logger_for
 
 __all__ = ["PreflightOptions", "PreflightResult", "preflight"]
@@ -173,18 +173,10 @@ class _Preflight:
             and self.needs("server.extra_args", "server.extra_args")
         ):
             self.check_flags(install, probe_env)
-        http = self.options.check_port  # the ports (the head's too): `render` asks no network
-        if self.needs("this host's part in the topology", "topology", "engine", "server.env"):
-            found = check_topology_host(self.config, self.environ, self.problem, network=http)
-            self.result.notes += found
-        if (
-            http
-            and serves_http(self.config, self.environ)
-            and self.needs("the port", "server.host", "server.port")
-        ):
-            ours = check_port(self.config, self.problem, self.own_listener())
-            if ours is not None:
-                self.result.notes.append(ours)
+        network = self.options.check_port  # the ports, the head's too: `render` asks none
+        self.result.notes += check_host_and_port(
+            self.config, self.environ, self.problem, self.needs, network, mine=self.own_listener
+        )
         return self.result
 
     # --- files ------------------------------------------------------------------------------

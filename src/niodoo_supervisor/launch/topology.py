@@ -33,6 +33,8 @@ __all__ = [
 
 # vLLM's default --master-port (`config/parallel.py`), used when topology.master_port is absent.
 DEFAULT_MASTER_PORT = 29501
+# The digits of the largest rank (topology.nodes is at most 1024).
+_RANK_DIGITS = 4
 
 
 class Role(str, enum.Enum):
@@ -129,9 +131,15 @@ def _rank_from(environ: Mapping[str, str]) -> int:
             f"this host's rank is not set: topology.rank is absent and {RANK_ENV} is unset",
             f"set {RANK_ENV}=N in the host's environment (0 on the head), or topology.rank",
         )
-    if not text.strip().isdigit():
-        raise RoleError(RANK_ENV, f"{text!r} is not a rank", "write a whole number, 0 on the head")
-    return int(text.strip())
+    digits = text.strip()
+    # str.isdigit() and int() also take other scripts' digits (U+FF10, full-width 0): ASCII only.
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= _RANK_DIGITS):
+        raise RoleError(
+            RANK_ENV,
+            f"{text[:40]!r} is not a rank",
+            "write a whole number in ASCII digits, 0 on the head",
+        )
+    return int(digits)
 
 
 def _role_of(backend: str, rank: int) -> Role:

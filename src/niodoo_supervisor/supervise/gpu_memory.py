@@ -1,7 +1,7 @@
 """GPU memory around vLLM's starts and stops, as NVML reports it (`gpu.nvml`).
 
-Before every start each GPU vLLM will use (`CUDA_VISIBLE_DEVICES` of vLLM's environment; all
-when unset) must have `engine.gpu_memory_utilization` x total free, or vLLM refuses to start
+Before every start each GPU vLLM will use (the first `gpus_used` of those
+`CUDA_VISIBLE_DEVICES` in vLLM's environment names, all when unset, as CUDA counts them) must have `engine.gpu_memory_utilization` x total free, or vLLM refuses to start
 ("Free memory on device ... is less than desired GPU memory utilization") and a restart loop
 follows. What holds it is named: pid, process name, MiB and whether it is ours (a session
 this supervisor started, or one its run record names). Leftovers the run record names are
@@ -17,14 +17,15 @@ what. NVML missing is one line and everything here is skipped (`auto`), or a ref
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
+from niodoo_supervisor import exitcodes
 from niodoo_supervisor.config.loader import Config
-from niodoo_supervisor.config.versions import Version
-from niodoo_supervisor.gpu.nvml import GpuDevice, GpuUnavailable
+from niodoo_supervisor.gpu.nvml import GpuDevice, GpuUnavailable, mig_devices
 from niodoo_supervisor.launch.plan import LaunchPlan
 from niodoo_supervisor.supervise import systemd
 from niodoo_supervisor.supervise.gpu_holders import (
@@ -36,13 +37,14 @@ from niodoo_supervisor.supervise.gpu_holders import (
     named,
     session_of,
 )
+from niodoo_supervisor.supervise.gpu_needs import free_memory, gpus_used, utilization
 from niodoo_supervisor.supervise.gpu_source import GpuSource
 from niodoo_supervisor.supervise.leftovers import end_leftovers
 from niodoo_supervisor.supervise.process_tree import session_members
 from niodoo_supervisor.supervise.reporter import Reporter
 from niodoo_supervisor.supervise.seams import Clock
 
-__all__ = ["GO", "GpuMemory", "StartVerdict", "utilization"]
+__all__ = ["GO", "GpuMemory", "StartVerdict"]
 
 log = structlog.get_logger("niodoo_supervisor")
 
@@ -51,18 +53,6 @@ RELEASE_POLL = 0.25  # seconds between NVML reads while a stopped session's memo
 # Memory counts as back when within this of before: the driver's own use moves a little.
 SLACK_BYTES = 128 * MIB
 MIN_SAMPLE_EVERY = 0.2  # seconds; the sampler follows supervisor.health.interval
-
-
-def utilization(config: Config, vllm_version: str | None) -> float:
-    """The fraction of each GPU vLLM takes: the config's, else vLLM's default (0.92 from
-    vLLM 0.20, 0.9 before; a version not known counts as recent)."""
-    if config.engine.gpu_memory_utilization is not None:
-        return float(config.engine.gpu_memory_utilization)
-    try:
-        old = vllm_version is not None and Version.parse(vllm_version) < Version(0, 20)
-    except ValueError:
-        old = False
-    return 0.9 if old else 0.92
 
 
 @dataclass(frozen=True)
@@ -96,6 +86,7 @@ class GpuMemory:
         self.environ = environ
         self.opened = False
         self.visible: str | None = None  # CUDA_VISIBLE_DEVICES of the last start
+        self.count: int | None = None  # of the visible GPUs, how many vLLM uses (None: all)
         self.sample_every = 5.0
         self.ours: set[int] = set()  # pids of our sessions, and leftovers ended
         self.names: dict[int, str] = {}  # of our processes, once seen
@@ -118,6 +109,23 @@ class GpuMemory:
 
     # --- before a start --------------------------------------------------------------------
 
+    async def ready(
+        self, config: Config, plan: LaunchPlan, backoff: Callable[[float], Awaitable[bool]]
+    ) -> int | None:
+        """Wait until the GPUs have the memory vLLM's start needs (memory others hold is
+        waited for with `backoff`, like a restart's, never a crash; it answers True when a
+        stop was asked): None, or the supervisor's exit code."""
+        while True:
+            verdict = await self.before_start(config, plan)
+            if verdict.refused is not None:
+                return self.reporter.fatal(verdict.refused, exitcodes.CONFIG)
+            if verdict.wait is None:
+                return None
+            if await backoff(verdict.wait):
+                return self.reporter.stopped_while_idle(
+                    "stop requested while waiting for GPU memory"
+                )
+
     async def before_start(self, config: Config, plan: LaunchPlan) -> StartVerdict:
         """May vLLM start now? GO, a wait (memory held by others, or freed late), or a refusal."""
         if config.gpu.nvml == "off" or self.source is None:
@@ -125,6 +133,7 @@ class GpuMemory:
         # As vLLM will see it: the config's server.env, else the supervisor's environment.
         vllm_env = {**plan.child_environment(self.environ), **config.server.env}
         self.visible = vllm_env.get("CUDA_VISIBLE_DEVICES")
+        self.count = gpus_used(config, plan.role)
         self.sample_every = max(config.supervisor.health.interval, MIN_SAMPLE_EVERY)
         if not self.opened:
             try:
@@ -133,11 +142,21 @@ class GpuMemory:
                 return self._unavailable(config, str(exc))
             self.opened = True
             self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
+        if migs := mig_devices(self.visible):
+            return self._unavailable(
+                config,
+                f"CUDA_VISIBLE_DEVICES names MIG device(s) {', '.join(migs)}: their memory is "
+                "not checked (the checks read whole GPUs)",
+            )
         need = utilization(config, plan.vllm_version)
         for attempt in range(2):
             devices = await self._read()
             if devices is None:
                 return GO
+            if not devices:  # never "checked" with nothing checked
+                return self._unavailable(
+                    config, f"CUDA_VISIBLE_DEVICES={self.visible!r} names no GPU NVML lists"
+                )
             short = [d for d in devices if d.free_bytes < need * d.total_bytes]
             if not short:
                 self._passed(devices, need)
@@ -164,6 +183,9 @@ class GpuMemory:
     def _passed(self, devices: list[GpuDevice], need: float) -> None:
         log.info(
             "gpu_memory_checked",
+            scope="every visible GPU (Ray places vLLM's workers)"
+            if self.count is None
+            else f"the first {self.count} visible GPU(s), those vLLM uses",
             gpus=[
                 f"GPU {d.index}: {d.free_bytes / GIB:.1f} of {d.total_bytes / GIB:.1f} GiB "
                 f"free, {need * d.total_bytes / GIB:.1f} needed"
@@ -202,7 +224,7 @@ class GpuMemory:
             "reason": text,
             "retry_in_s": self.retry,
             "needed_fraction": need,
-            "gpus": [_free(d, need) for d in short],
+            "gpus": [free_memory(d, need) for d in short],
             "holders": [holder.as_dict() for holder in holders],
         }
         self.reporter.write_status()
@@ -240,6 +262,7 @@ class GpuMemory:
         try:
             async with self._lock:
                 devices = await self.source.devices(self.visible)
+            devices = devices[: self.count]
         except GpuUnavailable as exc:
             self._failed(str(exc))
             return None
@@ -301,9 +324,10 @@ class GpuMemory:
 
     # --- after a stop ------------------------------------------------------------------------
 
-    async def after_stop(self, config: Config) -> None:
+    async def after_stop(self, config: Config, stop: asyncio.Event | None = None) -> None:
         """Wait until NVML lists no process of the stopped session and its memory is back,
-        at most `gpu.release_timeout`; say how long it took, or who still holds what."""
+        at most `gpu.release_timeout`, or until `stop` is set (a stop asked for: systemd
+        would SIGKILL a supervisor waiting on); say how long it took, or who holds what."""
         session, self.session = self.session_pids, None
         if self.source is None or not self.opened:
             return
@@ -316,14 +340,14 @@ class GpuMemory:
                 if not pending:
                     log.info("gpu_memory_released", seconds=round(waited, 2), gpus=len(devices))
                     return
-                if waited >= timeout:
-                    self._held(pending, session, waited)
+                if waited >= timeout or (stop is not None and stop.is_set()):
+                    self._held(pending, session, waited, cut_short=waited < timeout)
                     return
                 if waited == 0:
                     self.reporter.notify(
                         *systemd.status("waiting for vLLM's GPU memory to be freed")
                     )
-                await asyncio.sleep(min(RELEASE_POLL, timeout - waited))
+                await _sleep_unless(stop, min(RELEASE_POLL, timeout - waited))
 
     def _released(self, device: GpuDevice, session: set[int]) -> bool:
         if any(process.pid in session for process in device.processes):
@@ -336,7 +360,9 @@ class GpuMemory:
             return device.used_bytes <= running.used_bytes - running.session_bytes + SLACK_BYTES
         return before is None
 
-    def _held(self, pending: list[GpuDevice], session: set[int], waited: float) -> None:
+    def _held(
+        self, pending: list[GpuDevice], session: set[int], waited: float, *, cut_short: bool
+    ) -> None:
         holders = [
             f"GPU {d.index}: {d.free_bytes / GIB:.1f} of {d.total_bytes / GIB:.1f} GiB free"
             + "".join(
@@ -351,7 +377,9 @@ class GpuMemory:
             "gpu_memory_held",
             seconds=round(waited, 2),
             holders=holders,
-            action="going on; the next start checks the memory again",
+            action="a stop was asked: not waiting any more"
+            if cut_short
+            else "going on; the next start checks the memory again",
         )
 
     def close(self) -> None:
@@ -362,10 +390,10 @@ class GpuMemory:
             self.source = None
 
 
-def _free(device: GpuDevice, need: float) -> dict[str, Any]:
-    return {
-        "index": device.index,
-        "free_mib": round(device.free_bytes / MIB),
-        "total_mib": round(device.total_bytes / MIB),
-        "needed_mib": round(need * device.total_bytes / MIB),
-    }
+async def _sleep_unless(stop: asyncio.Event | None, seconds: float) -> None:
+    """Sleep `seconds`, less when `stop` is set meanwhile."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

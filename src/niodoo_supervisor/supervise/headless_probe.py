@@ -205,7 +205,7 @@ class HeadlessProber:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.head.host, self.head.port), self.timeout
             )
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not builtin TimeoutError before Python 3.11
             return "timed out"
         except OSError as exc:
             return _os_reason(exc)

@@ -136,6 +136,7 @@ class Supervisor:
         self.run_serial = 0  # tags log events: a stopped run's late lines must not steer the next
         self.current: Run | None = None
         self.launched_with = config  # the config `current` was launched with
+        self.launched_role = plan.role  # and its role
 
     @property
     def state(self) -> State:
@@ -195,7 +196,8 @@ class Supervisor:
                     return self.reporter.fatal(reason, exitcodes.CRASH_LOOP)
                 self.policy.record_start(now)
             reloaded = False
-            if (code := await self._gpu_ready()) is not None:
+            self._show_role()  # also while the start waits for GPU memory
+            if (code := await self.gpu.ready(self.config, self.plan, self._backoff)) is not None:
                 return code
             run = await self._start()
             if isinstance(run, LaunchError):
@@ -247,20 +249,6 @@ class Supervisor:
             if await self._backoff(delay):
                 return self.reporter.stopped_while_idle("stop requested during backoff")
 
-    async def _gpu_ready(self) -> int | None:
-        """Wait until the GPUs have the memory vLLM's start needs (memory others hold is
-        waited for like a backoff, never a crash): None, or the supervisor's exit code."""
-        while True:
-            verdict = await self.gpu.before_start(self.config, self.plan)
-            if verdict.refused is not None:
-                return self.reporter.fatal(verdict.refused, exitcodes.CONFIG)
-            if verdict.wait is None:
-                return None
-            if await self._backoff(verdict.wait):
-                return self.reporter.stopped_while_idle(
-                    "stop requested while waiting for GPU memory"
-                )
-
     async def _start(self) -> Run | LaunchError:
         """Launch vLLM, or say why it cannot even be executed."""
         self.run_serial += 1
@@ -275,16 +263,22 @@ class Supervisor:
         except LaunchError as exc:
             return exc
         self.current = run
-        self.reporter.status.role = role_object(self.config, self.plan.role)
-        self.role_metric.set(self.plan.role)
+        self._show_role()  # again: NVML has been read by now
         self.gpu.launched(run.pid)
         self.vllm_events.progress.launched(run.started, ready_role(self.config, self.plan.role))
         # The drain (and port) this vLLM was launched with are those its stop must wait for
         # (and read), whatever a reload has set for the next start since.
         self.launched_with = self.config
+        self.launched_role = self.plan.role
         self.planner.launched(self.config, self.plan)
         self.reporter.launched(run.pid, self.config.served_name, self.config.adapters)
         return run
+
+    def _show_role(self) -> None:
+        """The next start's role in status.json and niodoo_host_role_info."""
+        status = self.reporter.status
+        status.role = role_object(self.config, self.plan.role, gpus=bool(status.gpus))
+        self.role_metric.set(self.plan.role)
 
     def _prober_for(self, config: Config, api_key: str | None) -> Prober:
         """The prober of the next start's role (a headless one reads the running vLLM)."""
@@ -367,10 +361,11 @@ class Supervisor:
     async def _stop_run(self, run: Run, *, planned: bool = False, served: bool = False) -> None:
         """End `run`; a `planned` stop (asked for, or a planned restart) is drained first, and
         announced first only when vLLM had `served` (no load balancer sends to a vLLM that
-        never was ready)."""
+        never was ready). A host without vLLM's API server has no traffic to drain."""
         drain_timeout = self.launched_with.drain_timeout
         grace = stop_grace(self.config.supervisor.stop.grace_period, drain_timeout)
-        announce = self.config.drain_announce if planned and served else 0.0
+        drained = planned and self.launched_role.has_api_server
+        announce = self.config.drain_announce if drained and served else 0.0
         # A stubborn vLLM takes the grace, the group's SIGTERM and SIGKILL and its last lines;
         # 3 s more for the state file and status.
         extend = announce + stop_takes_at_most(grace) + 3.0
@@ -381,14 +376,20 @@ class Supervisor:
             drain_timeout or 0,
         )
         self.gpu.stopping()
+        stop_asked_before = self.dispatcher.stop_asked.is_set()
         async with self.reporter.watchdog_fed(extend=extend):
-            if planned:
+            if drained:
                 with self.dispatcher.stop_from_now() as stop_asked:
                     await drain.announce(announce, stop_asked)
             # vLLM's shutdown lines (EngineDeadError even on a clean SIGTERM) are this stop's,
             # not a crash: flagged before the first signal, until the pump has read the last.
             with self.vllm_events.stopping():
-                await (drain.stop(run, grace) if planned else run.stop(grace))
+                await (drain.stop(run, grace) if drained else run.stop(grace))
         self.current = None
         self.reporter.status.vllm_pid = None
-        await self.gpu.after_stop(self.config)  # a restart begins only after
+        # A restart begins only after the memory is back; a stop asked since this stop began
+        # (not the one it carries out) ends that wait at once.
+        with self.dispatcher.stop_from_now() as stop_asked:
+            if self.dispatcher.stop_asked.is_set() and not stop_asked_before:
+                stop_asked.set()
+            await self.gpu.after_stop(self.config, stop_asked)

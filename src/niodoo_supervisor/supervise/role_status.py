@@ -23,11 +23,15 @@ __all__ = ["RoleMetric", "role_line", "role_object"]
 _OTHER_HOSTS = "the other hosts' processes"
 _TREE = "vLLM process tree"
 _HTTP = "vLLM's HTTP API (/health, /v1/models)"
+_GPUS = "this host's GPUs (NVML): memory used and the session's processes on them"
 
 
-def role_object(config: Config, role: HostRole) -> dict[str, Any]:
-    """status.json's `role`."""
+def role_object(config: Config, role: HostRole, *, gpus: bool = False) -> dict[str, Any]:
+    """status.json's `role`; with `gpus` (NVML reads this host's GPUs), what it sees lists
+    them after the processes."""
     sees, cannot_see = _sight(config, role)
+    if gpus:
+        sees.insert(1, _GPUS)
     return {
         "backend": role.backend,
         "rank": role.rank,

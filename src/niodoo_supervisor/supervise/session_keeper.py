@@ -2,18 +2,22 @@
 beside vLLM: so both are one session and one process group, whose stop and leftover rules
 (`process_tree`, `run_record`) cover the companion like any worker of vLLM.
 
-Run by vLLM's interpreter (`server.python`) as `python -c <this file> SPEC`, never imported
-by the supervisor's processes at run time: standard library only. SPEC is JSON:
-`{"name", "companion": argv, "companion_env": {..}, "wait_for": [host, port] | null,
-"vllm": argv | null}`.
+A copy of this file in the state folder is run by vLLM's interpreter (`server.python`) as
+`python <state folder>/session_keeper.py SPEC`, never imported by the supervisor's processes
+at run time: standard library only. SPEC is JSON: `{"name", "companion": argv,
+"companion_env": {..}, "wait_for": [host, port] | null, "vllm": argv | null}`.
 
 1. Starts the companion (its environment plus `companion_env`).
 2. With `vllm`: waits until `wait_for` accepts a TCP connection (the Ray head's port: vLLM
    joins the cluster at once and dies without it), at most `WAIT_LIMIT` s, then starts vLLM.
-3. SIGTERM/SIGINT go to vLLM (it drains), or to the companion when there is no vLLM.
+3. The first SIGTERM/SIGINT goes to vLLM (it drains), or to the companion when there is no
+   vLLM. Later ones are not passed on: the supervisor's next signal goes to the whole group
+   (the grace period is over), so it reaches them itself.
 4. vLLM ended (asked or not): the companion is stopped after it, and the keeper ends as vLLM
-   did (same code, or the same signal). The companion ended unasked: vLLM is stopped and
-   the keeper exits `COMPANION_EXITED`, after a line saying so.
+   did (same code, or the same signal). The companion ended during a stop (the group's
+   signal reached it before vLLM was done): the keeper waits for vLLM and ends as it did.
+   The companion ended unasked: vLLM is stopped and the keeper exits `COMPANION_EXITED`,
+   after a line saying so.
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ def main(spec: dict[str, object]) -> None:
 
     def on_stop(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if stopping:
+            return  # the group's signal: it reached vLLM and the companion too
         stopping = True
         target = vllm if vllm is not None and vllm.poll() is None else companion
         if target.poll() is None:
@@ -102,7 +108,10 @@ def main(spec: dict[str, object]) -> None:
             end(companion)  # stopped after vLLM
             exit_like(code)
         if (code := companion.poll()) is not None:
-            if vllm is None and stopping:
+            if stopping:
+                if vllm is not None:  # asked to stop already: vLLM ends as it drains
+                    say(f"{name} exited ({code}) during the stop; waiting for vLLM")
+                    code = vllm.wait()
                 exit_like(code)
             say(f"{name} exited ({code}); stopping vLLM" if vllm else f"{name} exited ({code})")
             if vllm is not None:
