@@ -197,10 +197,11 @@ def test_killed_headless_vllm_is_restarted_and_serves_again_once_the_head_restar
     cluster: Cluster,
 ) -> None:
     """vLLM's head takes its engines' handshake only while it starts (vLLM 0.32: the
-    --data-parallel-rpc-port listens only then; an engine waits 5 minutes for it), so an engine that comes back cannot rejoin
-    a running head, which goes on answering /health 200 meanwhile: the worker's supervisor
-    restarts its part, and it serves again once the head is restarted (the operator's
-    `restart --now`, as docs/topology-dp.md says)."""
+    --data-parallel-rpc-port listens only then; an engine waits 5 minutes for it), so an
+    engine that comes back cannot rejoin a running head, which goes on answering /health 200
+    meanwhile: the worker's supervisor restarts its part, and the head's supervisor, whose
+    liveness checks ask each engine, finds engine 1 silent and restarts the head; then both
+    serve again, with nobody's `restart`."""
     head, worker = cluster.head, cluster.worker
     _ready(worker, 1)
     _ready(head, 1)
@@ -216,12 +217,19 @@ def test_killed_headless_vllm_is_restarted_and_serves_again_once_the_head_restar
     record_figure(
         f"two hosts (dp 2): headless vLLM SIGKILLed -> relaunched {time.monotonic() - killed:.1f}s"
     )
-    asked = time.monotonic()
-    answer = head.run.cli("restart", "--now")
-    assert answer.returncode == 0, answer.stdout + answer.stderr
+    restart = wait_for(
+        lambda: head.run.event("state_changed", new="BACKOFF"),
+        120,
+        f"the head restarting itself; states {head.run.states()}",
+    )
+    assert restart is not None and "engine 1 (rank 1, node 1)" in restart["reason"], restart
+    record_figure(
+        f"two hosts (dp 2): headless vLLM SIGKILLed -> head restarts itself "
+        f"{time.monotonic() - killed:.1f}s"
+    )
     again = max(_ready(head, 2).at, _ready(worker, 2).at)
     record_figure(
-        f"two hosts (dp 2): head restart asked -> both READY=1 again {again - asked:.1f}s"
+        f"two hosts (dp 2): headless vLLM SIGKILLed -> both READY=1 again {again - killed:.1f}s"
     )
     assert _complete(cluster, [0, 1], timeout=60) == [200, 200]
 

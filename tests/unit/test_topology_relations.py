@@ -197,7 +197,7 @@ def test_dp_watching_a_head_that_listens_on_loopback_is_an_error(tmp_path: Path,
         BASE + "engine: {data_parallel_size: 2}\n" + DP.replace("}", ", watch_head: false}"),
         BASE + "engine: {tensor_parallel_size: 2}\n" + MP,  # watches the master port
         BASE + "topology: {backend: ray, nodes: 2, head_address: 10.0.0.1}\n",  # the Ray port
-        # every rank on this machine (tests/e2e/test_real_vllm_rendered_roles.py)
+        # every rank on this machine: the head watch reaches a loopback head
         BASE + "engine: {data_parallel_size: 2}\n" + DP.replace("10.0.0.1", "127.0.0.1"),
     ],
 )

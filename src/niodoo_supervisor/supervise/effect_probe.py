@@ -54,6 +54,7 @@ __all__ = [
     "compare",
     "parse_top_logprobs",
     "probe_timeout",
+    "read_capped",
 ]
 
 PROMPT = "The quick brown fox jumps over the lazy"
@@ -231,7 +232,7 @@ class EffectProbe:
             async with self.client.stream(
                 "POST", "/v1/completions", json=body, timeout=self.timeout
             ) as response:
-                data = await _read_capped(response)
+                data = await read_capped(response)
         except httpx.TimeoutException:
             return _Failure(f"no answer within {self.timeout:g}s", timed_out=True)
         except httpx.HTTPError as exc:
@@ -256,7 +257,7 @@ def _failed(adapter: str, reason: str, failure: _Failure) -> Effect:
     )
 
 
-async def _read_capped(response: httpx.Response) -> bytes | None:
+async def read_capped(response: httpx.Response) -> bytes | None:
     """The body, or None when it exceeds MAX_BODY (the rest is never read)."""
     data = bytearray()
     async for chunk in response.aiter_bytes():

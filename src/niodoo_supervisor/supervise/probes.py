@@ -3,7 +3,8 @@
 Ready and alive mean the same two things: `GET /health` answers 200, and `GET /v1/models`
 lists the served model and every configured adapter with `parent` = the served name. Neither
 alone is enough: `/v1/models` keeps answering 200 while the engine is dead (only `/health`
-turns 503), and `/health` says nothing about adapters.
+turns 503), and `/health` says nothing about adapters. A `dp` head's liveness checks also ask
+each data-parallel engine (engine_probe.py): its `/health` stays 200 when a remote one dies.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from niodoo_supervisor.launch.render import REDACTED
 from niodoo_supervisor.launch.topology import SINGLE_HOST, HostRole
 
 if TYPE_CHECKING:
+    from niodoo_supervisor.supervise.engine_probe import EngineProbe
     from niodoo_supervisor.supervise.headless_probe import HeadlessProber, RunView
 
 __all__ = [
@@ -51,11 +53,13 @@ class CheckResult:
     models: ProbeResult | None  # not asked when /health failed
     missing: tuple[str, ...] = field(default=())
     effect: ProbeResult | None = None  # the adapters' effect probe (lora.verify), once listed
+    engines: ProbeResult | None = None  # a dp head's engines, each asked (engine_probe.py)
 
     @property
     def ok(self) -> bool:
         listed = self.health.ok and self.models is not None and self.models.ok
-        return listed and (self.effect is None or self.effect.ok)
+        extra = (self.effect, self.engines)
+        return listed and all(probe is None or probe.ok for probe in extra)
 
     @property
     def reason(self) -> str:
@@ -65,6 +69,8 @@ class CheckResult:
             return f"/v1/models: {self.models.reason if self.models else 'not asked'}"
         if self.effect is not None and not self.effect.ok:
             return self.effect.reason
+        if self.engines is not None and not self.engines.ok:
+            return self.engines.reason
         return "ok"
 
     @property
@@ -73,6 +79,7 @@ class CheckResult:
             self.health.timed_out
             or (self.models is not None and self.models.timed_out)
             or (self.effect is not None and self.effect.timed_out)
+            or (self.engines is not None and self.engines.timed_out)
         )
 
 
@@ -112,6 +119,9 @@ class HttpProber:
         self.served = served
         self.adapters = tuple(adapters)
         self.client = vllm_client(base_url, api_key, timeout, transport)
+        # A dp head asks each engine too, once it has passed a check (engine_probe.py).
+        self.engines: EngineProbe | None = None
+        self.engines_armed = False
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -153,7 +163,13 @@ class HttpProber:
         missing, reason = models_problems(payload, self.served, self.adapters)
         if missing:
             models = ProbeResult(False, models.status, models.latency, reason)
-        return CheckResult(health, models, tuple(missing))
+            return CheckResult(health, models, tuple(missing))
+        if self.engines is None or not self.engines_armed:
+            self.engines_armed = True  # the next check asks the engines
+            return CheckResult(health, models)
+        latency, why, timed_out = await self.engines.check()
+        engines = ProbeResult(not why, 200 if not why else None, latency, why, timed_out)
+        return CheckResult(health, models, engines=engines)
 
 
 def _error_reason(exc: httpx.HTTPError, secrets: tuple[str, ...]) -> str:
@@ -220,10 +236,15 @@ def prober_for(
 
         timeout = config.supervisor.health.timeout
         return HeadlessProber(role, run, head_target(config, role), timeout=timeout)
-    return HttpProber(
+    prober = HttpProber(
         vllm_url(config),
         served=config.served_name,
         adapters=[adapter.name for adapter in config.adapters],
         api_key=api_key,
         timeout=config.supervisor.health.timeout,
     )
+    # Imported here: engine_probe reads answers as adapter_api does, which builds on this module.
+    from niodoo_supervisor.supervise.engine_probe import engines_of
+
+    prober.engines = engines_of(config, role, prober.client, prober.secrets)
+    return prober

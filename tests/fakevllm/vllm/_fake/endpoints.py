@@ -196,6 +196,13 @@ class _Handler(BaseHTTPRequestHandler):
             host, port = self.client_address[:2]
             uvicorn_access(f"{host}:{port}", self.command, self.path, "1.1", status)
 
+    def _rank(self) -> int | None:
+        """The engine a request is pinned to, read as vLLM reads it (not a number: none)."""
+        try:
+            return int(self.headers.get("X-data-parallel-rank") or "")
+        except ValueError:
+            return None
+
     def _json_body(self, body: bytes, known: frozenset[str]) -> dict[str, Any]:
         try:
             request = json.loads(body or b"null")
@@ -243,6 +250,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._generate("chat", self._json_body(body, CHAT_FIELDS), "messages")
 
     def _completion(self, body: bytes) -> None:
+        hung = self.server.state.hung_rank
+        if hung is not None and self._rank() == hung:
+            self._hang()  # rank_hang_after: that engine is gone; vLLM still routes to it
+            return
         self._generate("completion", self._json_body(body, COMPLETION_FIELDS), "prompt")
 
     def _generate(self, kind: str, request: dict[str, Any], required: str) -> None:

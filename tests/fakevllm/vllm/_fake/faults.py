@@ -21,6 +21,12 @@ Switches (seconds are floats; "after ready" counts from ``Application startup co
 ``hang_after=S``
     After ready: HTTP connections are accepted but never answered; the process lives on
     and still handles signals (add ``ignore_sigterm`` for a fully wedged server).
+``rank_hang_after=S``
+    After ready: completions sent to data-parallel rank ``hang_rank`` (vLLM's
+    ``X-data-parallel-rank`` header) are accepted but never answered, as when a headless
+    host's engine died (the head's /health stays 200); other requests are served.
+``hang_rank=R``
+    The rank ``rank_hang_after`` hangs (default 1).
 ``ignore_sigterm``
     The API server ignores SIGTERM (SIGINT still works).
 ``stubborn_children``
@@ -76,6 +82,8 @@ class Faults:
     engine_death_after: float | None = None
     engine_death_exit_after: float = 2.0
     hang_after: float | None = None
+    rank_hang_after: float | None = None
+    hang_rank: float = 1.0
     ignore_sigterm: bool = False
     stubborn_children: bool = False
     drop_adapter_after: float | None = None

@@ -189,6 +189,7 @@ class ServingState:
         self.worker_pid = 0
         self.engine_dead = False
         self.hung = False
+        self.hung_rank: int | None = None  # rank_hang_after: this engine never answers
         self.draining = False  # SIGTERM with --shutdown-timeout: no new requests
         self.in_flight = 0
         self._lock = threading.Lock()

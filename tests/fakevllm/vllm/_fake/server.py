@@ -268,6 +268,7 @@ class ApiServer:
             ("crash", self.faults.crash_after),
             ("engine_death", self.faults.engine_death_after),
             ("hang", self.faults.hang_after),
+            ("rank_hang", self.faults.rank_hang_after),
             ("drop_adapter", self.faults.drop_adapter_after),
             ("exit_zero", self.faults.exit_zero_after),
             ("adapters_late", self.faults.adapters_late),
@@ -310,6 +311,8 @@ class ApiServer:
             engine.inject_fatal_error()
         elif name == "hang":
             self.state.hung = True
+        elif name == "rank_hang":
+            self.state.hung_rank = int(self.faults.hang_rank)
         elif name == "drop_adapter":
             adapters = self.state.adapters()
             if adapters:
