@@ -13,10 +13,12 @@ HEAD = "10.13.0.1"
 PORT = 8123  # server.port: where a `dp` head's /health is watched
 
 
-def config_of(tmp: Path, **topology: Any) -> Config:
+def config_of(tmp: Path, engine: dict[str, Any] | None = None, **topology: Any) -> Config:
     """A config whose `topology` section is `topology` (one host when empty), with what the
-    topology's checks ask of the rest (`topology_needs`)."""
-    server, engine = topology_needs(topology)
+    topology's checks ask of the rest (`topology_needs`); `engine` adds to or overrides its
+    engine keys."""
+    server, needed = topology_needs(topology)
+    engine = {**needed, **(engine or {})}
     document = {
         "server": {"python": "python3", "port": PORT, **server},
         "model": {"path": str(tmp / "model"), "served_name": "tiny"},

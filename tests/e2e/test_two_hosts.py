@@ -93,6 +93,7 @@ def _write_config(tmp: Path, vllm_python: str, model: DemoModel, head: netns.Hos
         "nodes": 2,
         "head_address": head.address,
         "data_parallel_size_local": 1,
+        "engine_timeout": 3,
     }
     config["supervisor"].update(
         state_dir=f"${{{STATE_DIR_VARIABLE}}}",

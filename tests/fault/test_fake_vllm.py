@@ -472,6 +472,48 @@ def test_hang_after_accepts_but_never_answers(launcher: Launcher) -> None:
     assert fake.proc.poll() is None
 
 
+def test_data_parallel_ranks_out_of_range_400_and_each_engine_counts_its_requests(
+    launcher: Launcher,
+) -> None:
+    fake = launcher.start("--data-parallel-size", "2")
+    fake.wait_ready()
+    body = {"prompt": "Hello", "max_tokens": 1}
+    for rank, status in (("0", 200), ("1", 200), ("1", 200), ("2", 400)):
+        answer = fake.post("/v1/completions", body, headers={"X-data-parallel-rank": rank})
+        assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["message"] == "data_parallel_rank 2 is out of range [0, 2)."
+    metrics = fake.get("/metrics").text
+    finished = {
+        line.split('engine="')[1][0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vllm:request_success_total") and 'finished_reason="length"' in line
+    }
+    assert finished == {"0": 1.0, "1": 2.0}
+
+
+def test_a_slow_rank_answers_late_and_no_completions_is_a_404(launcher: Launcher) -> None:
+    slow = launcher.start(
+        "--data-parallel-size", "2", faults="load_seconds=0.1,rank_slow_after=0,slow_rank_seconds=1"
+    )
+    slow.wait_ready()
+    body = {"prompt": "Hello", "max_tokens": 1}
+    pinned = {"X-data-parallel-rank": "1"}
+
+    def late() -> bool:  # the switch fires in the main loop just after ready
+        try:
+            slow.post("/v1/completions", body, headers=pinned, timeout=0.3)
+        except httpx.ReadTimeout:
+            return True
+        return False
+
+    wait_until(late, 3.0, "rank 1 to answer late")
+    answer = slow.post("/v1/completions", body, headers={"X-data-parallel-rank": "1"}, timeout=5)
+    assert answer.status_code == 200
+    pooling = launcher.start(faults="load_seconds=0.1,no_completions")
+    pooling.wait_ready()
+    assert pooling.post("/v1/completions", body).status_code == 404
+
+
 def test_crash_after_prints_traceback_and_exits_1(launcher: Launcher) -> None:
     fake = launcher.start(faults="load_seconds=0.1,crash_after=0.1")
     assert fake.wait_exit(START_TIMEOUT) == 1

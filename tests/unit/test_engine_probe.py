@@ -6,46 +6,35 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import httpx
+import structlog
+import structlog.testing
 import yaml
 
 from niodoo_supervisor.config.loader import Config, load_config
 from niodoo_supervisor.launch.topology import host_role
-from niodoo_supervisor.supervise.engine_probe import PROMPT, RANK_HEADER, EngineProbe, engines_of
+from niodoo_supervisor.supervise.engine_probe import (
+    CONCURRENCY,
+    PROMPT,
+    RANK_HEADER,
+    EngineProbe,
+    engines_of,
+)
 from niodoo_supervisor.supervise.probes import CheckResult, HttpProber, prober_for, vllm_client
+from role_configs import config_of, rank_of
 
 Handler = Callable[[httpx.Request], httpx.Response]
+AsyncHandler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
 MODELS = {"object": "list", "data": [{"id": "tiny", "parent": None}]}
 
 
-def config_of(tmp: Path, engine: dict[str, int], **topology: Any) -> Config:
-    document: dict[str, Any] = {
-        "server": {"python": "python3", "port": 8123, "launcher": "serve"},
-        "model": {"path": str(tmp / "model"), "served_name": "tiny"},
-        "engine": engine,
-        "topology": topology,
-    }
-    path = tmp / "niodoo.yaml"
-    path.write_text(yaml.safe_dump(document))
-    config, problems = load_config(path, {})
-    assert config is not None, [problem.format() for problem in problems]
-    return config
-
-
 def dp_config(tmp: Path, rank: int, dp: int = 2, **topology: Any) -> Config:
-    return config_of(
-        tmp,
-        {"data_parallel_size": dp},
-        backend="dp",
-        nodes=2,
-        rank=rank,
-        head_address="127.0.0.1",
-        **topology,
-    )
+    engine = {"data_parallel_size": dp}
+    return rank_of(tmp, "dp", rank, engine=engine, **{"head_address": "127.0.0.1", **topology})
 
 
 def completion(request: httpx.Request) -> httpx.Response:
@@ -64,11 +53,18 @@ def hanging(rank: str) -> Handler:
     return handler
 
 
-def ask(handler: Handler, ranks: range = range(2), local: int = 1) -> tuple[float, str, bool]:
+def ask(
+    handler: Handler | AsyncHandler, ranks: range = range(2), local: int = 1, timeout: float = 5
+) -> tuple[float, str, bool]:
     async def main() -> tuple[float, str, bool]:
         async with vllm_client("http://vllm", "sekrit", 5.0, httpx.MockTransport(handler)) as c:
             probe = EngineProbe(
-                c, served="tiny", ranks=ranks, timeout=5, secrets=("sekrit",), ranks_per_node=local
+                c,
+                served="tiny",
+                ranks=ranks,
+                timeout=timeout,
+                secrets=("sekrit",),
+                ranks_per_node=local,
             )
             return await probe.check()
 
@@ -87,11 +83,39 @@ def test_only_a_dp_head_asks_its_engines_every_rank_of_the_data_parallel_size(
     assert probe is not None and probe.ranks == (0, 1, 2, 3) and probe.ranks_per_node == 2
     headless = dp_config(tmp_path, 1)
     assert engines_of(headless, host_role(headless, {}), client, ()) is None
-    single = config_of(tmp_path, {})
+    single = config_of(tmp_path)
     assert engines_of(single, host_role(single, {}), client, ()) is None
-    tp2 = {"tensor_parallel_size": 2}
-    mp_head = config_of(tmp_path, tp2, backend="mp", nodes=2, rank=0, head_address="127.0.0.1")
+    mp_head = rank_of(tmp_path, "mp", 0)
     assert engines_of(mp_head, host_role(mp_head, {}), client, ()) is None
+
+
+def test_the_engines_get_topology_engine_timeout_and_check_engines_false_turns_them_off(
+    tmp_path: Path,
+) -> None:
+    client = httpx.AsyncClient()
+    head = dp_config(tmp_path, 0)
+    assert head.supervisor.health.timeout == 5  # /health's limit is not the engines'
+    probe = engines_of(head, host_role(head, {}), client, ())
+    assert probe is not None and probe.timeout == 60  # a busy GPU's batch goes first
+    quick = dp_config(tmp_path, 0, engine_timeout=3)
+    probe = engines_of(quick, host_role(quick, {}), client, ())
+    assert probe is not None and probe.timeout == 3
+    off = dp_config(tmp_path, 0, check_engines=False)
+    assert engines_of(off, host_role(off, {}), client, ()) is None
+
+
+def test_an_engine_timeout_out_of_range_is_one_problem_naming_the_key(tmp_path: Path) -> None:
+    for bad in (0, -1, 3601, True):
+        path = tmp_path / "niodoo.yaml"
+        document = {
+            "server": {"python": "python3", "launcher": "serve"},
+            "model": {"path": str(tmp_path / "model")},
+            "topology": {"engine_timeout": bad},
+        }
+        path.write_text(yaml.safe_dump(document))
+        config, problems = load_config(path, {})
+        assert config is None and len(problems) == 1, bad
+        assert "topology.engine_timeout" in problems[0].format()
 
 
 def test_prober_for_a_dp_head_carries_the_engine_probe(tmp_path: Path) -> None:
@@ -99,7 +123,7 @@ def test_prober_for_a_dp_head_carries_the_engine_probe(tmp_path: Path) -> None:
     prober = prober_for(head, "sekrit", role=host_role(head, {}))
     assert isinstance(prober, HttpProber) and prober.engines is not None
     assert prober.engines.client is prober.client  # the same session, API key included
-    single = config_of(tmp_path, {})
+    single = config_of(tmp_path)
     plain = prober_for(single, None)
     assert isinstance(plain, HttpProber) and plain.engines is None
 
@@ -147,12 +171,73 @@ def test_an_engine_answering_an_error_fails_with_vllms_message_without_the_key()
     assert not timed_out
 
 
-def test_an_unbounded_answer_fails_without_being_read_whole() -> None:
+def test_an_unbounded_answer_is_not_read_whole_and_the_engine_answered() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"x" * (1024 * 1024))
 
-    _, reason, _ = ask(handler, range(1))
-    assert reason == "engine 0 (rank 0, node 0) answered more than 65536 bytes"
+    assert ask(handler, range(1))[1:] == ("", False)
+
+
+def test_a_body_that_drips_is_bounded_as_a_whole_and_reported_as_a_time_out() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        async def drip() -> AsyncIterator[bytes]:
+            for _ in range(20):  # 6 s in all, each byte well within the timeout
+                await asyncio.sleep(0.3)
+                yield b" "
+
+        return httpx.Response(200, content=drip())
+
+    _, reason, timed_out = ask(handler, range(1), timeout=0.5)
+    assert reason == "engine 0 (rank 0, node 0) did not answer in 0.5 s" and timed_out
+
+
+def test_engines_are_asked_in_turns_each_deadline_from_its_own_send() -> None:
+    in_flight, most = 0, 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.2)
+        in_flight -= 1
+        return completion(request)
+
+    # 120 engines at 0.2 s each, 16 at a time, take 1.6 s: far past one 0.5 s timeout.
+    assert ask(handler, range(120), timeout=0.5)[1:] == ("", False)
+    assert most == CONCURRENCY
+
+
+def test_no_free_connection_blames_no_engine() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("no connection free", request=request)
+
+    assert ask(handler)[1:] == ("", False)
+
+
+def test_a_4xx_turns_the_engine_checks_off_with_one_warning_and_no_more_asks() -> None:
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers[RANK_HEADER])
+        if request.headers[RANK_HEADER] == "0":
+            return completion(request)
+        message = "data_parallel_rank 1 is out of range [0, 1)."
+        return httpx.Response(400, json={"error": {"message": message, "type": "BadRequest"}})
+
+    async def main() -> list[tuple[float, str, bool]]:
+        async with vllm_client("http://vllm", None, 5.0, httpx.MockTransport(handler)) as c:
+            probe = EngineProbe(c, served="tiny", ranks=range(2), timeout=5)
+            return [await probe.check() for _ in range(3)]
+
+    with structlog.testing.capture_logs() as records:
+        results = asyncio.run(main())
+    assert [result[1:] for result in results] == [("", False)] * 3
+    assert sorted(asked) == ["0", "1"]  # the first check only
+    off = [record for record in records if record["event"] == "engine_checks_off"]
+    assert len(off) == 1 and off[0]["log_level"] == "warning"
+    assert off[0]["reason"] == (
+        "engine 1 (rank 1, node 1) answered HTTP 400: data_parallel_rank 1 is out of range [0, 1)."
+    )
 
 
 def test_a_refused_connection_fails_every_engine() -> None:
@@ -201,7 +286,7 @@ def test_the_check_that_makes_the_head_ready_does_not_ask_the_engines(tmp_path: 
     assert first.ok and first.engines is None  # readiness: /health and /v1/models only
     assert sorted(asked) == ["0", "1"]  # asked from the second check on
     assert not second.ok and second.timed_out
-    assert second.reason == "engine 1 (rank 1, node 1) did not answer in 5 s"
+    assert second.reason == "engine 1 (rank 1, node 1) did not answer in 60 s"
 
 
 def test_engines_that_answer_pass_the_check(tmp_path: Path) -> None:

@@ -77,6 +77,24 @@ def test_a_head_has_the_api_server_and_cannot_see_a_dead_peer(tmp_path: Path) ->
     assert "a dead peer rank, until a request reaches it" in role["cannot_see"]
 
 
+def test_a_dp_head_that_asks_its_engines_sees_them_and_no_dead_peer_hides(
+    tmp_path: Path,
+) -> None:
+    role = role_of(rank(tmp_path, "dp", 0))
+    assert role["sees"] == [
+        "vLLM process tree",
+        "vLLM's HTTP API (/health, /v1/models)",
+        "each data-parallel engine (a 1-token completion per liveness check)",
+    ]
+    assert role["cannot_see"] == ["the other hosts' processes"]
+    unchecked = role_of(rank(tmp_path, "dp", 0, check_engines=False))
+    assert unchecked["sees"] == role["sees"][:2]
+    assert unchecked["cannot_see"] == [
+        "the other hosts' processes",
+        "a dead peer rank, until a request reaches it",
+    ]
+
+
 def test_a_single_host_is_single(tmp_path: Path) -> None:
     role = role_of(config_of(tmp_path))
     assert (role["role"], role["backend"], role["api_server"], role["cannot_see"]) == (

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from niodoo_supervisor.config.value_types import Bool, HostName, Int, LocalPath, Section
+from niodoo_supervisor.config.value_types import Bool, HostName, Int, LocalPath, Number, Section
 
 __all__ = ["RANK_ENV", "TopologySection"]
 
@@ -109,3 +109,22 @@ class TopologySection(Section):
             "be loopback."
         ),
     ] = True
+    check_engines: Annotated[
+        Bool,
+        Field(
+            description="`dp`: the head's liveness checks also send each data-parallel engine "
+            "a 1-token completion (pinned with X-data-parallel-rank); one that does not answer "
+            "fails the check, and supervisor.health.failure_threshold failures restart the head "
+            "so a relaunched engine can join it. Off: the head serves on without them, and "
+            "requests routed to a lost engine hang."
+        ),
+    ] = True
+    engine_timeout: Annotated[
+        Number,
+        Field(
+            gt=0,
+            le=3600,
+            description="`dp`: how long the head waits for each engine's 1-token completion "
+            "(the whole request). Generous: on a busy GPU it queues behind a full batch.",
+        ),
+    ] = 60.0

@@ -3,7 +3,8 @@
 from here), the `role:` line of `status`, and the `niodoo_host_role_info` metric.
 
 What each role cannot see comes from how vLLM behaves across hosts: a head answers /health
-200 while a headless peer is dead (until a request reaches it), a headless worker outlives
+200 while a headless peer is dead (until a request reaches it; a `dp` head with
+`topology.check_engines` sends each engine one, engine_probe.py), a headless worker outlives
 its head for good, and nothing on a headless host answers HTTP.
 """
 
@@ -23,6 +24,8 @@ __all__ = ["RoleMetric", "role_line", "role_object"]
 _OTHER_HOSTS = "the other hosts' processes"
 _TREE = "vLLM process tree"
 _HTTP = "vLLM's HTTP API (/health, /v1/models)"
+_DEAD_PEER = "a dead peer rank, until a request reaches it"
+_ENGINES = "each data-parallel engine (a 1-token completion per liveness check)"
 _GPUS = "this host's GPUs (NVML): memory used and the session's processes on them"
 
 
@@ -50,7 +53,9 @@ def _sight(config: Config, role: HostRole) -> tuple[list[str], list[str]]:
         sees = [_TREE, _HTTP]
         if role.backend == "ray":
             sees.insert(1, "the Ray head (companion) process")
-        return sees, [_OTHER_HOSTS, "a dead peer rank, until a request reaches it"]
+        if role.backend == "dp" and config.topology.check_engines:
+            return [*sees, _ENGINES], [_OTHER_HOSTS]
+        return sees, [_OTHER_HOSTS, _DEAD_PEER]
     target = head_target(config, role)
     head = [f"head {target.describe} reachability"] if target is not None else []
     unwatched = [] if target is not None else ["the head (topology.watch_head is off)"]

@@ -148,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/chat/completions": {"POST": self._chat},
             "/v1/completions": {"POST": self._completion},
         }
+        if self.server.state.no_completions:
+            del routes["/v1/completions"]
         if self.server.runtime_lora:
             routes["/v1/load_lora_adapter"] = {"POST": self._load_lora}
             routes["/v1/unload_lora_adapter"] = {"POST": self._unload_lora}
@@ -250,13 +252,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._generate("chat", self._json_body(body, CHAT_FIELDS), "messages")
 
     def _completion(self, body: bytes) -> None:
-        hung = self.server.state.hung_rank
-        if hung is not None and self._rank() == hung:
+        state, rank = self.server.state, self._rank()
+        if rank is not None and not 0 <= rank < state.data_parallel_size:
+            message = f"data_parallel_rank {rank} is out of range [0, {state.data_parallel_size})."
+            raise ApiError(400, "Bad Request", message)
+        if state.hung_rank is not None and rank == state.hung_rank:
             self._hang()  # rank_hang_after: that engine is gone; vLLM still routes to it
             return
-        self._generate("completion", self._json_body(body, COMPLETION_FIELDS), "prompt")
+        if state.slow_rank is not None and rank == state.slow_rank:
+            time.sleep(state.slow_seconds)  # busy: behind a full batch
+        request = self._json_body(body, COMPLETION_FIELDS)
+        self._generate("completion", request, "prompt", rank or 0)
 
-    def _generate(self, kind: str, request: dict[str, Any], required: str) -> None:
+    def _generate(self, kind: str, request: dict[str, Any], required: str, engine: int = 0) -> None:
         state = self.server.state
         if required not in request:
             raise ApiError(400, "Bad Request", f"1 validation error:\n  {required}: Field required")
@@ -275,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not state.begin_request():
             raise ApiError(503, "ServiceUnavailable", "The server is shutting down.")
         try:
-            response = state.generate(kind, request, adapter)
+            response = state.generate(kind, request, adapter, engine)
             if request.get("stream"):
                 self._stream(kind, response)
             else:

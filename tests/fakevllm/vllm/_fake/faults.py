@@ -27,6 +27,17 @@ Switches (seconds are floats; "after ready" counts from ``Application startup co
     host's engine died (the head's /health stays 200); other requests are served.
 ``hang_rank=R``
     The rank ``rank_hang_after`` hangs (default 1).
+``rank_slow_after=S``
+    After ready: completions sent to data-parallel rank ``slow_rank`` answer only after
+    ``slow_rank_seconds``, as an engine alive but busy behind a full batch.
+``slow_rank=R``, ``slow_rank_seconds=S``
+    The rank ``rank_slow_after`` slows (default 1), and by how much (default 2.0).
+
+``no_completions``
+    No ``/v1/completions`` route (404 Not Found), as vLLM serving a pooling model.
+
+A completion pinned to a rank >= ``--data-parallel-size`` gets vLLM 0.32's 400
+``data_parallel_rank R is out of range [0, N).`` (``v1/engine/input_processor.py``).
 ``ignore_sigterm``
     The API server ignores SIGTERM (SIGINT still works).
 ``stubborn_children``
@@ -84,6 +95,10 @@ class Faults:
     hang_after: float | None = None
     rank_hang_after: float | None = None
     hang_rank: float = 1.0
+    rank_slow_after: float | None = None
+    slow_rank: float = 1.0
+    slow_rank_seconds: float = 2.0
+    no_completions: bool = False
     ignore_sigterm: bool = False
     stubborn_children: bool = False
     drop_adapter_after: float | None = None
@@ -94,7 +109,9 @@ class Faults:
     chatty_lines: float = 0.0
 
 
-_BOOL_SWITCHES = frozenset({"exit_at_start", "ignore_sigterm", "stubborn_children"})
+_BOOL_SWITCHES = frozenset(
+    {"exit_at_start", "ignore_sigterm", "stubborn_children", "no_completions"}
+)
 _FLOAT_SWITCHES = frozenset(f.name for f in fields(Faults)) - _BOOL_SWITCHES
 
 

@@ -178,8 +178,10 @@ class ServingState:
         enable_lora: bool,
         max_loras: int,
         max_lora_rank: int,
+        data_parallel_size: int = 1,
     ) -> None:
         self.model_path = model_path
+        self.data_parallel_size = max(data_parallel_size, 1)
         self.served_names = served_names
         self.max_model_len = max_model_len
         self.enable_lora = enable_lora
@@ -190,12 +192,15 @@ class ServingState:
         self.engine_dead = False
         self.hung = False
         self.hung_rank: int | None = None  # rank_hang_after: this engine never answers
+        self.slow_rank: int | None = None  # rank_slow_after: this engine answers late
+        self.slow_seconds = 0.0
+        self.no_completions = False  # a pooling model's server: no /v1/completions
         self.draining = False  # SIGTERM with --shutdown-timeout: no new requests
         self.in_flight = 0
         self._lock = threading.Lock()
         self._adapters: dict[str, Adapter] = {}
         self._lora_series: dict[tuple[str, str], float] = {("", ""): time.time()}
-        self._finished: dict[str, int] = {}
+        self._finished: dict[tuple[int, str], int] = {}  # (engine, finish reason)
         self._warned: set[str] = set()
 
     def begin_request(self) -> bool:
@@ -298,9 +303,10 @@ class ServingState:
         return removed
 
     def generate(
-        self, kind: str, request: dict[str, Any], adapter: Adapter | None
+        self, kind: str, request: dict[str, Any], adapter: Adapter | None, engine: int = 0
     ) -> dict[str, Any]:
-        """A whole non-streamed response for ``chat`` or ``completion``."""
+        """A whole non-streamed response for ``chat`` or ``completion``, counted as finished
+        by ``engine`` (the pinned rank; unpinned requests count as engine 0)."""
         model = str(request.get("model") or self.served_names[0])
         words = _CANNED.format(model=model).split()
         limit = request.get("max_completion_tokens") or request.get("max_tokens")
@@ -315,7 +321,7 @@ class ServingState:
             "completion_tokens": len(words),
             "prompt_tokens_details": None,
         }
-        self._note_finished(adapter, finish)
+        self._note_finished(adapter, finish, engine)
         created = int(time.time())
         if kind == "chat":
             message: dict[str, Any] = {
@@ -345,10 +351,10 @@ class ServingState:
             "kv_transfer_params": None,
         }
 
-    def _note_finished(self, adapter: Adapter | None, finish: str) -> None:
+    def _note_finished(self, adapter: Adapter | None, finish: str, engine: int) -> None:
         now = time.time()
         with self._lock:
-            self._finished[finish] = self._finished.get(finish, 0) + 1
+            self._finished[engine, finish] = self._finished.get((engine, finish), 0) + 1
             if adapter is not None:
                 # vLLM adds a series per state seen; the newest one says what runs now.
                 self._lora_series[(adapter.name, "")] = now
@@ -377,12 +383,13 @@ class ServingState:
             f"# HELP {name} Count of successfully processed requests.",
             f"# TYPE {name} counter",
         ]
-        for reason in ("abort", "error", "length", "repetition", "stop"):
-            count = float(finished.get(reason, 0))
-            lines.append(
-                f'{name}{{engine="0",finished_reason="{reason}",'
-                f'model_name="{self.served_names[0]}"}} {count}'
-            )
+        for engine in range(self.data_parallel_size):  # one series per engine, as vLLM's DP
+            for reason in ("abort", "error", "length", "repetition", "stop"):
+                count = float(finished.get((engine, reason), 0))
+                lines.append(
+                    f'{name}{{engine="{engine}",finished_reason="{reason}",'
+                    f'model_name="{self.served_names[0]}"}} {count}'
+                )
         if self.enable_lora:
             name = "vllm:lora_requests_info"
             lines += [f"# HELP {name} Running stats on lora requests.", f"# TYPE {name} gauge"]

@@ -102,7 +102,9 @@ class ApiServer:
             enable_lora=args.enable_lora,
             max_loras=args.max_loras,
             max_lora_rank=args.max_lora_rank,
+            data_parallel_size=args.data_parallel_size,
         )
+        self.state.no_completions = self.faults.no_completions
 
     def _model_config(self) -> dict[str, Any]:
         try:
@@ -269,6 +271,7 @@ class ApiServer:
             ("engine_death", self.faults.engine_death_after),
             ("hang", self.faults.hang_after),
             ("rank_hang", self.faults.rank_hang_after),
+            ("rank_slow", self.faults.rank_slow_after),
             ("drop_adapter", self.faults.drop_adapter_after),
             ("exit_zero", self.faults.exit_zero_after),
             ("adapters_late", self.faults.adapters_late),
@@ -313,6 +316,9 @@ class ApiServer:
             self.state.hung = True
         elif name == "rank_hang":
             self.state.hung_rank = int(self.faults.hang_rank)
+        elif name == "rank_slow":
+            self.state.slow_seconds = self.faults.slow_rank_seconds
+            self.state.slow_rank = int(self.faults.slow_rank)
         elif name == "drop_adapter":
             adapters = self.state.adapters()
             if adapters:
