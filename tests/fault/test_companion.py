@@ -124,7 +124,7 @@ def test_a_ray_worker_runs_only_the_ray_node_and_says_its_role(
     started = run.event("companion_started", companion="ray")
     assert started is not None
     assert started["command"] == f"{FAKE_RAY} start --address=127.0.0.1:{head.port} --block"
-    ready = run.event("ready")
+    ready = wait_for(lambda: run.event("ready"), 10, "the ready record (just after READY)")
     assert ready is not None
     assert ready["role"] == "ray-worker rank 1 of 2 (ray), head 127.0.0.1 reachable"
     assert run.status()["role"]["sees"][0] == "the Ray node (companion) process"
@@ -164,7 +164,7 @@ def test_the_ray_head_runs_before_vllm_in_its_session_and_stops_after_it(
 ) -> None:
     run, _ = ray_head
     run.wait_state("READY", 30)  # vLLM's HTTP server answers: probed as on one host
-    ready = run.event("ready")
+    ready = wait_for(lambda: run.event("ready"), 10, "the ready record (just after READY)")
     assert ready is not None
     assert "role" not in ready  # the head serves: its ready record names the address
     (ray,) = wait_for(lambda: ray_processes(run), 10, "the Ray node")

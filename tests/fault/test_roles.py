@@ -46,7 +46,7 @@ def test_headless_rank_is_ready_without_http_and_says_its_role(
 ) -> None:
     head, run = headless_rank
     run.wait_state("READY", 30)
-    ready = run.event("ready")
+    ready = wait_for(lambda: run.event("ready"), 10, "the ready record (just after READY)")
     assert ready is not None
     assert ready["role"] == "headless rank 1 of 2 (mp), head 127.0.0.1 reachable"
     assert "address" not in ready
